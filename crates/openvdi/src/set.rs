@@ -1,0 +1,436 @@
+//! What both halves share: object names, the mapped set, abort, peer liveness,
+//! segment mappings and the spin-then-futex wait.
+
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::error::{AbortReason, Error, Result};
+use crate::layout::{self, MAX_SEGMENTS};
+use crate::shm::Control;
+use crate::sys::{self, Mapping, Woke, FUTEX_OWNER_DIED, FUTEX_TID_MASK, FUTEX_WAITERS};
+
+/// Prefix of every object openvdi puts in /dev/shm.
+pub const SHM_PREFIX: &str = "openvdi-";
+
+/// The control object's shm name.
+pub fn ctl_name(set: &str) -> String {
+    format!("/{SHM_PREFIX}ctl.{set}")
+}
+
+/// Buffer segment `i`'s shm name.
+pub fn seg_name(set: &str, i: usize) -> String {
+    format!("/{SHM_PREFIX}buf{i}.{set}")
+}
+
+/// Check a set or device name: 1..=128 bytes, no '/', '\\' or NUL (reference §1.2,
+/// §9.2: the names become parts of shm object names).
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::Invalid(format!("{kind} name is empty")));
+    }
+    if name.len() > crate::MAX_NAME_LEN {
+        return Err(Error::Invalid(format!(
+            "{kind} name is {} bytes long; the limit is {}",
+            name.len(),
+            crate::MAX_NAME_LEN
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | '\0')) {
+        return Err(Error::Invalid(format!(
+            "{kind} name {name:?} contains the forbidden character {c:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// How long a waiter spins before it sleeps on a futex. A busy pipeline then pays no
+/// system call per command; an idle one costs a few microseconds of CPU per wait.
+fn spin_budget() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("OPENVDI_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(30);
+        Duration::from_micros(us)
+    })
+}
+
+/// The mapped set, shared by every handle of one process.
+#[derive(Debug)]
+pub struct SetShared {
+    pub name: String,
+    pub ctl: Control,
+    segs: RwLock<Vec<Option<Arc<Mapping>>>>,
+}
+
+impl SetShared {
+    pub fn new(name: String, ctl: Control) -> SetShared {
+        SetShared {
+            name,
+            ctl,
+            segs: RwLock::new(vec![None; MAX_SEGMENTS]),
+        }
+    }
+
+    pub fn devices(&self) -> usize {
+        self.ctl.devices()
+    }
+
+    /// The abort reason, if the set is aborted. SYNC POINT: Acquire pairs with the
+    /// AcqRel compare-exchange in `abort`.
+    pub fn aborted(&self) -> Option<AbortReason> {
+        match self.ctl.header().abort.v.load(Ordering::Acquire) {
+            0 => None,
+            r => Some(AbortReason::from_raw(r)),
+        }
+    }
+
+    pub fn abort_error(&self) -> Option<Error> {
+        self.aborted().map(Error::Abort)
+    }
+
+    /// Put the set in the Abort state (first reason wins) and wake every waiter of
+    /// both sides.
+    pub fn abort(&self, reason: AbortReason) {
+        let h = self.ctl.header();
+        let _ = h
+            .abort
+            .v
+            .compare_exchange(0, reason.to_raw(), Ordering::AcqRel, Ordering::Acquire);
+        self.wake_everyone();
+    }
+
+    pub fn wake_everyone(&self) {
+        let h = self.ctl.header();
+        sys::futex_wake_all(&h.abort.v);
+        sys::futex_wake_all(&h.state.v);
+        for i in 0..self.devices() {
+            if let Some(d) = self.ctl.device(i) {
+                sys::futex_wake_all(&d.sub_head.v);
+                sys::futex_wake_all(&d.cmp_head.v);
+            }
+        }
+    }
+
+    /// Abort with `reason` if the robust word says its owner died; returns the abort
+    /// error then.
+    pub fn check_peer(&self, live: &AtomicU32, reason: AbortReason) -> Option<Error> {
+        if live.load(Ordering::Acquire) & FUTEX_OWNER_DIED != 0 {
+            self.abort(reason);
+            return self.abort_error();
+        }
+        None
+    }
+
+    /// A mapping of buffer segment `i`, mapped on first use. The index and size come
+    /// from the peer and are validated against the published table.
+    pub fn segment(&self, i: u32) -> Result<Arc<Mapping>> {
+        let i = i as usize;
+        if let Some(Some(m)) = self.segs.read().map_err(|_| poisoned())?.get(i) {
+            return Ok(m.clone());
+        }
+        let h = self.ctl.header();
+        // SYNC POINT: Acquire pairs with the server's Release store of segment_count
+        // after it wrote the entry, so the size read below is the published one.
+        let count = h.segment_count.v.load(Ordering::Acquire) as usize;
+        if i >= count.min(MAX_SEGMENTS) {
+            return Err(Error::Corrupt(format!(
+                "buffer segment {i} is not published (count {count})"
+            )));
+        }
+        let size = h.segments[i].size.load(Ordering::Relaxed);
+        if size == 0 || size > (1u64 << 40) {
+            return Err(Error::Corrupt(format!(
+                "buffer segment {i} has an impossible size {size}"
+            )));
+        }
+        let name = seg_name(&self.name, i);
+        let fd = sys::shm_open_existing(&name)
+            .map_err(|e| Error::os(format!("opening buffer segment {name}"), e))?;
+        let (actual, ..) =
+            sys::fstat(&fd).map_err(|e| Error::os("fstat of a buffer segment", e))?;
+        if actual < size {
+            return Err(Error::Corrupt(format!(
+                "buffer segment {name} is {actual} bytes, {size} published"
+            )));
+        }
+        let m = Arc::new(
+            Mapping::map(&fd, size as usize, true)
+                .map_err(|e| Error::os(format!("mapping {name}"), e))?,
+        );
+        let mut w = self.segs.write().map_err(|_| poisoned())?;
+        if let Some(Some(existing)) = w.get(i) {
+            return Ok(existing.clone());
+        }
+        w[i] = Some(m.clone());
+        Ok(m)
+    }
+
+    /// Install a mapping made by this process (the server's own segments).
+    pub fn install_segment(&self, i: usize, m: Arc<Mapping>) -> Result<()> {
+        let mut w = self.segs.write().map_err(|_| poisoned())?;
+        w[i] = Some(m);
+        Ok(())
+    }
+
+    /// Find which mapped segment holds `p`: (segment, offset).
+    pub fn locate(&self, p: *const u8) -> Option<(u32, u64)> {
+        let r = self.segs.read().ok()?;
+        for (i, m) in r.iter().enumerate() {
+            if let Some(m) = m {
+                if m.contains(p) {
+                    return Some((i as u32, p as u64 - m.as_ptr() as u64));
+                }
+            }
+        }
+        None
+    }
+
+    /// Remove every object of this set from /dev/shm (idempotent).
+    pub fn unlink_all(&self) {
+        unlink_set_objects(&self.name);
+    }
+}
+
+pub fn unlink_set_objects(name: &str) {
+    let _ = sys::shm_unlink(&ctl_name(name));
+    for i in 0..MAX_SEGMENTS {
+        let _ = sys::shm_unlink(&seg_name(name, i));
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Corrupt("a lock was poisoned by a panic".into())
+}
+
+/// Whether a robust word names a live owner.
+pub fn word_alive(v: u32) -> bool {
+    v & FUTEX_TID_MASK != 0 && v & FUTEX_OWNER_DIED == 0
+}
+
+/// Set FUTEX_WAITERS in a robust word that has a live owner, so the kernel wakes us
+/// if that owner dies.
+fn arm_waiters(live: &AtomicU32) {
+    let mut v = live.load(Ordering::SeqCst);
+    while word_alive(v) && v & FUTEX_WAITERS == 0 {
+        match live.compare_exchange_weak(v, v | FUTEX_WAITERS, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => break,
+            Err(cur) => v = cur,
+        }
+    }
+}
+
+/// The sleeping side of a wait: the event word, the set's abort word, and the peer's
+/// robust word; optionally a "someone sleeps" counter that wakers check.
+pub struct WaitOn<'a> {
+    pub event: &'a AtomicU32,
+    pub abort: &'a AtomicU32,
+    pub peer_live: &'a AtomicU32,
+    pub sleepers: Option<&'a AtomicU32>,
+}
+
+/// Block until `check` returns `Some`, spinning first, then sleeping on the futex
+/// words; every sleep is bounded by `deadline`. `check` must itself detect abort and
+/// peer death. Returns `Err(Timeout)` at the deadline.
+pub fn block_on<T>(
+    deadline: Option<Instant>,
+    on: &WaitOn<'_>,
+    mut check: impl FnMut() -> Option<Result<T>>,
+) -> Result<T> {
+    if let Some(r) = check() {
+        return r;
+    }
+    let spin_until = Instant::now() + spin_budget();
+    let mut n = 0u32;
+    loop {
+        std::hint::spin_loop();
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(32) {
+            if let Some(r) = check() {
+                return r;
+            }
+            let now = Instant::now();
+            if now >= spin_until || deadline.is_some_and(|d| now >= d) {
+                break;
+            }
+        }
+    }
+    loop {
+        if let Some(r) = check() {
+            return r;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::Timeout);
+        }
+        // Dekker-style handshake with the waker: announce the sleep, then snapshot the
+        // words, then re-check; the waker publishes, fences, then reads `sleepers`.
+        // SYNC POINT: the SeqCst RMW here and the SeqCst fence in `wake_if_sleeping`.
+        if let Some(s) = on.sleepers {
+            s.fetch_add(1, Ordering::SeqCst);
+        }
+        arm_waiters(on.peer_live);
+        fence(Ordering::SeqCst);
+        let ev = on.event.load(Ordering::SeqCst);
+        let ab = on.abort.load(Ordering::SeqCst);
+        let lv = on.peer_live.load(Ordering::SeqCst);
+        let ready = check();
+        let woke = if ready.is_none() && ab == 0 {
+            sys::futex_waitv(
+                &[(on.event, ev), (on.abort, ab), (on.peer_live, lv)],
+                deadline,
+            )
+        } else {
+            Ok(Woke::Recheck)
+        };
+        if let Some(s) = on.sleepers {
+            s.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(r) = ready {
+            return r;
+        }
+        match woke {
+            Ok(_) => continue,
+            Err(e) => return Err(Error::os("futex_waitv", e)),
+        }
+    }
+}
+
+/// The waker's half of the handshake in `block_on`: after publishing with Release,
+/// wake the event word only if a peer announced it sleeps on it.
+pub fn wake_if_sleeping(event: &AtomicU32, sleepers: &AtomicU32) {
+    fence(Ordering::SeqCst);
+    if sleepers.load(Ordering::Relaxed) != 0 {
+        sys::futex_wake_all(event);
+    }
+}
+
+/// A thread that owns a robust word for as long as this process takes part in the
+/// set. A dedicated thread, because the kernel ties robust words to threads, and the
+/// thread that created a set may well exit before the set ends.
+#[derive(Debug)]
+pub struct Sentinel {
+    release: Arc<AtomicU32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub enum LiveWord {
+    Client,
+    Server,
+}
+
+impl Sentinel {
+    pub fn start(set: Arc<SetShared>, which: LiveWord) -> Result<Sentinel> {
+        let release = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        let rel = release.clone();
+        let thread = std::thread::Builder::new()
+            .name("openvdi-sentinel".into())
+            .spawn(move || {
+                let h = set.ctl.header();
+                let word = match which {
+                    LiveWord::Client => &h.client_live.v,
+                    LiveWord::Server => &h.server_live.v,
+                };
+                let reg = match sys::RobustRegistration::register(word) {
+                    Ok(r) => {
+                        let _ = tx.send(Ok(()));
+                        r
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                while rel.load(Ordering::Acquire) == 0 {
+                    let _ = sys::futex_waitv(&[(&rel, 0)], None);
+                }
+                // A clean departure: 0 (not OWNER_DIED) tells the peer we left on purpose.
+                word.store(0, Ordering::SeqCst);
+                sys::futex_wake_all(word);
+                drop(reg);
+            })
+            .map_err(|e| Error::os("starting the liveness thread", e))?;
+        match rx.recv() {
+            Ok(Ok(())) => Ok(Sentinel {
+                release,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(Error::os("set_robust_list", e))
+            }
+            Err(_) => Err(Error::Corrupt("the liveness thread ended early".into())),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.release.store(1, Ordering::Release);
+        sys::futex_wake_all(&self.release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Map the control object of `name` for reading its header; `None` if absent.
+pub fn map_control(name: &str) -> Result<Option<Control>> {
+    let cname = ctl_name(name);
+    let fd = match sys::shm_open_existing(&cname) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(Error::os(format!("opening {cname}"), e)),
+    };
+    let (size, ..) = sys::fstat(&fd).map_err(|e| Error::os("fstat", e))?;
+    if (size as usize) < layout::region_size(0) {
+        // Still being sized by its creator (or garbage): treat as not ready.
+        return Ok(None);
+    }
+    let map = Mapping::map(&fd, size as usize, false)
+        .map_err(|e| Error::os(format!("mapping {cname}"), e))?;
+    Ok(Control::header_only(map))
+}
+
+/// Validate a mapped header and re-wrap the control object with its device count.
+pub fn validate_header(ctl: Control, name: &str) -> Result<Control> {
+    let h = ctl.header();
+    if h.magic.load(Ordering::Acquire) != layout::MAGIC {
+        return Err(Error::Corrupt(format!("set {name:?}: bad magic")));
+    }
+    let version = h.version.load(Ordering::Relaxed);
+    if version != layout::VERSION {
+        return Err(Error::NotSupported(format!(
+            "set {name:?} uses shared-memory layout version {version}; this library speaks {}",
+            layout::VERSION
+        )));
+    }
+    let dc = h.device_count.load(Ordering::Relaxed) as usize;
+    if h.header_size.load(Ordering::Relaxed) as usize != std::mem::size_of::<layout::SetHeader>()
+        || h.device_block_size.load(Ordering::Relaxed) as usize
+            != std::mem::size_of::<layout::DeviceBlock>()
+        || h.slots_per_device.load(Ordering::Relaxed) as usize != layout::SLOTS
+        || dc == 0
+        || dc > crate::MAX_DEVICES
+        || h.region_size.load(Ordering::Relaxed) != layout::region_size(dc) as u64
+    {
+        return Err(Error::Corrupt(format!("set {name:?}: inconsistent header")));
+    }
+    let stored = crate::shm::read_name(&h.name, h.name_len.load(Ordering::Relaxed));
+    if stored.as_deref() != Some(name) {
+        return Err(Error::Corrupt(format!(
+            "set {name:?}: the header names another set"
+        )));
+    }
+    ctl.with_devices(dc).map_err(|_| {
+        Error::Corrupt(format!(
+            "set {name:?}: object smaller than its header claims"
+        ))
+    })
+}
