@@ -620,8 +620,7 @@ impl ClientDevice {
         let set = &inner.set;
         let h = set.ctl.header();
         let d = self.block()?;
-        let mut local = self.lock()?;
-        if local.terminated {
+        if self.lock()?.terminated {
             return Err(Error::Protocol(
                 "the device was already closed by the server".into(),
             ));
@@ -632,12 +631,19 @@ impl ClientDevice {
             peer_live: &h.server_live.v,
             sleepers: Some(&d.client_waiting.v),
         };
-        let r = block_on(timeout.deadline(), &on, || {
-            self.try_take(set, d, &mut local)
+        // The device lock is taken per attempt, never across a sleep, so another
+        // thread may complete commands of this device while this one waits.
+        let r = block_on(timeout.deadline(), &on, || match self.lock() {
+            Ok(mut local) => {
+                let r = self.try_take(set, d, &mut local);
+                if matches!(r, Some(Err(Error::Close))) {
+                    local.terminated = true;
+                }
+                r
+            }
+            Err(e) => Some(Err(e)),
         });
         if matches!(r, Err(Error::Close)) {
-            local.terminated = true;
-            drop(local);
             if let Ok(mut l) = inner.local.lock() {
                 l.open[self.index] = false;
             }

@@ -882,14 +882,16 @@ impl ServerDevice {
         let set = &self.set.set;
         let h = set.ctl.header();
         let d = self.block()?;
-        let mut local = self.lock()?;
         let sto = self.set.cfg.get().map(|c| c.server_time_out).unwrap_or(0);
-        let mut deadline = timeout.deadline();
-        if sto != 0 {
-            // Wake up in time to apply the serverTimeOut rule.
-            let cap = Instant::now() + Duration::from_millis(u64::from(sto).max(1));
-            deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
-        }
+        let user_deadline = timeout.deadline();
+        // With serverTimeOut, wake at least once per interval to apply its rule.
+        let capped = |user: Option<Instant>| {
+            if sto == 0 {
+                return user;
+            }
+            let cap = Instant::now() + Duration::from_millis(u64::from(sto));
+            Some(user.map_or(cap, |d| d.min(cap)))
+        };
         let on = WaitOn {
             event: &d.cmp_head.v,
             abort: &h.abort.v,
@@ -897,15 +899,15 @@ impl ServerDevice {
             sleepers: Some(&d.server_waiting.v),
         };
         loop {
-            let r = block_on(deadline, &on, || self.try_reap(set, d, &mut local, sto));
+            // The device lock is taken per attempt, never across a sleep, so another
+            // thread may send on this device while this one waits.
+            let r = block_on(capped(user_deadline), &on, || match self.lock() {
+                Ok(mut local) => self.try_reap(set, d, &mut local, sto),
+                Err(e) => Some(Err(e)),
+            });
             match r {
-                Err(Error::Timeout) if sto != 0 => {
-                    if timeout.deadline().is_some_and(|t| Instant::now() >= t) {
-                        return Err(Error::Timeout);
-                    }
-                    let cap = Instant::now() + Duration::from_millis(u64::from(sto).max(1));
-                    deadline = Some(timeout.deadline().map_or(cap, |t| t.min(cap)));
-                }
+                Err(Error::Timeout)
+                    if sto != 0 && user_deadline.is_none_or(|t| Instant::now() < t) => {}
                 other => return other,
             }
         }
