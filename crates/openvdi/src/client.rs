@@ -393,7 +393,9 @@ impl ClientInner {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        if local.open.iter().any(|&o| o) {
+        // State table (reference §2.1): Close in the Abort state is OK. Only a Close
+        // that finds devices open on a live set aborts it and reports VD_E_OPEN.
+        if local.open.iter().any(|&o| o) && self.set.aborted().is_none() {
             self.set.abort(AbortReason::Client);
             result = Err(Error::Open(
                 "devices were still open; the set was aborted".into(),
