@@ -1,1 +1,4 @@
-//! placeholder
+//! placeholder while building
+#![forbid(unsafe_code)]
+pub mod error;
+pub mod sql;

@@ -1,0 +1,816 @@
+//! T-SQL: the subset of BACKUP and RESTORE that names virtual devices, with a
+//! hand-written lexer ([`lexer`]) and recursive-descent parser ([`parse_batch`]).
+//!
+//! Grammar (keywords case-insensitive; `name` is a plain, `[bracketed]` or
+//! `"quoted"` identifier; `str` is `'…'` or `N'…'`):
+//!
+//! ```text
+//! batch     := { stmt [';'] }
+//! stmt      := BACKUP (DATABASE|LOG) name TO devices [WITH boptions]
+//!            | RESTORE (DATABASE|LOG) name [FROM devices] [WITH roptions]
+//!            | RESTORE (HEADERONLY|FILELISTONLY|VERIFYONLY|LABELONLY) FROM devices [WITH roptions]
+//! devices   := device { ',' device }
+//! device    := (VIRTUAL_DEVICE|DISK|TAPE|URL) '=' str
+//! boptions  := FORMAT | NOFORMAT | INIT | NOINIT | SKIP | NOSKIP | COPY_ONLY | DIFFERENTIAL
+//!            | CHECKSUM | NO_CHECKSUM | COMPRESSION | NO_COMPRESSION | NORECOVERY | NO_TRUNCATE
+//!            | REWIND | NOREWIND | UNLOAD | NOUNLOAD | CONTINUE_AFTER_ERROR | STOP_ON_ERROR
+//!            | BLOCKSIZE '=' n | BUFFERCOUNT '=' n | MAXTRANSFERSIZE '=' n
+//!            | NAME '=' str | DESCRIPTION '=' str | MEDIANAME '=' str | MEDIADESCRIPTION '=' str
+//!            | STATS ['=' n]   (comma-separated)
+//! roptions  := REPLACE | RECOVERY | NORECOVERY | MOVE str TO str | CHECKSUM | NO_CHECKSUM
+//!            | STATS ['=' n] | FILE '=' n | BLOCKSIZE '=' n | BUFFERCOUNT '=' n
+//!            | MAXTRANSFERSIZE '=' n | REWIND | NOREWIND | UNLOAD | NOUNLOAD
+//!            | CONTINUE_AFTER_ERROR | STOP_ON_ERROR   (comma-separated)
+//! ```
+//!
+//! Errors are SQL Server's: 102 "Incorrect syntax near '…'", 156 for a keyword in
+//! the wrong place, 105 for an unclosed quote, 155 for an unknown option, 3031 for
+//! conflicting options, 3217 for an out-of-range value.
+
+pub mod lexer;
+
+use crate::error::{msg, SqlError};
+use lexer::{Tok, Token};
+
+/// Where a backup device points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// `VIRTUAL_DEVICE = '…'`: a VDI device (the only kind the engine executes).
+    VirtualDevice,
+    /// `DISK = '…'`.
+    Disk,
+    /// `TAPE = '…'`.
+    Tape,
+    /// `URL = '…'`.
+    Url,
+}
+
+/// One `KIND = 'name'` clause.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// The kind.
+    pub kind: DeviceKind,
+    /// The name (for VDI: the set name, then device names).
+    pub name: String,
+}
+
+/// BACKUP DATABASE or BACKUP LOG / RESTORE DATABASE or RESTORE LOG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `DATABASE`.
+    Database,
+    /// `LOG`.
+    Log,
+}
+
+/// The options of a BACKUP statement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupOptions {
+    /// FORMAT.
+    pub format: bool,
+    /// INIT.
+    pub init: bool,
+    /// COPY_ONLY.
+    pub copy_only: bool,
+    /// DIFFERENTIAL.
+    pub differential: bool,
+    /// CHECKSUM (`Some(true)`) / NO_CHECKSUM (`Some(false)`).
+    pub checksum: Option<bool>,
+    /// COMPRESSION / NO_COMPRESSION.
+    pub compression: Option<bool>,
+    /// BLOCKSIZE.
+    pub block_size: Option<u32>,
+    /// BUFFERCOUNT.
+    pub buffer_count: Option<u32>,
+    /// MAXTRANSFERSIZE.
+    pub max_transfer_size: Option<u32>,
+    /// NAME.
+    pub name: Option<String>,
+    /// DESCRIPTION.
+    pub description: Option<String>,
+    /// MEDIANAME.
+    pub media_name: Option<String>,
+    /// MEDIADESCRIPTION.
+    pub media_description: Option<String>,
+    /// STATS: `Some(10)` for a bare STATS (SQL Server's default).
+    pub stats: Option<u32>,
+    /// NORECOVERY (tail-log backup).
+    pub norecovery: bool,
+    /// NO_TRUNCATE.
+    pub no_truncate: bool,
+    /// CONTINUE_AFTER_ERROR.
+    pub continue_after_error: bool,
+}
+
+/// The options of a RESTORE statement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// REPLACE.
+    pub replace: bool,
+    /// RECOVERY (`Some(true)`) / NORECOVERY (`Some(false)`); default RECOVERY.
+    pub recovery: Option<bool>,
+    /// MOVE 'logical' TO 'path', in order.
+    pub moves: Vec<(String, String)>,
+    /// CHECKSUM / NO_CHECKSUM.
+    pub checksum: Option<bool>,
+    /// STATS.
+    pub stats: Option<u32>,
+    /// FILE = n (backup set position; only 1 exists on a VDI stream).
+    pub file: Option<u32>,
+    /// BLOCKSIZE.
+    pub block_size: Option<u32>,
+    /// BUFFERCOUNT.
+    pub buffer_count: Option<u32>,
+    /// MAXTRANSFERSIZE.
+    pub max_transfer_size: Option<u32>,
+    /// CONTINUE_AFTER_ERROR.
+    pub continue_after_error: bool,
+}
+
+impl RestoreOptions {
+    /// Whether the restore recovers the database (RECOVERY is the default).
+    pub fn recovers(&self) -> bool {
+        self.recovery != Some(false)
+    }
+}
+
+/// RESTORE HEADERONLY | FILELISTONLY | VERIFYONLY | LABELONLY.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InfoKind {
+    /// HEADERONLY: one row per backup set.
+    HeaderOnly,
+    /// FILELISTONLY: one row per database file.
+    FileListOnly,
+    /// VERIFYONLY: read and validate.
+    VerifyOnly,
+    /// LABELONLY: the media header.
+    LabelOnly,
+}
+
+impl InfoKind {
+    /// The keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            InfoKind::HeaderOnly => "HEADERONLY",
+            InfoKind::FileListOnly => "FILELISTONLY",
+            InfoKind::VerifyOnly => "VERIFYONLY",
+            InfoKind::LabelOnly => "LABELONLY",
+        }
+    }
+}
+
+/// A parsed statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Statement {
+    /// BACKUP DATABASE | LOG.
+    Backup {
+        /// DATABASE or LOG.
+        target: Target,
+        /// Database name.
+        database: String,
+        /// TO devices.
+        devices: Vec<Device>,
+        /// WITH options.
+        options: BackupOptions,
+    },
+    /// RESTORE DATABASE | LOG (devices empty for `RESTORE DATABASE x WITH RECOVERY`).
+    Restore {
+        /// DATABASE or LOG.
+        target: Target,
+        /// Database name.
+        database: String,
+        /// FROM devices.
+        devices: Vec<Device>,
+        /// WITH options.
+        options: RestoreOptions,
+    },
+    /// RESTORE HEADERONLY | FILELISTONLY | VERIFYONLY | LABELONLY.
+    RestoreInfo {
+        /// Which.
+        kind: InfoKind,
+        /// FROM devices.
+        devices: Vec<Device>,
+        /// WITH options.
+        options: RestoreOptions,
+    },
+}
+
+impl Statement {
+    /// The statement's name in SQL Server's messages ("BACKUP DATABASE", "RESTORE LOG",
+    /// "VERIFY DATABASE" …).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Statement::Backup {
+                target: Target::Database,
+                ..
+            } => "BACKUP DATABASE",
+            Statement::Backup {
+                target: Target::Log,
+                ..
+            } => "BACKUP LOG",
+            Statement::Restore {
+                target: Target::Database,
+                ..
+            } => "RESTORE DATABASE",
+            Statement::Restore {
+                target: Target::Log,
+                ..
+            } => "RESTORE LOG",
+            Statement::RestoreInfo {
+                kind: InfoKind::VerifyOnly,
+                ..
+            } => "VERIFY DATABASE",
+            Statement::RestoreInfo {
+                kind: InfoKind::HeaderOnly,
+                ..
+            } => "RESTORE HEADERONLY",
+            Statement::RestoreInfo {
+                kind: InfoKind::FileListOnly,
+                ..
+            } => "RESTORE FILELISTONLY",
+            Statement::RestoreInfo {
+                kind: InfoKind::LabelOnly,
+                ..
+            } => "RESTORE LABELONLY",
+        }
+    }
+
+    /// The devices the statement names.
+    pub fn devices(&self) -> &[Device] {
+        match self {
+            Statement::Backup { devices, .. }
+            | Statement::Restore { devices, .. }
+            | Statement::RestoreInfo { devices, .. } => devices,
+        }
+    }
+}
+
+/// A statement and the batch line it starts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// The statement.
+    pub stmt: Statement,
+    /// 1-based line within the batch.
+    pub line: u32,
+}
+
+/// Words SQL Server reserves: a syntax error at one of these is message 156.
+const RESERVED: &[&str] = &[
+    "ADD", "ALL", "ALTER", "AND", "AS", "BACKUP", "BEGIN", "BY", "CHECKPOINT", "CREATE",
+    "DATABASE", "DECLARE", "DELETE", "DISK", "DROP", "ELSE", "END", "EXEC", "EXECUTE", "FILE",
+    "FROM", "GO", "IF", "INSERT", "INTO", "LOAD", "NOT", "NULL", "OR", "PRINT", "RESTORE",
+    "SELECT", "SET", "TABLE", "TAPE", "TO", "UPDATE", "USE", "WHERE", "WITH",
+];
+
+fn is_reserved(w: &str) -> bool {
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(w))
+}
+
+/// Parse one batch (the text between GO lines) into statements.
+pub fn parse_batch(src: &str) -> Result<Vec<Located>, SqlError> {
+    let toks = lexer::lex(src)?;
+    let mut p = Parser { toks, pos: 0 };
+    let mut out = Vec::new();
+    loop {
+        while p.eat(&Tok::Semi) {}
+        if p.at_end() {
+            break;
+        }
+        let line = p.peek().map_or(1, |t| t.line);
+        let stmt = p.statement().map_err(|e| {
+            // Syntax errors carry their own line; others get the statement's.
+            if e.messages.iter().all(|m| m.line == 0) {
+                e.at_line(line)
+            } else {
+                e
+            }
+        })?;
+        out.push(Located { stmt, line });
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Token>,
+    pos: usize,
+}
+
+type PResult<T> = Result<T, SqlError>;
+
+impl Parser {
+    fn at_end(&self) -> bool {
+        self.pos >= self.toks.len()
+    }
+
+    fn peek(&self) -> Option<&Token> {
+        self.toks.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let t = self.toks.get(self.pos).cloned();
+        if t.is_some() {
+            self.pos += 1;
+        }
+        t
+    }
+
+    fn eat(&mut self, t: &Tok) -> bool {
+        if self.peek().is_some_and(|x| &x.tok == t) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn peek_word(&self) -> Option<String> {
+        match self.peek() {
+            Some(Token {
+                tok: Tok::Word(w), ..
+            }) => Some(w.to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+
+    fn eat_word(&mut self, w: &str) -> bool {
+        if self.peek_word().as_deref() == Some(w) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A syntax error at the current token (or, at the end, the last one), with
+    /// SQL Server's message 102 / 156 choice.
+    fn error_here(&self) -> SqlError {
+        let t = self.peek().or_else(|| self.toks.last());
+        match t {
+            None => msg::syntax("").at_line(1),
+            Some(t) => {
+                let e = match &t.tok {
+                    Tok::Word(w) if is_reserved(w) => msg::syntax_keyword(w),
+                    Tok::Str { value, .. } => msg::syntax(value),
+                    Tok::Quoted(v) => msg::syntax(v),
+                    _ => msg::syntax(&t.text),
+                };
+                e.at_line(t.line)
+            }
+        }
+    }
+
+    fn expect(&mut self, t: &Tok) -> PResult<()> {
+        if self.eat(t) {
+            Ok(())
+        } else {
+            Err(self.error_here())
+        }
+    }
+
+    fn expect_word(&mut self, w: &str) -> PResult<()> {
+        if self.eat_word(w) {
+            Ok(())
+        } else {
+            Err(self.error_here())
+        }
+    }
+
+    fn statement(&mut self) -> PResult<Statement> {
+        match self.peek_word().as_deref() {
+            Some("BACKUP") => {
+                self.pos += 1;
+                self.backup()
+            }
+            Some("RESTORE") => {
+                self.pos += 1;
+                self.restore()
+            }
+            _ => Err(self.error_here()),
+        }
+    }
+
+    fn name(&mut self) -> PResult<String> {
+        match self.peek().map(|t| t.tok.clone()) {
+            Some(Tok::Word(w)) if !is_reserved(&w) => {
+                self.pos += 1;
+                Ok(w)
+            }
+            Some(Tok::Quoted(q)) => {
+                self.pos += 1;
+                Ok(q)
+            }
+            Some(Tok::Variable(v)) => Err(msg::undeclared_variable(&v)
+                .at_line(self.peek().map_or(1, |t| t.line))),
+            _ => Err(self.error_here()),
+        }
+    }
+
+    fn string(&mut self) -> PResult<String> {
+        match self.peek().map(|t| t.tok.clone()) {
+            Some(Tok::Str { value, .. }) => {
+                self.pos += 1;
+                Ok(value)
+            }
+            Some(Tok::Variable(v)) => Err(msg::undeclared_variable(&v)
+                .at_line(self.peek().map_or(1, |t| t.line))),
+            _ => Err(self.error_here()),
+        }
+    }
+
+    fn number(&mut self) -> PResult<u64> {
+        match self.peek().map(|t| t.tok.clone()) {
+            Some(Tok::Number(n)) => {
+                self.pos += 1;
+                Ok(n)
+            }
+            Some(Tok::Variable(v)) => Err(msg::undeclared_variable(&v)
+                .at_line(self.peek().map_or(1, |t| t.line))),
+            _ => Err(self.error_here()),
+        }
+    }
+
+    fn target(&mut self) -> PResult<Target> {
+        if self.eat_word("DATABASE") {
+            Ok(Target::Database)
+        } else if self.eat_word("LOG") {
+            Ok(Target::Log)
+        } else {
+            Err(self.error_here())
+        }
+    }
+
+    fn devices(&mut self) -> PResult<Vec<Device>> {
+        let mut out = Vec::new();
+        loop {
+            let kind = match self.peek_word().as_deref() {
+                Some("VIRTUAL_DEVICE") => DeviceKind::VirtualDevice,
+                Some("DISK") => DeviceKind::Disk,
+                Some("TAPE") => DeviceKind::Tape,
+                Some("URL") => DeviceKind::Url,
+                _ => return Err(self.error_here()),
+            };
+            self.pos += 1;
+            self.expect(&Tok::Eq)?;
+            let name = self.string()?;
+            out.push(Device { kind, name });
+            if !self.eat(&Tok::Comma) {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// `= n` after an option name.
+    fn eq_number(&mut self, param: &str, lo: u64, hi: u64) -> PResult<u32> {
+        self.expect(&Tok::Eq)?;
+        let line = self.peek().map_or(1, |t| t.line);
+        let n = self.number()?;
+        if n < lo || n > hi {
+            return Err(msg::invalid_value(param).at_line(line));
+        }
+        Ok(n as u32)
+    }
+
+    fn eq_string(&mut self) -> PResult<String> {
+        self.expect(&Tok::Eq)?;
+        self.string()
+    }
+
+    fn optional_stats(&mut self) -> PResult<u32> {
+        if self.peek().is_some_and(|t| t.tok == Tok::Eq) {
+            self.eq_number("STATS", 1, 100)
+        } else {
+            Ok(10)
+        }
+    }
+
+    /// The option keyword at the current position, or a syntax error.
+    fn option_word(&mut self) -> PResult<(String, u32)> {
+        match self.next() {
+            Some(Token {
+                tok: Tok::Word(w),
+                line,
+                ..
+            }) => Ok((w.to_ascii_uppercase(), line)),
+            Some(_) => {
+                self.pos -= 1;
+                Err(self.error_here())
+            }
+            None => Err(self.error_here()),
+        }
+    }
+
+    fn backup(&mut self) -> PResult<Statement> {
+        let target = self.target()?;
+        let database = self.name()?;
+        self.expect_word("TO")?;
+        let devices = self.devices()?;
+        let mut o = BackupOptions::default();
+        if self.eat_word("WITH") {
+            loop {
+                let (w, line) = self.option_word()?;
+                match w.as_str() {
+                    "FORMAT" => o.format = true,
+                    "NOFORMAT" => o.format = false,
+                    "INIT" => o.init = true,
+                    "NOINIT" => o.init = false,
+                    "SKIP" | "NOSKIP" | "REWIND" | "NOREWIND" | "UNLOAD" | "NOUNLOAD"
+                    | "STOP_ON_ERROR" => {}
+                    "CONTINUE_AFTER_ERROR" => o.continue_after_error = true,
+                    "COPY_ONLY" => o.copy_only = true,
+                    "DIFFERENTIAL" => o.differential = true,
+                    "CHECKSUM" => o.checksum = Some(true),
+                    "NO_CHECKSUM" => o.checksum = Some(false),
+                    "COMPRESSION" => o.compression = Some(true),
+                    "NO_COMPRESSION" => o.compression = Some(false),
+                    "NORECOVERY" => o.norecovery = true,
+                    "NO_TRUNCATE" => o.no_truncate = true,
+                    "BLOCKSIZE" => {
+                        let v = self.eq_number("BLOCKSIZE", 512, 65536)?;
+                        if !v.is_power_of_two() {
+                            return Err(msg::invalid_value("BLOCKSIZE").at_line(line));
+                        }
+                        o.block_size = Some(v);
+                    }
+                    "BUFFERCOUNT" => o.buffer_count = Some(self.eq_number("BUFFERCOUNT", 1, 4096)?),
+                    "MAXTRANSFERSIZE" => {
+                        let v = self.eq_number("MAXTRANSFERSIZE", 65536, 4 << 20)?;
+                        if v % 65536 != 0 {
+                            return Err(msg::invalid_value("MAXTRANSFERSIZE").at_line(line));
+                        }
+                        o.max_transfer_size = Some(v);
+                    }
+                    "NAME" => o.name = Some(self.eq_string()?),
+                    "DESCRIPTION" => o.description = Some(self.eq_string()?),
+                    "MEDIANAME" => o.media_name = Some(self.eq_string()?),
+                    "MEDIADESCRIPTION" => o.media_description = Some(self.eq_string()?),
+                    "STATS" => o.stats = Some(self.optional_stats()?),
+                    _ => return Err(msg::unknown_option(&w, "BACKUP").at_line(line)),
+                }
+                if !self.eat(&Tok::Comma) {
+                    break;
+                }
+            }
+        }
+        if o.differential && target == Target::Log {
+            return Err(msg::unknown_option("DIFFERENTIAL", "BACKUP LOG"));
+        }
+        if o.differential && o.copy_only {
+            return Err(msg::conflict("DIFFERENTIAL", "COPY_ONLY"));
+        }
+        if o.norecovery && target == Target::Database {
+            return Err(msg::unknown_option("NORECOVERY", "BACKUP DATABASE"));
+        }
+        Ok(Statement::Backup {
+            target,
+            database,
+            devices,
+            options: o,
+        })
+    }
+
+    fn restore(&mut self) -> PResult<Statement> {
+        let info = match self.peek_word().as_deref() {
+            Some("HEADERONLY") => Some(InfoKind::HeaderOnly),
+            Some("FILELISTONLY") => Some(InfoKind::FileListOnly),
+            Some("VERIFYONLY") => Some(InfoKind::VerifyOnly),
+            Some("LABELONLY") => Some(InfoKind::LabelOnly),
+            _ => None,
+        };
+        if let Some(kind) = info {
+            self.pos += 1;
+            self.expect_word("FROM")?;
+            let devices = self.devices()?;
+            let options = self.restore_options()?;
+            if options.replace || options.recovery.is_some() {
+                let w = if options.replace {
+                    "REPLACE"
+                } else {
+                    "RECOVERY"
+                };
+                return Err(msg::unknown_option(w, kind.keyword()));
+            }
+            return Ok(Statement::RestoreInfo {
+                kind,
+                devices,
+                options,
+            });
+        }
+        let target = self.target()?;
+        let database = self.name()?;
+        let devices = if self.eat_word("FROM") {
+            self.devices()?
+        } else {
+            Vec::new()
+        };
+        let options = self.restore_options()?;
+        if devices.is_empty() && options.recovery.is_none() {
+            // `RESTORE DATABASE x` alone means nothing.
+            return Err(self.error_here());
+        }
+        Ok(Statement::Restore {
+            target,
+            database,
+            devices,
+            options,
+        })
+    }
+
+    fn restore_options(&mut self) -> PResult<RestoreOptions> {
+        let mut o = RestoreOptions::default();
+        if !self.eat_word("WITH") {
+            return Ok(o);
+        }
+        loop {
+            let (w, line) = self.option_word()?;
+            match w.as_str() {
+                "REPLACE" => o.replace = true,
+                "RECOVERY" | "NORECOVERY" => {
+                    let v = w == "RECOVERY";
+                    if o.recovery.is_some_and(|x| x != v) {
+                        return Err(msg::conflict(&w, if v { "NORECOVERY" } else { "RECOVERY" })
+                            .at_line(line));
+                    }
+                    o.recovery = Some(v);
+                }
+                "MOVE" => {
+                    let from = self.string()?;
+                    self.expect_word("TO")?;
+                    let to = self.string()?;
+                    o.moves.push((from, to));
+                }
+                "CHECKSUM" => o.checksum = Some(true),
+                "NO_CHECKSUM" => o.checksum = Some(false),
+                "STATS" => o.stats = Some(self.optional_stats()?),
+                "FILE" => o.file = Some(self.eq_number("FILE", 1, u64::from(u32::MAX))?),
+                "BLOCKSIZE" => {
+                    let v = self.eq_number("BLOCKSIZE", 512, 65536)?;
+                    if !v.is_power_of_two() {
+                        return Err(msg::invalid_value("BLOCKSIZE").at_line(line));
+                    }
+                    o.block_size = Some(v);
+                }
+                "BUFFERCOUNT" => o.buffer_count = Some(self.eq_number("BUFFERCOUNT", 1, 4096)?),
+                "MAXTRANSFERSIZE" => {
+                    let v = self.eq_number("MAXTRANSFERSIZE", 65536, 4 << 20)?;
+                    if v % 65536 != 0 {
+                        return Err(msg::invalid_value("MAXTRANSFERSIZE").at_line(line));
+                    }
+                    o.max_transfer_size = Some(v);
+                }
+                "REWIND" | "NOREWIND" | "UNLOAD" | "NOUNLOAD" | "STOP_ON_ERROR" => {}
+                "CONTINUE_AFTER_ERROR" => o.continue_after_error = true,
+                _ => return Err(msg::unknown_option(&w, "RESTORE").at_line(line)),
+            }
+            if !self.eat(&Tok::Comma) {
+                return Ok(o);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(s: &str) -> Statement {
+        let v = parse_batch(s).unwrap();
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.into_iter().next().unwrap().stmt
+    }
+
+    fn err(s: &str) -> SqlError {
+        parse_batch(s).unwrap_err()
+    }
+
+    #[test]
+    fn backup_full_options() {
+        let s = one(
+            "backup database [My DB] to virtual_device = N'{A-B}', VIRTUAL_DEVICE='{A-B}1' \
+             with FORMAT, INIT, CHECKSUM, BLOCKSIZE = 65536, BUFFERCOUNT=20, \
+             MAXTRANSFERSIZE=1048576, NAME = N'n', DESCRIPTION='d', STATS = 5, COPY_ONLY",
+        );
+        let Statement::Backup {
+            target,
+            database,
+            devices,
+            options,
+        } = s
+        else {
+            panic!()
+        };
+        assert_eq!(target, Target::Database);
+        assert_eq!(database, "My DB");
+        assert_eq!(devices.len(), 2);
+        assert_eq!(devices[1].name, "{A-B}1");
+        assert_eq!(devices[0].kind, DeviceKind::VirtualDevice);
+        assert!(options.format && options.init && options.copy_only);
+        assert_eq!(options.checksum, Some(true));
+        assert_eq!(options.block_size, Some(65536));
+        assert_eq!(options.buffer_count, Some(20));
+        assert_eq!(options.max_transfer_size, Some(1 << 20));
+        assert_eq!(options.name.as_deref(), Some("n"));
+        assert_eq!(options.description.as_deref(), Some("d"));
+        assert_eq!(options.stats, Some(5));
+    }
+
+    #[test]
+    fn backup_log_and_diff() {
+        let s = one("BACKUP LOG \"db\" TO VIRTUAL_DEVICE='x' WITH NO_CHECKSUM, STATS");
+        let Statement::Backup {
+            target, options, ..
+        } = s
+        else {
+            panic!()
+        };
+        assert_eq!(target, Target::Log);
+        assert_eq!(options.checksum, Some(false));
+        assert_eq!(options.stats, Some(10));
+        let s = one("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH DIFFERENTIAL;");
+        assert!(matches!(s, Statement::Backup { options, .. } if options.differential));
+        assert_eq!(
+            err("BACKUP LOG db TO VIRTUAL_DEVICE='x' WITH DIFFERENTIAL").number(),
+            155
+        );
+        assert_eq!(
+            err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH DIFFERENTIAL, COPY_ONLY").number(),
+            3031
+        );
+    }
+
+    #[test]
+    fn restore_forms() {
+        let s = one(
+            "RESTORE DATABASE db2 FROM VIRTUAL_DEVICE='a' WITH REPLACE, NORECOVERY, \
+             MOVE N'db' TO N'/x/db2.mdf', MOVE 'db_log' TO '/x/db2_log.ldf', STATS=10, CHECKSUM",
+        );
+        let Statement::Restore {
+            target,
+            database,
+            devices,
+            options,
+        } = s
+        else {
+            panic!()
+        };
+        assert_eq!(target, Target::Database);
+        assert_eq!(database, "db2");
+        assert_eq!(devices.len(), 1);
+        assert!(options.replace);
+        assert!(!options.recovers());
+        assert_eq!(options.moves.len(), 2);
+        assert_eq!(options.moves[1], ("db_log".into(), "/x/db2_log.ldf".into()));
+        let s = one("RESTORE LOG db FROM VIRTUAL_DEVICE='a'");
+        assert!(matches!(s, Statement::Restore { target: Target::Log, options, .. } if options.recovers()));
+        let s = one("RESTORE DATABASE db WITH RECOVERY");
+        assert!(matches!(s, Statement::Restore { devices, .. } if devices.is_empty()));
+        for (sql, kind) in [
+            ("RESTORE HEADERONLY FROM VIRTUAL_DEVICE='a'", InfoKind::HeaderOnly),
+            ("restore filelistonly from virtual_device='a'", InfoKind::FileListOnly),
+            ("RESTORE VERIFYONLY FROM VIRTUAL_DEVICE='a' WITH CHECKSUM", InfoKind::VerifyOnly),
+        ] {
+            assert!(matches!(one(sql), Statement::RestoreInfo { kind: k, .. } if k == kind));
+        }
+        assert_eq!(
+            err("RESTORE DATABASE db FROM VIRTUAL_DEVICE='a' WITH RECOVERY, NORECOVERY").number(),
+            3031
+        );
+        assert_eq!(err("RESTORE HEADERONLY FROM VIRTUAL_DEVICE='a' WITH REPLACE").number(), 155);
+    }
+
+    #[test]
+    fn several_statements() {
+        let v = parse_batch(
+            "BACKUP DATABASE a TO VIRTUAL_DEVICE='x'\nRESTORE VERIFYONLY FROM VIRTUAL_DEVICE='y';;\n\nBACKUP LOG a TO VIRTUAL_DEVICE='z';",
+        )
+        .unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v.iter().map(|l| l.line).collect::<Vec<_>>(), vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn syntax_errors_like_sql_server() {
+        let e = err("SELEC 1");
+        assert_eq!(e.to_string(), "Msg 102, Level 15, State 1, Line 1\nIncorrect syntax near 'SELEC'.");
+        let e = err("BACKUP DATABASE db\nTO VIRTUAL_DEVICE 'x'");
+        assert_eq!(e.to_string(), "Msg 102, Level 15, State 1, Line 2\nIncorrect syntax near 'x'.");
+        let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH");
+        assert_eq!(e.number(), 156);
+        assert_eq!(e.messages[0].text, "Incorrect syntax near the keyword 'WITH'.");
+        let e = err("BACKUP DATABASE FROM");
+        assert_eq!(e.number(), 156);
+        let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH FOO");
+        assert_eq!(e.to_string(), "Msg 155, Level 15, State 1, Line 1\n'FOO' is not a recognized BACKUP option.");
+        let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH BLOCKSIZE=1000");
+        assert_eq!(e.number(), 3217);
+        let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH MAXTRANSFERSIZE=100000");
+        assert_eq!(e.number(), 3217);
+        let e = err("BACKUP DATABASE @db TO VIRTUAL_DEVICE='x'");
+        assert_eq!(e.number(), 137);
+        let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' extra");
+        assert_eq!(e.number(), 102);
+        let e = err("RESTORE DATABASE db");
+        assert_eq!(e.number(), 102);
+        let e = err("SELECT 1");
+        assert_eq!(e.number(), 156);
+    }
+}
