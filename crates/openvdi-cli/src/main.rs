@@ -1,1 +1,80 @@
-fn main() {}
+//! `openvdi`, the backup tool: backs up and restores SQL Server databases through the
+//! Virtual Device Interface — striped, compressed off the device threads, checksummed
+//! per chunk and per stripe — to a local directory or object storage.
+//!
+//! The binary is glue: `cli` parses, `config` resolves flags, `OPENVDI_*` variables and
+//! the TOML file into settings, `cmd::*` runs one subcommand each, `pipeline` moves
+//! bytes between virtual devices and `storage`, `repo` names and lists backups, and
+//! `exit` maps every failure to the documented exit-code table.
+//!
+//! ```text
+//! openvdi backup demo --stripes 2 --compress zstd:3
+//! openvdi list
+//! openvdi restore latest:demo --as demo_copy
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod chunk;
+mod cli;
+mod cmd;
+mod codec;
+mod config;
+mod embedded;
+mod engine;
+mod exit;
+mod lock;
+mod manifest;
+mod mtf;
+mod naming;
+mod output;
+mod pipeline;
+mod progress;
+mod repo;
+mod storage;
+mod vdi;
+mod vdi_lib;
+
+use clap::Parser;
+
+use crate::exit::Code;
+use crate::pipeline::{Stop, StopReason};
+
+fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                Code::Usage.as_i32()
+            } else {
+                Code::Ok.as_i32()
+            });
+        }
+    };
+    let json = cli.global.json;
+    let stop = Stop::new();
+    {
+        let stop = stop.clone();
+        // SIGINT and SIGTERM (ctrlc's "termination" feature): the pipelines see the flag
+        // within one poll period and abort the set, so nothing partial is published.
+        let _ = ctrlc::set_handler(move || stop.stop(StopReason::Interrupted));
+    }
+    let code = match cmd::run(cli, stop) {
+        Ok(()) => Code::Ok,
+        Err(e) => {
+            let code = exit::code_of(&e);
+            if json && !output::printed() {
+                output::json(&serde_json::json!({
+                    "ok": false,
+                    "exit_code": code.as_i32(),
+                    "error_kind": code.name(),
+                    "error": format!("{e:#}"),
+                }));
+            }
+            eprintln!("openvdi: error: {e:#}");
+            code
+        }
+    };
+    std::process::exit(code.as_i32());
+}

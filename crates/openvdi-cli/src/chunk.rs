@@ -1,0 +1,299 @@
+//! The stored stripe format: a header, crc32c-framed chunks, a trailer.
+//!
+//! ```text
+//! header  16 B  "OVDISTR1" | codec id u8 | format version u8 (1) | 6 reserved zero bytes
+//! frame   16 B  raw_len u32 | stored_len u32 | crc32c(stored) u32 | crc32c(raw) u32, then stored bytes
+//! …
+//! end     16 B  0 | 48 | crc32c(trailer) | 0, then the 48-byte trailer:
+//!               raw total u64 | chunk count u64 | blake3(raw stream) 32 B
+//! ```
+//! All integers little-endian. Each chunk is one `VDC_Write` buffer, compressed on its
+//! own, so chunks compress in parallel and a restore verifies each one before a byte
+//! of it reaches the engine. The crc of the stored bytes catches media damage before
+//! decompression; the crc of the raw bytes catches a codec bug; the trailer's blake3
+//! (also in the manifest) pins the whole native stream, which is what `export` writes.
+
+use std::io::{self, Read};
+
+use thiserror::Error;
+
+use crate::codec::Codec;
+
+pub const MAGIC: &[u8; 8] = b"OVDISTR1";
+pub const HEADER_LEN: usize = 16;
+pub const FRAME_LEN: usize = 16;
+pub const TRAILER_LEN: usize = 48;
+/// Largest raw chunk accepted when reading (VDI's MAXTRANSFERSIZE tops out at 4 MiB;
+/// imports use 4 MiB chunks). Guards allocations against a damaged length field.
+pub const MAX_CHUNK: usize = 64 << 20;
+
+#[derive(Debug, Error)]
+pub enum ChunkError {
+    /// The stored bytes do not match their checksums or structure.
+    #[error("corrupt stripe: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The 16-byte stripe header.
+pub fn header(codec: Codec) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8] = codec.id();
+    h[9] = 1;
+    h
+}
+
+/// A compressed chunk ready to append: frame header followed by the stored bytes.
+#[derive(Debug)]
+pub struct Frame {
+    pub bytes: Vec<u8>,
+    pub raw_len: usize,
+}
+
+/// Compresses and frames one chunk (runs on a worker thread).
+pub fn encode(codec: Codec, raw: &[u8]) -> io::Result<Frame> {
+    let raw_len = u32::try_from(raw.len()).map_err(|_| io::Error::other("chunk too large"))?;
+    let mut bytes = Vec::with_capacity(FRAME_LEN + raw.len() + raw.len() / 64 + 64);
+    bytes.resize(FRAME_LEN, 0);
+    codec.compress(raw, &mut bytes)?;
+    let stored = &bytes[FRAME_LEN..];
+    let stored_len = stored.len() as u32;
+    let crc_stored = crc32c::crc32c(stored);
+    let crc_raw = if codec == Codec::None {
+        crc_stored
+    } else {
+        crc32c::crc32c(raw)
+    };
+    bytes[0..4].copy_from_slice(&raw_len.to_le_bytes());
+    bytes[4..8].copy_from_slice(&stored_len.to_le_bytes());
+    bytes[8..12].copy_from_slice(&crc_stored.to_le_bytes());
+    bytes[12..16].copy_from_slice(&crc_raw.to_le_bytes());
+    Ok(Frame {
+        bytes,
+        raw_len: raw.len(),
+    })
+}
+
+/// The end frame and trailer.
+pub fn trailer(raw_total: u64, chunks: u64, raw_hash: &blake3::Hash) -> Vec<u8> {
+    let mut t = Vec::with_capacity(TRAILER_LEN);
+    t.extend_from_slice(&raw_total.to_le_bytes());
+    t.extend_from_slice(&chunks.to_le_bytes());
+    t.extend_from_slice(raw_hash.as_bytes());
+    let mut out = Vec::with_capacity(FRAME_LEN + TRAILER_LEN);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(TRAILER_LEN as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&t).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&t);
+    out
+}
+
+/// What the trailer says, checked against what was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub codec: Codec,
+    pub raw_size: u64,
+    pub chunks: u64,
+    pub raw_blake3: String,
+    pub stored_size: u64,
+}
+
+/// Reads a stored stripe, verifying every frame; yields raw chunks in order.
+#[derive(Debug)]
+pub struct StripeReader<R> {
+    inner: R,
+    codec: Codec,
+    hasher: blake3::Hasher,
+    raw_total: u64,
+    chunks: u64,
+    stored: u64,
+    stored_buf: Vec<u8>,
+    done: Option<Summary>,
+}
+
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), ChunkError> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ChunkError::Corrupt("stripe is truncated".into())
+        } else {
+            ChunkError::Io(e)
+        }
+    })
+}
+
+impl<R: Read> StripeReader<R> {
+    /// Reads and checks the header.
+    pub fn new(mut inner: R) -> Result<Self, ChunkError> {
+        let mut h = [0u8; HEADER_LEN];
+        read_full(&mut inner, &mut h)?;
+        if &h[..8] != MAGIC {
+            return Err(ChunkError::Corrupt(
+                "not an openvdi stripe (bad magic)".into(),
+            ));
+        }
+        if h[10..].iter().any(|&b| b != 0) {
+            return Err(ChunkError::Corrupt(
+                "stripe header reserved bytes are not zero".into(),
+            ));
+        }
+        if h[9] != 1 {
+            return Err(ChunkError::Corrupt(format!(
+                "unknown stripe format version {}",
+                h[9]
+            )));
+        }
+        let codec = Codec::from_id(h[8])
+            .ok_or_else(|| ChunkError::Corrupt(format!("unknown codec id {}", h[8])))?;
+        Ok(StripeReader {
+            inner,
+            codec,
+            hasher: blake3::Hasher::new(),
+            raw_total: 0,
+            chunks: 0,
+            stored: HEADER_LEN as u64,
+            stored_buf: Vec::new(),
+            done: None,
+        })
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// The next raw chunk into `out` (cleared first). `Ok(false)` at the verified end;
+    /// [`StripeReader::summary`] then tells what the trailer said.
+    pub fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<bool, ChunkError> {
+        if self.done.is_some() {
+            return Ok(false);
+        }
+        let mut f = [0u8; FRAME_LEN];
+        read_full(&mut self.inner, &mut f)?;
+        let word = |i: usize| u32::from_le_bytes(f[i..i + 4].try_into().expect("4 bytes"));
+        let (raw_len, stored_len, crc_stored, crc_raw) = (word(0), word(4), word(8), word(12));
+        self.stored += FRAME_LEN as u64;
+        if raw_len == 0 {
+            if stored_len as usize != TRAILER_LEN || crc_raw != 0 {
+                return Err(ChunkError::Corrupt("bad end frame".into()));
+            }
+            let mut t = [0u8; TRAILER_LEN];
+            read_full(&mut self.inner, &mut t)?;
+            self.stored += TRAILER_LEN as u64;
+            if crc32c::crc32c(&t) != crc_stored {
+                return Err(ChunkError::Corrupt("trailer checksum mismatch".into()));
+            }
+            let raw_size = u64::from_le_bytes(t[0..8].try_into().expect("8"));
+            let chunks = u64::from_le_bytes(t[8..16].try_into().expect("8"));
+            let hash = blake3::Hash::from_bytes(t[16..48].try_into().expect("32"));
+            if raw_size != self.raw_total || chunks != self.chunks {
+                return Err(ChunkError::Corrupt(format!(
+                    "trailer says {raw_size} bytes in {chunks} chunks, read {} in {}",
+                    self.raw_total, self.chunks
+                )));
+            }
+            if hash != self.hasher.finalize() {
+                return Err(ChunkError::Corrupt("stripe blake3 mismatch".into()));
+            }
+            let mut extra = [0u8; 1];
+            if self.inner.read(&mut extra)? != 0 {
+                return Err(ChunkError::Corrupt("bytes after the trailer".into()));
+            }
+            self.done = Some(Summary {
+                codec: self.codec,
+                raw_size,
+                chunks,
+                raw_blake3: hash.to_hex().to_string(),
+                stored_size: self.stored,
+            });
+            return Ok(false);
+        }
+        let (raw_len, stored_len) = (raw_len as usize, stored_len as usize);
+        if raw_len > MAX_CHUNK || stored_len > MAX_CHUNK + MAX_CHUNK / 8 {
+            return Err(ChunkError::Corrupt(format!(
+                "chunk {} claims {raw_len} raw / {stored_len} stored bytes",
+                self.chunks
+            )));
+        }
+        self.stored_buf.resize(stored_len, 0);
+        read_full(&mut self.inner, &mut self.stored_buf)?;
+        self.stored += stored_len as u64;
+        if crc32c::crc32c(&self.stored_buf) != crc_stored {
+            return Err(ChunkError::Corrupt(format!(
+                "chunk {} (stored offset {}): crc32c mismatch",
+                self.chunks,
+                self.stored - stored_len as u64 - FRAME_LEN as u64
+            )));
+        }
+        self.codec
+            .decompress(&self.stored_buf, raw_len, out)
+            .map_err(|e| ChunkError::Corrupt(format!("chunk {}: {e}", self.chunks)))?;
+        let raw_ok = if self.codec == Codec::None {
+            crc_raw == crc_stored
+        } else {
+            crc32c::crc32c(out) == crc_raw
+        };
+        if !raw_ok {
+            return Err(ChunkError::Corrupt(format!(
+                "chunk {}: raw crc32c mismatch after decompression",
+                self.chunks
+            )));
+        }
+        self.hasher.update(out);
+        self.raw_total += raw_len as u64;
+        self.chunks += 1;
+        Ok(true)
+    }
+
+    /// The verified trailer, once `next_chunk` returned `Ok(false)`.
+    pub fn summary(&self) -> Option<&Summary> {
+        self.done.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(codec: Codec, chunks: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = header(codec).to_vec();
+        let mut h = blake3::Hasher::new();
+        let mut total = 0u64;
+        for c in chunks {
+            out.extend_from_slice(&encode(codec, c).unwrap().bytes);
+            h.update(c);
+            total += c.len() as u64;
+        }
+        out.extend_from_slice(&trailer(total, chunks.len() as u64, &h.finalize()));
+        out
+    }
+
+    fn read_all(data: &[u8]) -> Result<Vec<u8>, ChunkError> {
+        let mut r = StripeReader::new(data)?;
+        let mut all = Vec::new();
+        let mut c = Vec::new();
+        while r.next_chunk(&mut c)? {
+            all.extend_from_slice(&c);
+        }
+        assert_eq!(r.summary().unwrap().stored_size, data.len() as u64);
+        Ok(all)
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let chunks: Vec<Vec<u8>> = (0..3)
+            .map(|k| (0..3000u32).map(|i| ((i * 7 + k) % 13) as u8).collect())
+            .collect();
+        for codec in [Codec::None, Codec::Zstd { level: 1 }, Codec::Lz4] {
+            let good = build(codec, &chunks);
+            assert_eq!(read_all(&good).unwrap(), chunks.concat());
+            for i in 0..good.len() {
+                let mut bad = good.clone();
+                bad[i] ^= 0x40;
+                assert!(read_all(&bad).is_err(), "{codec}: flip at {i} not caught");
+            }
+            assert!(read_all(&good[..good.len() - 1]).is_err());
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The command line (clap derive). Parsing only: `config` merges these with the
+//! environment and the TOML file into a validated plan before any I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::codec::Codec;
+use crate::manifest::Kind;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "openvdi",
+    version,
+    about = "Back up and restore SQL Server databases through the Virtual Device Interface",
+    long_about = "Back up and restore SQL Server databases through the Virtual Device Interface: \
+striped, compressed, checksummed, to a local directory or object storage (S3, Azure, GCS).\n\n\
+Exit codes: 0 ok, 1 failure, 2 usage, 3 verification failed, 10 repository or backup missing, \
+11 repository locked, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Repository: a directory, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix.
+    #[arg(long, global = true, env = "OPENVDI_REPO")]
+    pub repo: Option<String>,
+    /// Optional TOML configuration file [default: ~/.config/openvdi/config.toml if present].
+    #[arg(long, global = true, env = "OPENVDI_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output: a JSON result on stdout, JSON-lines progress on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress output.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Which engine runs the T-SQL, and which VDI library moves the bytes.
+#[derive(Debug, Args, Default)]
+pub struct EngineArgs {
+    /// Data directory of the embedded engine (the default engine) [default: ~/.local/share/openvdi/engine].
+    #[arg(long, global = true, env = "OPENVDI_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Use an external sqlcmd-style command instead of the embedded engine; `{sql}` is
+    /// replaced by the statement, e.g. 'openvdi-sqlcmd -S . -Q {sql}'.
+    #[arg(long, global = true, env = "OPENVDI_ENGINE_CMD")]
+    pub engine_cmd: Option<String>,
+    /// Load this libsqlvdi.so at run time instead of openvdi's own client half.
+    #[arg(long, global = true, env = "OPENVDI_VDI_LIBRARY")]
+    pub vdi_library: Option<PathBuf>,
+    /// Server name used in object names [default: the engine's, else the host name].
+    #[arg(long, global = true, env = "OPENVDI_SERVER")]
+    pub server: Option<String>,
+    /// Seconds to wait for the engine to open the virtual device set.
+    #[arg(long, global = true, env = "OPENVDI_OPEN_TIMEOUT")]
+    pub open_timeout: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up a database into the repository.
+    Backup(BackupArgs),
+    /// Restore a backup through the engine.
+    Restore(RestoreArgs),
+    /// List the backups in the repository.
+    List(ListArgs),
+    /// Verify a backup's checksums and MTF structure without restoring it.
+    Verify(VerifyArgs),
+    /// Show a backup's header and file list (also of plain .bak files).
+    Inspect(InspectArgs),
+    /// Write a backup's stripes as native .bak files.
+    Export(ExportArgs),
+    /// Take existing .bak files (the stripes of one backup) into the repository.
+    Import(ImportArgs),
+    /// Delete old backup chains, keeping the newest N full backups per database.
+    Prune(PruneArgs),
+    /// Remove every lock of an object-store repository (after a host crashed).
+    Unlock,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Database to back up.
+    pub database: String,
+    /// full, diff or log.
+    #[arg(long = "type", value_name = "TYPE", default_value = "full")]
+    pub kind: Kind,
+    /// Number of stripes (virtual devices), 1..=64.
+    #[arg(long, env = "OPENVDI_STRIPES")]
+    pub stripes: Option<u32>,
+    /// zstd[:LEVEL], lz4 or none.
+    #[arg(long, env = "OPENVDI_COMPRESS")]
+    pub compress: Option<Codec>,
+    /// BUFFERCOUNT passed to BACKUP.
+    #[arg(long, env = "OPENVDI_BUFFERCOUNT")]
+    pub buffercount: Option<u32>,
+    /// MAXTRANSFERSIZE passed to BACKUP (bytes, multiple of 64 KiB, ≤ 4 MiB).
+    #[arg(long, env = "OPENVDI_MAXTRANSFERSIZE")]
+    pub maxtransfersize: Option<u32>,
+    /// BLOCKSIZE passed to BACKUP (512..=65536, power of two).
+    #[arg(long, env = "OPENVDI_BLOCKSIZE")]
+    pub blocksize: Option<u32>,
+    /// Compression worker threads [default: number of CPUs].
+    #[arg(long, env = "OPENVDI_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id, `latest` or `latest:DATABASE`.
+    pub backup: String,
+    /// Restore under another database name.
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<String>,
+    /// MOVE a logical file to a new path (repeatable): LOGICAL=PATH.
+    #[arg(long = "move", value_name = "LOGICAL=PATH")]
+    pub moves: Vec<String>,
+    /// Leave the database restoring (NORECOVERY) so later diff/log backups can follow.
+    #[arg(long)]
+    pub norecovery: bool,
+    /// Overwrite an existing database (REPLACE).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this database.
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id, `latest` or `latest:DATABASE`; omit with --all.
+    pub backup: Option<String>,
+    /// Verify every backup.
+    #[arg(long)]
+    pub all: bool,
+    /// Also have the engine run RESTORE VERIFYONLY over VDI.
+    #[arg(long)]
+    pub engine: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A backup id, or .bak files (the stripes of one backup, in any order).
+    #[arg(required = true)]
+    pub target: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Backup id, `latest` or `latest:DATABASE`.
+    pub backup: String,
+    /// Directory for the .bak files (created if missing).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The .bak files of one backup (one per stripe).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// zstd[:LEVEL], lz4 or none.
+    #[arg(long, env = "OPENVDI_COMPRESS")]
+    pub compress: Option<Codec>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Keep the newest N full backups of each database, with every diff and log
+    /// backup taken after the oldest kept full (N ≥ 1).
+    #[arg(long, value_name = "N")]
+    pub keep_last: usize,
+    /// Only this database.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Really delete (otherwise only show what would go).
+    #[arg(long)]
+    pub confirm: bool,
+}

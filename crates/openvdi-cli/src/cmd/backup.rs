@@ -1,0 +1,327 @@
+//! `openvdi backup DATABASE`: one virtual device per stripe, the engine's BACKUP
+//! statement on its own thread, the data pipeline on this one, the manifest last.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use openvdi::{vdf, VdConfig};
+
+use super::{check_interrupted, default_workers, stop_error, Ctx};
+use crate::cli::BackupArgs;
+use crate::codec::Codec;
+use crate::engine::{self, ident, Engine};
+use crate::exit::{err, Code};
+use crate::manifest::{self, Chain, EngineInfo, Kind, Manifest, Stripe, Timings};
+use crate::pipeline::{self, Counters, StopReason};
+use crate::repo::Repo;
+use crate::{lock, naming, output, progress, vdi};
+
+/// The validated request.
+#[derive(Debug)]
+struct Plan {
+    database: String,
+    kind: Kind,
+    stripes: u32,
+    codec: Codec,
+    buffercount: Option<u32>,
+    maxtransfersize: Option<u32>,
+    blocksize: Option<u32>,
+    workers: usize,
+}
+
+fn validate(ctx: &Ctx, a: BackupArgs) -> Result<Plan> {
+    let f = &ctx.settings.file;
+    let usage = |m: String| err(Code::Usage, m);
+    let stripes = a.stripes.or(f.stripes).unwrap_or(1);
+    if !(1..=openvdi::MAX_DEVICES as u32).contains(&stripes) {
+        return Err(usage(format!("--stripes {stripes}: must be 1..=64")));
+    }
+    let blocksize = a.blocksize.or(f.blocksize);
+    if let Some(b) = blocksize {
+        if !(512..=65536).contains(&b) || !b.is_power_of_two() {
+            return Err(usage(format!(
+                "--blocksize {b}: must be a power of two in 512..=65536"
+            )));
+        }
+    }
+    let maxtransfersize = a.maxtransfersize.or(f.maxtransfersize);
+    if let Some(m) = maxtransfersize {
+        if m == 0 || m % 65536 != 0 || m > 4 << 20 {
+            return Err(usage(format!(
+                "--maxtransfersize {m}: must be a multiple of 65536 up to 4194304"
+            )));
+        }
+    }
+    let buffercount = a.buffercount.or(f.buffercount);
+    if buffercount == Some(0) {
+        return Err(usage("--buffercount must be at least 1".into()));
+    }
+    if a.database.is_empty() {
+        return Err(usage("the database name is empty".into()));
+    }
+    Ok(Plan {
+        database: a.database,
+        kind: a.kind,
+        stripes,
+        codec: a
+            .compress
+            .or(f.compress)
+            .unwrap_or(Codec::Zstd { level: 3 }),
+        buffercount,
+        maxtransfersize,
+        blocksize,
+        workers: a
+            .workers
+            .or(f.workers)
+            .unwrap_or_else(default_workers)
+            .max(1),
+    })
+}
+
+/// `BACKUP DATABASE|LOG [db] TO VIRTUAL_DEVICE='set', VIRTUAL_DEVICE='set1', … WITH …`
+fn statement(p: &Plan, devices: &[String]) -> String {
+    let verb = if p.kind == Kind::Log {
+        "LOG"
+    } else {
+        "DATABASE"
+    };
+    let to: Vec<String> = devices
+        .iter()
+        .map(|d| format!("VIRTUAL_DEVICE = '{}'", d.replace('\'', "''")))
+        .collect();
+    let mut with = Vec::new();
+    if p.kind == Kind::Diff {
+        with.push("DIFFERENTIAL".to_string());
+    }
+    if let Some(n) = p.buffercount {
+        with.push(format!("BUFFERCOUNT = {n}"));
+    }
+    if let Some(n) = p.maxtransfersize {
+        with.push(format!("MAXTRANSFERSIZE = {n}"));
+    }
+    if let Some(n) = p.blocksize {
+        with.push(format!("BLOCKSIZE = {n}"));
+    }
+    let mut sql = format!("BACKUP {verb} {} TO {}", ident(&p.database), to.join(", "));
+    if !with.is_empty() {
+        sql.push_str(" WITH ");
+        sql.push_str(&with.join(", "));
+    }
+    sql
+}
+
+/// The backup this one depends on: by LSN when both sides know them, else the
+/// newest eligible one before it.
+pub fn find_parent(all: &[Manifest], database: &str, kind: Kind, chain: &Chain) -> Option<String> {
+    let same_db = |m: &&Manifest| m.database.eq_ignore_ascii_case(database);
+    let eligible = |m: &&Manifest| match kind {
+        Kind::Full => false,
+        Kind::Diff => m.kind == Kind::Full,
+        Kind::Log => m.kind != Kind::Diff,
+    };
+    let by_lsn = all
+        .iter()
+        .rev()
+        .filter(same_db)
+        .filter(eligible)
+        .find(|m| match kind {
+            Kind::Diff => {
+                chain.differential_base_lsn.is_some()
+                    && m.chain.checkpoint_lsn == chain.differential_base_lsn
+            }
+            Kind::Log => {
+                chain.first_lsn.is_some()
+                    && m.kind == Kind::Log
+                    && m.chain.last_lsn == chain.first_lsn
+            }
+            Kind::Full => false,
+        });
+    by_lsn
+        .or_else(|| all.iter().rev().filter(same_db).find(eligible))
+        .map(|m| m.id.clone())
+}
+
+pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
+    let plan = validate(ctx, a)?;
+    let repo = Repo::open(&ctx.settings.repo)?;
+    repo.init_if_missing()?;
+    let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "backup")?;
+    let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine)?;
+    let server = ctx
+        .settings
+        .engine
+        .server
+        .clone()
+        .or_else(|| engine.server_name())
+        .unwrap_or_else(lock::hostname);
+    let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
+
+    let set_name = vdi::unique_set_name();
+    let devices = vdi::device_names(&set_name, plan.stripes);
+    let cfg = VdConfig {
+        device_count: plan.stripes,
+        features: vdf::VDF_RequestComplete,
+        ..Default::default()
+    };
+    let started = Utc::now();
+    let dir_of = |id: &str| naming::backup_dir(&server, &plan.database, plan.kind, id);
+    let id = repo.unique_id(
+        &naming::backup_id(&server, &plan.database, plan.kind, started),
+        dir_of,
+    )?;
+    let dir = dir_of(&id);
+    let keys: Vec<String> = (1..=plan.stripes)
+        .map(|i| format!("{dir}/{}", naming::stripe_name(i, plan.codec.suffix())))
+        .collect();
+    let sql = statement(&plan, &devices);
+
+    let set = transport
+        .create(&set_name, &cfg)
+        .map_err(|e| anyhow::anyhow!("creating virtual device set {set_name}: {e}"))?;
+    let counters: Vec<Arc<Counters>> = (0..plan.stripes).map(|_| Arc::default()).collect();
+    let reporter = progress::Reporter::start(ctx.progress, "backup", counters.clone(), None);
+    let t0 = std::time::Instant::now();
+    let stop = &ctx.stop;
+    let (result, outcome) = std::thread::scope(|s| {
+        let eng = s.spawn(|| {
+            let o = engine.execute(&sql, stop);
+            if !o.ok {
+                stop.stop(StopReason::Engine(o.error_text()));
+            }
+            o
+        });
+        let r = pipeline::backup::run(pipeline::backup::Plan {
+            set: set.as_ref(),
+            device_names: devices.clone(),
+            store: repo.store.clone(),
+            keys: keys.clone(),
+            codec: plan.codec,
+            workers: plan.workers,
+            stop: stop.clone(),
+            counters: counters.clone(),
+            open_timeout: ctx.settings.engine.open_timeout,
+        });
+        if r.is_err() {
+            set.signal_abort();
+        }
+        let o = eng.join().unwrap_or_else(|_| engine::Outcome {
+            ok: false,
+            messages: vec!["the engine thread panicked".into()],
+            ..Default::default()
+        });
+        (r, o)
+    });
+    reporter.finish();
+    let _ = set.close();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let results = match result {
+        Ok(r) => r,
+        Err(reason) => {
+            for k in &keys {
+                let _ = repo.store.delete(k);
+            }
+            return Err(stop_error(reason));
+        }
+    };
+    if !outcome.ok {
+        for k in &keys {
+            let _ = repo.store.delete(k);
+        }
+        return Err(stop_error(StopReason::Engine(outcome.error_text())));
+    }
+    check_interrupted(stop)?;
+
+    let stripes: Vec<Stripe> = results
+        .iter()
+        .zip(&keys)
+        .enumerate()
+        .map(|(i, (r, k))| Stripe {
+            index: i as u32 + 1,
+            key: k.clone(),
+            raw_size: r.raw_size,
+            stored_size: r.stored_size,
+            chunks: r.chunks,
+            raw_blake3: r.raw_blake3.clone(),
+        })
+        .collect();
+    let mut chain = match outcome.chain.clone() {
+        Some(c) => c,
+        None => crate::mtf::chain_of_stored(&repo, &stripes).unwrap_or_default(),
+    };
+    let existing = repo.backups()?;
+    chain.parent = find_parent(&existing, &plan.database, plan.kind, &chain);
+    let raw_size: u64 = stripes.iter().map(|s| s.raw_size).sum();
+    let m = Manifest {
+        format: manifest::FORMAT,
+        id: id.clone(),
+        server,
+        database: plan.database.clone(),
+        kind: plan.kind,
+        codec: plan.codec,
+        block_size: plan.blocksize,
+        max_transfer_size: plan.maxtransfersize,
+        buffer_count: plan.buffercount,
+        stored_size: stripes.iter().map(|s| s.stored_size).sum(),
+        raw_size,
+        stripes,
+        chain,
+        engine: EngineInfo {
+            kind: engine.kind().into(),
+            message: outcome.completion_message(),
+            messages: outcome.messages.clone(),
+        },
+        timings: Timings {
+            started,
+            finished: Utc::now(),
+            seconds: elapsed,
+            raw_bytes_per_second: raw_size as f64 / elapsed.max(1e-9),
+        },
+        vdi_set: set_name,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    check_interrupted(stop)?;
+    repo.publish(&dir, &m).context("publishing the backup")?;
+    if ctx.settings.json {
+        let mut v = serde_json::to_value(&m)?;
+        v["ok"] = true.into();
+        output::json(&v);
+    } else {
+        output::text(&format!(
+            "backup {} done: {} stripe(s), {} → {} ({}), {:.1} s, {}/s\n{}",
+            m.id,
+            m.stripes.len(),
+            progress::human(m.raw_size as f64),
+            progress::human(m.stored_size as f64),
+            m.codec,
+            elapsed,
+            progress::human(m.timings.raw_bytes_per_second),
+            m.engine.message
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_text() {
+        let p = Plan {
+            database: "my]db".into(),
+            kind: Kind::Diff,
+            stripes: 2,
+            codec: Codec::None,
+            buffercount: Some(4),
+            maxtransfersize: Some(1 << 20),
+            blocksize: None,
+            workers: 1,
+        };
+        assert_eq!(
+            statement(&p, &["s".into(), "s1".into()]),
+            "BACKUP DATABASE [my]]db] TO VIRTUAL_DEVICE = 's', VIRTUAL_DEVICE = 's1' \
+             WITH DIFFERENTIAL, BUFFERCOUNT = 4, MAXTRANSFERSIZE = 1048576"
+        );
+    }
+}

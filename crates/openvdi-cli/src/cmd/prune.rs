@@ -1,0 +1,185 @@
+//! `openvdi prune --keep-last N`: keeps the newest N full backups of each database
+//! and everything taken after the oldest kept full (its diffs and logs); deletes the
+//! rest, plus objects no manifest refers to (left by crashed runs). A dry run unless
+//! `--confirm`. Takes the repository lock exclusively, so no backup is mid-flight.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::cli::PruneArgs;
+use crate::exit::{err, Code};
+use crate::manifest::{Kind, Manifest};
+use crate::repo::{Repo, MARKER};
+use crate::{lock, output};
+
+/// The backups to delete under the policy (input oldest first).
+pub fn select(all: &[Manifest], keep_last: usize, database: Option<&str>) -> Vec<Manifest> {
+    let mut by_db: BTreeMap<String, Vec<&Manifest>> = BTreeMap::new();
+    for m in all {
+        if database.is_none_or(|d| m.database.eq_ignore_ascii_case(d)) {
+            by_db
+                .entry(m.database.to_ascii_lowercase())
+                .or_default()
+                .push(m);
+        }
+    }
+    let mut out = Vec::new();
+    for list in by_db.values() {
+        let fulls: Vec<&&Manifest> = list.iter().filter(|m| m.kind == Kind::Full).collect();
+        if fulls.len() <= keep_last {
+            continue; // never delete diffs/logs whose chain start is still kept
+        }
+        let oldest_kept = fulls[fulls.len() - keep_last];
+        let cutoff = (oldest_kept.timings.started, oldest_kept.id.clone());
+        out.extend(
+            list.iter()
+                .filter(|m| (m.timings.started, m.id.clone()) < cutoff)
+                .map(|m| (*m).clone()),
+        );
+    }
+    out
+}
+
+pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
+    if a.keep_last == 0 {
+        return Err(err(Code::Usage, "--keep-last must be at least 1"));
+    }
+    let repo = Repo::open(&ctx.settings.repo)?;
+    repo.require()?;
+    let _lock = lock::acquire(&repo.store, lock::Mode::Exclusive, "prune")?;
+    let all = repo.backups()?;
+    let doomed = select(&all, a.keep_last, a.database.as_deref());
+    let doomed_ids: HashSet<&str> = doomed.iter().map(|m| m.id.as_str()).collect();
+    // Objects referenced by kept manifests; everything else under a backup folder is
+    // garbage from a crashed run (no backup can be running: we hold the lock).
+    let mut referenced: HashSet<String> = HashSet::new();
+    for m in all.iter().filter(|m| !doomed_ids.contains(m.id.as_str())) {
+        referenced.insert(Repo::manifest_key(&Repo::dir_of(m)));
+        referenced.extend(m.stripes.iter().map(|s| s.key.clone()));
+    }
+    let mut orphans: Vec<String> = Vec::new();
+    if a.database.is_none() {
+        for e in repo.store.list("")? {
+            if e.key == MARKER || e.key.starts_with(lock::PREFIX) || e.key == lock::LOCAL_FILE {
+                continue;
+            }
+            let in_doomed = doomed
+                .iter()
+                .any(|m| e.key.starts_with(&format!("{}/", Repo::dir_of(m))));
+            if !referenced.contains(&e.key) && !in_doomed {
+                orphans.push(e.key);
+            }
+        }
+        orphans.extend(repo.store.list_incomplete()?.into_iter().map(|e| e.key));
+    }
+    let mut deleted_objects = 0usize;
+    if a.confirm {
+        for m in &doomed {
+            // The manifest first: from then on the backup is no longer listed, and a
+            // crash half-way leaves only orphans for the next prune.
+            let dir = Repo::dir_of(m);
+            repo.store.delete(&Repo::manifest_key(&dir))?;
+            for s in &m.stripes {
+                repo.store.delete(&s.key)?;
+                deleted_objects += 1;
+            }
+            for e in repo.store.list(&dir)? {
+                repo.store.delete(&e.key)?;
+                deleted_objects += 1;
+            }
+            deleted_objects += 1;
+        }
+        for k in &orphans {
+            repo.store.delete(k)?;
+            deleted_objects += 1;
+        }
+    }
+    let kept = all.len() - doomed.len();
+    if ctx.settings.json {
+        output::json(&serde_json::json!({
+            "ok": true, "dry_run": !a.confirm, "keep_last": a.keep_last,
+            "delete": doomed.iter().map(|m| &m.id).collect::<Vec<_>>(),
+            "orphans": orphans, "kept": kept, "deleted_objects": deleted_objects,
+        }));
+    } else {
+        let verb = if a.confirm { "deleted" } else { "would delete" };
+        let mut s = String::new();
+        for m in &doomed {
+            s.push_str(&format!("{verb} {}\n", m.id));
+        }
+        for o in &orphans {
+            s.push_str(&format!("{verb} orphan object {o}\n"));
+        }
+        s.push_str(&format!(
+            "{} backup(s) {verb}, {kept} kept{}",
+            doomed.len(),
+            if a.confirm {
+                ""
+            } else {
+                " (dry run: add --confirm)"
+            }
+        ));
+        output::text(&s);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Codec;
+    use crate::manifest::{Chain, EngineInfo, Timings, FORMAT};
+    use chrono::{TimeZone, Utc};
+
+    fn m(id: &str, db: &str, kind: Kind, t: i64) -> Manifest {
+        let at = Utc.timestamp_opt(1_700_000_000 + t, 0).unwrap();
+        Manifest {
+            format: FORMAT,
+            id: id.into(),
+            server: "s".into(),
+            database: db.into(),
+            kind,
+            codec: Codec::None,
+            block_size: None,
+            max_transfer_size: None,
+            buffer_count: None,
+            stripes: vec![],
+            raw_size: 0,
+            stored_size: 0,
+            chain: Chain::default(),
+            engine: EngineInfo {
+                kind: "embedded".into(),
+                message: String::new(),
+                messages: vec![],
+            },
+            timings: Timings {
+                started: at,
+                finished: at,
+                seconds: 0.0,
+                raw_bytes_per_second: 0.0,
+            },
+            vdi_set: String::new(),
+            tool_version: String::new(),
+        }
+    }
+
+    #[test]
+    fn keeps_whole_chains() {
+        let all = vec![
+            m("f1", "a", Kind::Full, 1),
+            m("l1", "a", Kind::Log, 2),
+            m("f2", "a", Kind::Full, 3),
+            m("d2", "a", Kind::Diff, 4),
+            m("f3", "a", Kind::Full, 5),
+            m("l3", "a", Kind::Log, 6),
+            m("g1", "b", Kind::Full, 1),
+        ];
+        let ids = |v: Vec<Manifest>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(select(&all, 2, None)), vec!["f1", "l1"]);
+        assert_eq!(ids(select(&all, 1, None)), vec!["f1", "l1", "f2", "d2"]);
+        assert!(select(&all, 3, None).is_empty());
+        assert!(select(&all, 1, Some("b")).is_empty());
+    }
+}

@@ -1,0 +1,143 @@
+//! Settings: command-line flags, then `OPENVDI_*` environment variables (clap reads
+//! both), then the optional TOML file, then defaults. Resolved and validated here,
+//! before any I/O happens.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::cli::Global;
+use crate::codec::Codec;
+use crate::exit::{err, Code};
+
+/// The TOML file. Every key is optional; unknown keys are an error (a typo should
+/// not silently change where backups go).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub repo: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub engine_cmd: Option<String>,
+    pub vdi_library: Option<PathBuf>,
+    pub server: Option<String>,
+    pub open_timeout: Option<u64>,
+    pub stripes: Option<u32>,
+    pub compress: Option<String>,
+    pub buffercount: Option<u32>,
+    pub maxtransfersize: Option<u32>,
+    pub blocksize: Option<u32>,
+    pub workers: Option<usize>,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn data_home() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".local/share"))
+        .join("openvdi")
+}
+
+impl FileConfig {
+    /// Reads `path`, or the default location if it exists.
+    pub fn load(path: Option<&Path>) -> Result<FileConfig> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (
+                std::env::var_os("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| home().join(".config"))
+                    .join("openvdi/config.toml"),
+                false,
+            ),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(FileConfig::default())
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        toml::from_str(&text).map_err(|e| err(Code::Usage, format!("{}: {e}", path.display())))
+    }
+}
+
+/// Engine and transport choice, resolved.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub data_dir: PathBuf,
+    pub engine_cmd: Option<String>,
+    pub vdi_library: Option<PathBuf>,
+    pub server: Option<String>,
+    pub open_timeout: std::time::Duration,
+}
+
+/// Everything a command needs from configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub repo: String,
+    pub json: bool,
+    pub quiet: bool,
+    pub engine: EngineSettings,
+    pub file: FileDefaults,
+}
+
+/// Backup knobs whose fallback comes from the file.
+#[derive(Debug, Clone, Default)]
+pub struct FileDefaults {
+    pub stripes: Option<u32>,
+    pub compress: Option<Codec>,
+    pub buffercount: Option<u32>,
+    pub maxtransfersize: Option<u32>,
+    pub blocksize: Option<u32>,
+    pub workers: Option<usize>,
+}
+
+impl Settings {
+    pub fn resolve(g: &Global) -> Result<Settings> {
+        let f = FileConfig::load(g.config.as_deref())?;
+        let compress = match &f.compress {
+            Some(c) => Some(
+                c.parse::<Codec>()
+                    .map_err(|e| err(Code::Usage, format!("config file: compress: {e}")))?,
+            ),
+            None => None,
+        };
+        let e = &g.engine;
+        Ok(Settings {
+            repo: g
+                .repo
+                .clone()
+                .or(f.repo)
+                .unwrap_or_else(|| data_home().join("repo").display().to_string()),
+            json: g.json,
+            quiet: g.quiet,
+            engine: EngineSettings {
+                data_dir: e
+                    .data_dir
+                    .clone()
+                    .or(f.data_dir)
+                    .unwrap_or_else(|| data_home().join("engine")),
+                engine_cmd: e.engine_cmd.clone().or(f.engine_cmd),
+                vdi_library: e.vdi_library.clone().or(f.vdi_library),
+                server: e.server.clone().or(f.server),
+                open_timeout: std::time::Duration::from_secs(
+                    e.open_timeout.or(f.open_timeout).unwrap_or(60),
+                ),
+            },
+            file: FileDefaults {
+                stripes: f.stripes,
+                compress,
+                buffercount: f.buffercount,
+                maxtransfersize: f.maxtransfersize,
+                blocksize: f.blocksize,
+                workers: f.workers,
+            },
+        })
+    }
+}

@@ -1,0 +1,344 @@
+//! Backup data path: devices → compression workers → ordered stripe writers.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use openvdi::{vdc, vdf, win32};
+
+use super::{wait_configuration, Counters, Stop, StopReason, POLL_MS};
+use crate::chunk;
+use crate::codec::Codec;
+use crate::storage::{ObjectWriter, Store};
+use crate::vdi::{Cmd, DevError, Device, DeviceSet};
+
+/// What a stripe writer produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeResult {
+    pub raw_size: u64,
+    pub stored_size: u64,
+    pub chunks: u64,
+    pub raw_blake3: String,
+}
+
+pub struct Plan<'a> {
+    pub set: &'a dyn DeviceSet,
+    pub device_names: Vec<String>,
+    pub store: Arc<dyn Store>,
+    /// Object key per stripe, in device order.
+    pub keys: Vec<String>,
+    pub codec: Codec,
+    pub workers: usize,
+    pub stop: Arc<Stop>,
+    pub counters: Vec<Arc<Counters>>,
+    /// How long to wait for the engine to open the set.
+    pub open_timeout: Duration,
+}
+
+struct Job {
+    seq: u64,
+    cmd: Cmd,
+    reply: Sender<Item>,
+}
+
+enum Item {
+    Frame {
+        seq: u64,
+        cmd: Cmd,
+        frame: std::io::Result<chunk::Frame>,
+    },
+    /// VDC_Flush / VDC_Complete: completes once everything before it is durable.
+    Barrier { seq: u64, cmd: Cmd },
+}
+
+impl Item {
+    fn seq(&self) -> u64 {
+        match self {
+            Item::Frame { seq, .. } | Item::Barrier { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Runs the data side of a backup until every device is closed. The caller runs the
+/// engine's BACKUP statement concurrently and raises `stop` if it fails.
+pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
+    let cfg = wait_configuration(plan.set, &plan.stop, plan.open_timeout)?;
+    if cfg.features & vdf::VDF_WriteMedia == 0 {
+        plan.set.signal_abort();
+        return Err(StopReason::Failed(
+            "the engine opened the set for reading, not for a backup".into(),
+        ));
+    }
+    let mut devices = Vec::new();
+    for name in &plan.device_names {
+        match plan.set.open_device(name) {
+            Ok(d) => devices.push(d),
+            Err(e) => {
+                plan.set.signal_abort();
+                return Err(StopReason::Failed(format!("OpenDevice({name}): {e}")));
+            }
+        }
+    }
+    let (job_tx, job_rx) = unbounded::<Job>();
+    let codec = plan.codec;
+    let results = std::thread::scope(|s| {
+        for _ in 0..plan.workers.max(1) {
+            let rx = job_rx.clone();
+            s.spawn(move || worker(codec, rx));
+        }
+        drop(job_rx);
+        let mut handles = Vec::new();
+        for (i, dev) in devices.iter().enumerate() {
+            let dev: &dyn Device = dev.as_ref();
+            let (item_tx, item_rx) = unbounded::<Item>();
+            let job_tx = job_tx.clone();
+            let stop = &plan.stop;
+            let set = plan.set;
+            let counters = plan.counters[i].clone();
+            s.spawn(move || device_loop(dev, set, stop, job_tx, item_tx));
+            let store = plan.store.clone();
+            let key = plan.keys[i].clone();
+            handles.push(s.spawn(move || {
+                let r = writer_loop(
+                    dev,
+                    set,
+                    store.as_ref(),
+                    &key,
+                    codec,
+                    stop,
+                    &counters,
+                    item_rx,
+                );
+                counters.done.store(true, Ordering::Release);
+                r
+            }));
+        }
+        drop(job_tx);
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a stripe writer panicked".into()))
+            })
+            .collect::<Vec<_>>()
+    });
+    if let Some(r) = plan.stop.reason() {
+        return Err(r);
+    }
+    results
+        .into_iter()
+        .map(|r| r.map_err(StopReason::Failed))
+        .collect()
+}
+
+fn worker(codec: Codec, rx: Receiver<Job>) {
+    for job in rx {
+        let frame = chunk::encode(codec, job.cmd.data());
+        // The writer may have gone after a failure; the command dies with the set.
+        let _ = job.reply.send(Item::Frame {
+            seq: job.seq,
+            cmd: job.cmd,
+            frame,
+        });
+    }
+}
+
+fn device_loop(
+    dev: &dyn Device,
+    set: &dyn DeviceSet,
+    stop: &Stop,
+    jobs: Sender<Job>,
+    items: Sender<Item>,
+) {
+    let mut seq = 0u64;
+    loop {
+        if stop.is_stopped() {
+            set.signal_abort();
+            return;
+        }
+        let cmd = match dev.get_command(POLL_MS) {
+            Ok(c) => c,
+            Err(DevError::Timeout) => continue,
+            Err(DevError::Close) => return,
+            Err(DevError::Abort) => {
+                stop.stop(StopReason::Failed(
+                    "the virtual device set was aborted".into(),
+                ));
+                return;
+            }
+            Err(e) => {
+                stop.stop(StopReason::Failed(format!("GetCommand: {e}")));
+                set.signal_abort();
+                return;
+            }
+        };
+        let code = cmd.code();
+        let r = match code {
+            vdc::VDC_Write => {
+                let r = jobs.send(Job {
+                    seq,
+                    cmd,
+                    reply: items.clone(),
+                });
+                seq += 1;
+                r.map_err(|_| "the compression workers are gone".to_string())
+            }
+            vdc::VDC_Flush | vdc::VDC_Complete => {
+                let r = items.send(Item::Barrier { seq, cmd });
+                seq += 1;
+                r.map_err(|_| "the stripe writer is gone".to_string())
+            }
+            vdc::VDC_ClearError => dev
+                .complete(cmd.token(), win32::ERROR_SUCCESS, 0, 0)
+                .map_err(|e| e.to_string()),
+            // A pipe-like device (features 0) supports nothing else (reference §6.1).
+            _ => dev
+                .complete(cmd.token(), win32::ERROR_NOT_SUPPORTED, 0, 0)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = r {
+            stop.stop(StopReason::Failed(e));
+            set.signal_abort();
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn writer_loop(
+    dev: &dyn Device,
+    set: &dyn DeviceSet,
+    store: &dyn Store,
+    key: &str,
+    codec: Codec,
+    stop: &Stop,
+    counters: &Counters,
+    items: Receiver<Item>,
+) -> Result<StripeResult, String> {
+    let mut out: Option<Box<dyn ObjectWriter>> = None;
+    let mut result: Option<StripeResult> = None;
+    let mut hasher = blake3::Hasher::new();
+    let (mut raw, mut stored, mut chunks) = (0u64, 0u64, 0u64);
+    let mut next = 0u64;
+    let mut pending: BTreeMap<u64, Item> = BTreeMap::new();
+    let fail = |msg: String| {
+        stop.stop(StopReason::Failed(msg.clone()));
+        set.signal_abort();
+        msg
+    };
+    let open = |out: &mut Option<Box<dyn ObjectWriter>>, stored: &mut u64| -> Result<(), String> {
+        if out.is_none() {
+            let mut w = store.create(key).map_err(|e| e.to_string())?;
+            w.write(chunk::header(codec).to_vec())
+                .map_err(|e| e.to_string())?;
+            *stored += chunk::HEADER_LEN as u64;
+            *out = Some(w);
+        }
+        Ok(())
+    };
+    let mut outcome: Result<(), String> = Ok(());
+    // The object is created lazily on the first data, so a set that is aborted before
+    // any byte arrives leaves nothing behind.
+    'recv: for item in items.iter() {
+        if outcome.is_err() || stop.is_stopped() {
+            continue; // drain so the workers never block; the set is being aborted
+        }
+        pending.insert(item.seq(), item);
+        while let Some(item) = pending.remove(&next) {
+            next += 1;
+            let step: Result<(), String> = (|| match item {
+                Item::Frame { cmd, frame, .. } => {
+                    let frame = frame.map_err(|e| format!("compressing: {e}"))?;
+                    if result.is_some() {
+                        return Err("VDC_Write after VDC_Complete".into());
+                    }
+                    open(&mut out, &mut stored)?;
+                    hasher.update(cmd.data());
+                    let n = frame.bytes.len() as u64;
+                    out.as_mut()
+                        .expect("opened")
+                        .write(frame.bytes)
+                        .map_err(|e| e.to_string())?;
+                    raw += frame.raw_len as u64;
+                    stored += n;
+                    chunks += 1;
+                    counters.raw.store(raw, Ordering::Relaxed);
+                    counters.stored.store(stored, Ordering::Relaxed);
+                    dev.complete(cmd.token(), win32::ERROR_SUCCESS, cmd.size(), 0)
+                        .map_err(|e| format!("CompleteCommand: {e}"))
+                }
+                Item::Barrier { cmd, .. } => {
+                    if cmd.code() == vdc::VDC_Complete {
+                        // The engine declares success only after this completion:
+                        // publish the stripe first.
+                        if result.is_none() {
+                            open(&mut out, &mut stored)?;
+                            let w = out.take().expect("opened");
+                            result = Some(seal(w, &hasher, raw, chunks, &mut stored)?);
+                        }
+                    } else if let Some(w) = out.as_mut() {
+                        w.flush().map_err(|e| e.to_string())?;
+                    }
+                    dev.complete(cmd.token(), win32::ERROR_SUCCESS, 0, 0)
+                        .map_err(|e| format!("CompleteCommand: {e}"))
+                }
+            })();
+            if let Err(e) = step {
+                outcome = Err(fail(e));
+                continue 'recv;
+            }
+        }
+    }
+    if let Err(e) = outcome {
+        if let Some(w) = out {
+            w.abort();
+        }
+        return Err(e);
+    }
+    if stop.is_stopped() {
+        if let Some(w) = out {
+            w.abort();
+        }
+        if result.is_some() {
+            let _ = store.delete(key);
+        }
+        return Err("stopped".into());
+    }
+    match result {
+        Some(r) => Ok(r),
+        None => {
+            // No VDC_Complete was negotiated: seal at the normal close.
+            open(&mut out, &mut stored)?;
+            seal(
+                out.take().expect("opened"),
+                &hasher,
+                raw,
+                chunks,
+                &mut stored,
+            )
+        }
+    }
+}
+
+fn seal(
+    mut w: Box<dyn ObjectWriter>,
+    hasher: &blake3::Hasher,
+    raw: u64,
+    chunks: u64,
+    stored: &mut u64,
+) -> Result<StripeResult, String> {
+    let hash = hasher.finalize();
+    let t = chunk::trailer(raw, chunks, &hash);
+    *stored += t.len() as u64;
+    w.write(t).map_err(|e| e.to_string())?;
+    let written = w.finish().map_err(|e| e.to_string())?;
+    debug_assert_eq!(written, *stored);
+    Ok(StripeResult {
+        raw_size: raw,
+        stored_size: *stored,
+        chunks,
+        raw_blake3: hash.to_hex().to_string(),
+    })
+}

@@ -1,0 +1,208 @@
+//! Restore data path: verified stripe readers → `VDC_Read` buffers.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use openvdi::{vdc, vdf, win32};
+
+use super::{wait_configuration, Counters, Stop, StopReason, POLL_MS};
+use crate::chunk::{ChunkError, StripeReader};
+use crate::storage::Store;
+use crate::vdi::{DevError, Device, DeviceSet};
+
+/// What a restore expects of one stripe (from the manifest).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub key: String,
+    pub raw_size: u64,
+    pub raw_blake3: String,
+}
+
+pub struct Plan<'a> {
+    pub set: &'a dyn DeviceSet,
+    pub device_names: Vec<String>,
+    pub store: Arc<dyn Store>,
+    pub sources: Vec<Source>,
+    pub stop: Arc<Stop>,
+    pub counters: Vec<Arc<Counters>>,
+    pub open_timeout: Duration,
+}
+
+enum Msg {
+    Data(Vec<u8>),
+    /// The whole stripe verified (trailer, sizes, blake3 against the manifest).
+    End,
+    Bad(StopReason),
+}
+
+/// Opens a stored stripe and checks it frame by frame; sends raw chunks, then `End`
+/// only if everything matched.
+fn reader_loop(
+    store: &dyn Store,
+    src: &Source,
+    counters: &Counters,
+    tx: crossbeam_channel::Sender<Msg>,
+) {
+    let r = (|| -> Result<(), StopReason> {
+        let input = store
+            .open_read(&src.key)
+            .map_err(|e| StopReason::Failed(format!("opening {}: {e}", src.key)))?;
+        let cv = |e: ChunkError| match e {
+            ChunkError::Corrupt(m) => StopReason::Verify(format!("{}: {m}", src.key)),
+            ChunkError::Io(e) => StopReason::Failed(format!("reading {}: {e}", src.key)),
+        };
+        let mut rd = StripeReader::new(input).map_err(cv)?;
+        let mut raw = 0u64;
+        loop {
+            let mut buf = Vec::new();
+            if !rd.next_chunk(&mut buf).map_err(cv)? {
+                break;
+            }
+            raw += buf.len() as u64;
+            counters
+                .stored
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            if tx.send(Msg::Data(buf)).is_err() {
+                return Ok(()); // the device ended early (engine closed it)
+            }
+        }
+        let sum = rd.summary().expect("verified end");
+        if raw != src.raw_size || sum.raw_blake3 != src.raw_blake3 {
+            return Err(StopReason::Verify(format!(
+                "{}: the stripe does not match its manifest (size {raw} vs {}, blake3 {} vs {})",
+                src.key, src.raw_size, sum.raw_blake3, src.raw_blake3
+            )));
+        }
+        Ok(())
+    })();
+    let _ = tx.send(match r {
+        Ok(()) => Msg::End,
+        Err(e) => Msg::Bad(e),
+    });
+}
+
+/// Feeds `VDC_Read`s from `rx` until the engine closes the device.
+fn device_loop(
+    dev: &dyn Device,
+    set: &dyn DeviceSet,
+    stop: &Stop,
+    counters: &Counters,
+    rx: Receiver<Msg>,
+) {
+    let mut cur: Vec<u8> = Vec::new();
+    let mut off = 0usize;
+    let mut ended = false;
+    let fail = |why: StopReason| {
+        stop.stop(why);
+        set.signal_abort();
+    };
+    loop {
+        if stop.is_stopped() {
+            set.signal_abort();
+            return;
+        }
+        let mut cmd = match dev.get_command(POLL_MS) {
+            Ok(c) => c,
+            Err(DevError::Timeout) => continue,
+            Err(DevError::Close) => return,
+            Err(DevError::Abort) => {
+                stop.stop(StopReason::Failed(
+                    "the virtual device set was aborted".into(),
+                ));
+                return;
+            }
+            Err(e) => return fail(StopReason::Failed(format!("GetCommand: {e}"))),
+        };
+        let (code, bytes) = match cmd.code() {
+            vdc::VDC_Read => {
+                let want = cmd.size() as usize;
+                let buf = cmd.data_mut();
+                if buf.len() < want {
+                    return fail(StopReason::Failed("VDC_Read without a buffer".into()));
+                }
+                let mut filled = 0usize;
+                while filled < want && !ended {
+                    if off == cur.len() {
+                        match rx.recv_timeout(Duration::from_millis(u64::from(POLL_MS))) {
+                            Ok(Msg::Data(d)) => {
+                                cur = d;
+                                off = 0;
+                                continue;
+                            }
+                            Ok(Msg::End) | Err(RecvTimeoutError::Disconnected) => {
+                                ended = true;
+                                break;
+                            }
+                            Ok(Msg::Bad(why)) => return fail(why),
+                            Err(RecvTimeoutError::Timeout) => {
+                                if stop.is_stopped() {
+                                    set.signal_abort();
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    let n = (cur.len() - off).min(want - filled);
+                    buf[filled..filled + n].copy_from_slice(&cur[off..off + n]);
+                    filled += n;
+                    off += n;
+                }
+                counters.raw.fetch_add(filled as u64, Ordering::Relaxed);
+                if filled < want {
+                    (win32::ERROR_HANDLE_EOF, filled as u32)
+                } else {
+                    (win32::ERROR_SUCCESS, filled as u32)
+                }
+            }
+            vdc::VDC_Flush | vdc::VDC_ClearError | vdc::VDC_Complete => (win32::ERROR_SUCCESS, 0),
+            _ => (win32::ERROR_NOT_SUPPORTED, 0),
+        };
+        if let Err(e) = dev.complete(cmd.token(), code, bytes, 0) {
+            return fail(StopReason::Failed(format!("CompleteCommand: {e}")));
+        }
+    }
+}
+
+/// Streams every stripe to the engine until it closes the devices.
+pub fn run(plan: Plan<'_>) -> Result<(), StopReason> {
+    let cfg = wait_configuration(plan.set, &plan.stop, plan.open_timeout)?;
+    if cfg.features & vdf::VDF_ReadMedia == 0 {
+        plan.set.signal_abort();
+        return Err(StopReason::Failed(
+            "the engine opened the set for writing, not for a restore".into(),
+        ));
+    }
+    let mut devices = Vec::new();
+    for name in &plan.device_names {
+        match plan.set.open_device(name) {
+            Ok(d) => devices.push(d),
+            Err(e) => {
+                plan.set.signal_abort();
+                return Err(StopReason::Failed(format!("OpenDevice({name}): {e}")));
+            }
+        }
+    }
+    std::thread::scope(|s| {
+        for (i, dev) in devices.iter().enumerate() {
+            // A few chunks of read-ahead per stripe: decompression overlaps the engine.
+            let (tx, rx) = bounded::<Msg>(4);
+            let store = plan.store.clone();
+            let src = plan.sources[i].clone();
+            let c = plan.counters[i].clone();
+            s.spawn(move || reader_loop(store.as_ref(), &src, &c, tx));
+            let dev: &dyn Device = dev.as_ref();
+            let (set, stop, c) = (plan.set, &plan.stop, plan.counters[i].clone());
+            s.spawn(move || {
+                device_loop(dev, set, stop, &c, rx);
+                c.done.store(true, Ordering::Release);
+            });
+        }
+    });
+    match plan.stop.reason() {
+        Some(r) => Err(r),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,217 @@
+//! A repository in a local directory (or any mounted file system).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{io_err, Entry, ObjectWriter, Result, Store};
+
+/// Marks names of objects still being written; listings skip them.
+pub const PARTIAL: &str = ".partial-";
+
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn temp_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    target.with_file_name(format!(".{name}{PARTIAL}{}-{seq}", std::process::id()))
+}
+
+/// fsync of a directory makes a rename in it durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl LocalStore {
+    pub fn new(root: PathBuf) -> LocalStore {
+        LocalStore { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn walk(&self, dir: &Path, rel: &str, partial: bool, out: &mut Vec<Entry>) -> Result<()> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(io_err(format!("listing {}", dir.display())))?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let key = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = ent.file_type().map_err(io_err(key.clone()))?;
+            if ft.is_dir() {
+                self.walk(&ent.path(), &key, partial, out)?;
+            } else if ft.is_file() && name.contains(PARTIAL) == partial {
+                let size = ent.metadata().map_err(io_err(key.clone()))?.len();
+                out.push(Entry { key, size });
+            }
+        }
+        Ok(())
+    }
+}
+
+struct LocalWriter {
+    file: File,
+    temp: PathBuf,
+    target: PathBuf,
+    written: u64,
+}
+
+impl ObjectWriter for LocalWriter {
+    fn write(&mut self, data: Vec<u8>) -> Result<()> {
+        self.file
+            .write_all(&data)
+            .map_err(io_err(format!("writing {}", self.temp.display())))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(io_err(format!("fsync {}", self.temp.display())))
+    }
+
+    fn finish(self: Box<Self>) -> Result<u64> {
+        let ctx = format!("finishing {}", self.target.display());
+        self.file.sync_all().map_err(io_err(ctx.clone()))?;
+        fs::rename(&self.temp, &self.target).map_err(io_err(ctx.clone()))?;
+        if let Some(dir) = self.target.parent() {
+            sync_dir(dir).map_err(io_err(ctx))?;
+        }
+        Ok(self.written)
+    }
+
+    fn abort(self: Box<Self>) {
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+impl Store for LocalStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.path(key).is_file())
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        fs::read(self.path(key)).map_err(io_err(key))
+    }
+
+    fn open_read(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let f = File::open(self.path(key)).map_err(io_err(key))?;
+        // Large reads: stored frames are about a MAXTRANSFERSIZE each.
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+    }
+
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let target = self.path(key);
+        if let Some(dir) = target.parent() {
+            fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let temp = temp_path(&target);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(io_err(format!("creating {}", temp.display())))?;
+        Ok(Box::new(LocalWriter {
+            file,
+            temp,
+            target,
+            written: 0,
+        }))
+    }
+
+    fn put_atomic(&self, key: &str, data: &[u8]) -> Result<()> {
+        let mut w = self.create(key)?;
+        w.write(data.to_vec())?;
+        w.finish().map(|_| ())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
+        let prefix = prefix.trim_end_matches('/');
+        let mut out = Vec::new();
+        self.walk(&self.path(prefix), prefix, false, &mut out)?;
+        Ok(out)
+    }
+
+    fn list_incomplete(&self) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        self.walk(&self.root, "", true, &mut out)?;
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let p = self.path(key);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("deleting {}", p.display()))(e)),
+        }
+        // Remove directories left empty, up to the root (best effort: a concurrent
+        // writer may have just created a file in one of them).
+        let mut dir = p.parent();
+        while let Some(d) = dir {
+            if d == self.root || fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_objects_are_invisible_until_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path().to_path_buf());
+        let mut w = s.create("a/b/obj").unwrap();
+        w.write(b"hello".to_vec()).unwrap();
+        assert!(s.list("").unwrap().is_empty());
+        assert!(!s.exists("a/b/obj").unwrap());
+        w.finish().unwrap();
+        assert_eq!(
+            s.list("a").unwrap(),
+            vec![Entry {
+                key: "a/b/obj".into(),
+                size: 5
+            }]
+        );
+        let w = s.create("a/c").unwrap();
+        w.abort();
+        assert_eq!(s.list("").unwrap().len(), 1);
+        s.delete("a/b/obj").unwrap();
+        assert!(s.list("").unwrap().is_empty());
+        assert!(matches!(
+            s.get("a/b/obj"),
+            Err(super::super::StoreError::NotFound(_))
+        ));
+    }
+}
