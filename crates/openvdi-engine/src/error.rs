@@ -228,7 +228,11 @@ pub mod msg {
     }
     /// 137: a variable was used.
     pub fn undeclared_variable(v: &str) -> SqlError {
-        SqlError::new(137, 15, format!("Must declare the scalar variable \"{v}\"."))
+        SqlError::new(
+            137,
+            15,
+            format!("Must declare the scalar variable \"{v}\"."),
+        )
     }
     /// 3031: two options that exclude each other.
     pub fn conflict(a: &str, b: &str) -> SqlError {
@@ -243,7 +247,12 @@ pub mod msg {
     }
     /// 911: unknown database.
     pub fn no_database(name: &str) -> SqlError {
-        SqlError::msg(911, format!("Database '{name}' does not exist. Make sure that the name is entered correctly."))
+        SqlError::msg(
+            911,
+            format!(
+                "Database '{name}' does not exist. Make sure that the name is entered correctly."
+            ),
+        )
     }
     /// 927: the database is being restored.
     pub fn restoring(name: &str) -> SqlError {
@@ -309,7 +318,9 @@ pub mod msg {
     pub fn file_in_use(path: &str, db: &str) -> SqlError {
         SqlError::msg(
             1834,
-            format!("The file '{path}' cannot be overwritten.  It is being used by database '{db}'."),
+            format!(
+                "The file '{path}' cannot be overwritten.  It is being used by database '{db}'."
+            ),
         )
     }
     /// 3156: a file cannot be restored to its path.
@@ -423,7 +434,10 @@ mod tests {
 
     #[test]
     fn info_messages_print_bare() {
-        let m = Message::info(4035, "Processed 8 pages for database 'a', file 'a' on file 1.");
+        let m = Message::info(
+            4035,
+            "Processed 8 pages for database 'a', file 'a' on file 1.",
+        );
         assert!(!m.is_error());
         assert_eq!(
             m.to_string(),

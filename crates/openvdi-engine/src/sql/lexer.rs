@@ -77,12 +77,8 @@ pub fn lex(src: &str) -> Result<Vec<Token>, SqlError> {
                 let mut depth = 0usize;
                 loop {
                     if i >= chars.len() {
-                        return Err(SqlError::new(
-                            113,
-                            15,
-                            "Missing end comment mark '*/'.",
-                        )
-                        .at_line(start_line));
+                        return Err(SqlError::new(113, 15, "Missing end comment mark '*/'.")
+                            .at_line(start_line));
                     }
                     if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
                         depth += 1;

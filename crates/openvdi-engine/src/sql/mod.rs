@@ -256,10 +256,46 @@ pub struct Located {
 
 /// Words SQL Server reserves: a syntax error at one of these is message 156.
 const RESERVED: &[&str] = &[
-    "ADD", "ALL", "ALTER", "AND", "AS", "BACKUP", "BEGIN", "BY", "CHECKPOINT", "CREATE",
-    "DATABASE", "DECLARE", "DELETE", "DISK", "DROP", "ELSE", "END", "EXEC", "EXECUTE", "FILE",
-    "FROM", "GO", "IF", "INSERT", "INTO", "LOAD", "NOT", "NULL", "OR", "PRINT", "RESTORE",
-    "SELECT", "SET", "TABLE", "TAPE", "TO", "UPDATE", "USE", "WHERE", "WITH",
+    "ADD",
+    "ALL",
+    "ALTER",
+    "AND",
+    "AS",
+    "BACKUP",
+    "BEGIN",
+    "BY",
+    "CHECKPOINT",
+    "CREATE",
+    "DATABASE",
+    "DECLARE",
+    "DELETE",
+    "DISK",
+    "DROP",
+    "ELSE",
+    "END",
+    "EXEC",
+    "EXECUTE",
+    "FILE",
+    "FROM",
+    "GO",
+    "IF",
+    "INSERT",
+    "INTO",
+    "LOAD",
+    "NOT",
+    "NULL",
+    "OR",
+    "PRINT",
+    "RESTORE",
+    "SELECT",
+    "SET",
+    "TABLE",
+    "TAPE",
+    "TO",
+    "UPDATE",
+    "USE",
+    "WHERE",
+    "WITH",
 ];
 
 fn is_reserved(w: &str) -> bool {
@@ -399,8 +435,9 @@ impl Parser {
                 self.pos += 1;
                 Ok(q)
             }
-            Some(Tok::Variable(v)) => Err(msg::undeclared_variable(&v)
-                .at_line(self.peek().map_or(1, |t| t.line))),
+            Some(Tok::Variable(v)) => {
+                Err(msg::undeclared_variable(&v).at_line(self.peek().map_or(1, |t| t.line)))
+            }
             _ => Err(self.error_here()),
         }
     }
@@ -411,8 +448,9 @@ impl Parser {
                 self.pos += 1;
                 Ok(value)
             }
-            Some(Tok::Variable(v)) => Err(msg::undeclared_variable(&v)
-                .at_line(self.peek().map_or(1, |t| t.line))),
+            Some(Tok::Variable(v)) => {
+                Err(msg::undeclared_variable(&v).at_line(self.peek().map_or(1, |t| t.line)))
+            }
             _ => Err(self.error_here()),
         }
     }
@@ -423,8 +461,9 @@ impl Parser {
                 self.pos += 1;
                 Ok(n)
             }
-            Some(Tok::Variable(v)) => Err(msg::undeclared_variable(&v)
-                .at_line(self.peek().map_or(1, |t| t.line))),
+            Some(Tok::Variable(v)) => {
+                Err(msg::undeclared_variable(&v).at_line(self.peek().map_or(1, |t| t.line)))
+            }
             _ => Err(self.error_here()),
         }
     }
@@ -531,7 +570,9 @@ impl Parser {
                         }
                         o.block_size = Some(v);
                     }
-                    "BUFFERCOUNT" => o.buffer_count = Some(self.eq_number("BUFFERCOUNT", 1, 4096)?),
+                    "BUFFERCOUNT" => {
+                        o.buffer_count = Some(self.eq_number("BUFFERCOUNT", 1, 4096)?)
+                    }
                     "MAXTRANSFERSIZE" => {
                         let v = self.eq_number("MAXTRANSFERSIZE", 65536, 4 << 20)?;
                         if v % 65536 != 0 {
@@ -760,13 +801,24 @@ mod tests {
         assert_eq!(options.moves.len(), 2);
         assert_eq!(options.moves[1], ("db_log".into(), "/x/db2_log.ldf".into()));
         let s = one("RESTORE LOG db FROM VIRTUAL_DEVICE='a'");
-        assert!(matches!(s, Statement::Restore { target: Target::Log, options, .. } if options.recovers()));
+        assert!(
+            matches!(s, Statement::Restore { target: Target::Log, options, .. } if options.recovers())
+        );
         let s = one("RESTORE DATABASE db WITH RECOVERY");
         assert!(matches!(s, Statement::Restore { devices, .. } if devices.is_empty()));
         for (sql, kind) in [
-            ("RESTORE HEADERONLY FROM VIRTUAL_DEVICE='a'", InfoKind::HeaderOnly),
-            ("restore filelistonly from virtual_device='a'", InfoKind::FileListOnly),
-            ("RESTORE VERIFYONLY FROM VIRTUAL_DEVICE='a' WITH CHECKSUM", InfoKind::VerifyOnly),
+            (
+                "RESTORE HEADERONLY FROM VIRTUAL_DEVICE='a'",
+                InfoKind::HeaderOnly,
+            ),
+            (
+                "restore filelistonly from virtual_device='a'",
+                InfoKind::FileListOnly,
+            ),
+            (
+                "RESTORE VERIFYONLY FROM VIRTUAL_DEVICE='a' WITH CHECKSUM",
+                InfoKind::VerifyOnly,
+            ),
         ] {
             assert!(matches!(one(sql), Statement::RestoreInfo { kind: k, .. } if k == kind));
         }
@@ -774,7 +826,10 @@ mod tests {
             err("RESTORE DATABASE db FROM VIRTUAL_DEVICE='a' WITH RECOVERY, NORECOVERY").number(),
             3031
         );
-        assert_eq!(err("RESTORE HEADERONLY FROM VIRTUAL_DEVICE='a' WITH REPLACE").number(), 155);
+        assert_eq!(
+            err("RESTORE HEADERONLY FROM VIRTUAL_DEVICE='a' WITH REPLACE").number(),
+            155
+        );
     }
 
     #[test]
@@ -790,16 +845,28 @@ mod tests {
     #[test]
     fn syntax_errors_like_sql_server() {
         let e = err("SELEC 1");
-        assert_eq!(e.to_string(), "Msg 102, Level 15, State 1, Line 1\nIncorrect syntax near 'SELEC'.");
+        assert_eq!(
+            e.to_string(),
+            "Msg 102, Level 15, State 1, Line 1\nIncorrect syntax near 'SELEC'."
+        );
         let e = err("BACKUP DATABASE db\nTO VIRTUAL_DEVICE 'x'");
-        assert_eq!(e.to_string(), "Msg 102, Level 15, State 1, Line 2\nIncorrect syntax near 'x'.");
+        assert_eq!(
+            e.to_string(),
+            "Msg 102, Level 15, State 1, Line 2\nIncorrect syntax near 'x'."
+        );
         let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH");
         assert_eq!(e.number(), 156);
-        assert_eq!(e.messages[0].text, "Incorrect syntax near the keyword 'WITH'.");
+        assert_eq!(
+            e.messages[0].text,
+            "Incorrect syntax near the keyword 'WITH'."
+        );
         let e = err("BACKUP DATABASE FROM");
         assert_eq!(e.number(), 156);
         let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH FOO");
-        assert_eq!(e.to_string(), "Msg 155, Level 15, State 1, Line 1\n'FOO' is not a recognized BACKUP option.");
+        assert_eq!(
+            e.to_string(),
+            "Msg 155, Level 15, State 1, Line 1\n'FOO' is not a recognized BACKUP option."
+        );
         let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH BLOCKSIZE=1000");
         assert_eq!(e.number(), 3217);
         let e = err("BACKUP DATABASE db TO VIRTUAL_DEVICE='x' WITH MAXTRANSFERSIZE=100000");
