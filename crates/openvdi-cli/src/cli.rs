@@ -173,6 +173,12 @@ pub struct ImportArgs {
     /// zstd[:LEVEL], lz4 or none.
     #[arg(long, env = "OPENVDI_COMPRESS")]
     pub compress: Option<Codec>,
+    /// Database name, when the files' metadata does not say (or to override it).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Backup type (full, diff, log), overriding the files' metadata.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<Kind>,
 }
 
 #[derive(Debug, Args)]

@@ -40,3 +40,43 @@ impl std::io::Write for Walker {
 pub fn chain_of_stored(_repo: &Repo, _stripes: &[crate::manifest::Stripe]) -> Option<Chain> {
     None
 }
+
+/// What the MTF metadata of a backup's stripe files says.
+#[derive(Debug, Default, Clone)]
+pub struct MediaInfo {
+    pub database: Option<String>,
+    pub server: Option<String>,
+    pub kind: Option<crate::manifest::Kind>,
+    pub chain: Chain,
+    pub backup_start: Option<chrono::DateTime<chrono::Utc>>,
+    /// Family number (1-based) of each input file, in input order.
+    pub families: Vec<Option<u32>>,
+}
+
+impl MediaInfo {
+    /// The files in media-family order (input order where unknown).
+    pub fn ordered_files(&self, files: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<(u32, usize)> = (0..files.len())
+            .map(|i| {
+                (
+                    self.families
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(i as u32 + 1),
+                    i,
+                )
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, i)| files[i].clone()).collect()
+    }
+}
+
+/// Reads the metadata of plain `.bak` files (pending the MTF crate: nothing yet).
+pub fn describe_files(files: &[std::path::PathBuf]) -> Result<MediaInfo, String> {
+    Ok(MediaInfo {
+        families: vec![None; files.len()],
+        ..Default::default()
+    })
+}

@@ -1,10 +1,197 @@
-//! `openvdi import`: pending the MTF reader.
+//! `openvdi import FILE.bak…`: takes the stripe files of one existing backup into the
+//! repository, stored exactly like a backup made through VDI (same chunk format,
+//! checksums and manifest), so `restore`, `verify` and `export` treat both alike.
 
-use anyhow::Result;
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
 
 use super::Ctx;
+use crate::chunk;
 use crate::cli::ImportArgs;
+use crate::codec::Codec;
+use crate::exit::{err, Code};
+use crate::manifest::{self, EngineInfo, Manifest, Stripe, Timings};
+use crate::repo::Repo;
+use crate::storage::{read_chunk, Store};
+use crate::{lock, mtf, naming, output, progress};
 
-pub fn run(_ctx: &Ctx, _a: ImportArgs) -> Result<()> {
-    anyhow::bail!("import needs the MTF reader, which has not landed yet")
+/// Raw chunk size for imports (VDI's largest MAXTRANSFERSIZE).
+const CHUNK: usize = 4 << 20;
+
+fn store_file(
+    store: &dyn Store,
+    path: &PathBuf,
+    key: &str,
+    codec: Codec,
+) -> Result<(u64, u64, u64, String)> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut w = store.create(key)?;
+    let r = (|| -> Result<(u64, u64, u64, String)> {
+        w.write(chunk::header(codec).to_vec())?;
+        let (mut raw, mut stored, mut chunks) = (0u64, chunk::HEADER_LEN as u64, 0u64);
+        let mut h = blake3::Hasher::new();
+        loop {
+            let buf = read_chunk(&mut f as &mut dyn Read, CHUNK)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if buf.is_empty() {
+                break;
+            }
+            h.update(&buf);
+            let frame = chunk::encode(codec, &buf)?;
+            raw += buf.len() as u64;
+            stored += frame.bytes.len() as u64;
+            chunks += 1;
+            w.write(frame.bytes)?;
+        }
+        let hash = h.finalize();
+        let t = chunk::trailer(raw, chunks, &hash);
+        stored += t.len() as u64;
+        w.write(t)?;
+        Ok((raw, stored, chunks, hash.to_hex().to_string()))
+    })();
+    match r {
+        Ok(v) => {
+            w.finish()?;
+            Ok(v)
+        }
+        Err(e) => {
+            w.abort();
+            Err(e)
+        }
+    }
+}
+
+pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
+    let codec = a
+        .compress
+        .or(ctx.settings.file.compress)
+        .unwrap_or(Codec::Zstd { level: 3 });
+    // Read and check the files' metadata before touching the repository.
+    let info = mtf::describe_files(&a.files).map_err(|e| err(Code::Verify, e))?;
+    let files = info.ordered_files(&a.files);
+    let database = a
+        .database
+        .clone()
+        .or(info.database.clone())
+        .ok_or_else(|| {
+            err(
+                Code::Usage,
+                "the files do not name their database: pass --database",
+            )
+        })?;
+    let kind = a.kind.or(info.kind).unwrap_or(manifest::Kind::Full);
+    let server = ctx
+        .settings
+        .engine
+        .server
+        .clone()
+        .or(info.server.clone())
+        .unwrap_or_else(lock::hostname);
+
+    let repo = Repo::open(&ctx.settings.repo)?;
+    repo.init_if_missing()?;
+    let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "import")?;
+    let started = Utc::now();
+    let taken = info.backup_start.unwrap_or(started);
+    let dir_of = |id: &str| naming::backup_dir(&server, &database, kind, id);
+    let id = repo.unique_id(&naming::backup_id(&server, &database, kind, taken), dir_of)?;
+    let dir = dir_of(&id);
+    let t0 = std::time::Instant::now();
+    let results: Vec<Result<Stripe>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let key = format!(
+                    "{dir}/{}",
+                    naming::stripe_name(i as u32 + 1, codec.suffix())
+                );
+                let store = repo.store.as_ref();
+                sc.spawn(move || {
+                    let (raw_size, stored_size, chunks, raw_blake3) =
+                        store_file(store, f, &key, codec)?;
+                    Ok(Stripe {
+                        index: i as u32 + 1,
+                        key,
+                        raw_size,
+                        stored_size,
+                        chunks,
+                        raw_blake3,
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("import thread panicked")))
+            })
+            .collect()
+    });
+    let mut stripes = Vec::new();
+    for r in results {
+        match r {
+            Ok(s) => stripes.push(s),
+            Err(e) => {
+                for s in &stripes {
+                    let _ = repo.store.delete(&s.key);
+                }
+                return Err(e);
+            }
+        }
+    }
+    super::check_interrupted(&ctx.stop)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let raw_size: u64 = stripes.iter().map(|s| s.raw_size).sum();
+    let mut chain = info.chain.clone();
+    let existing = repo.backups()?;
+    chain.parent = super::backup::find_parent(&existing, &database, kind, &chain);
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let m = Manifest {
+        format: manifest::FORMAT,
+        id: id.clone(),
+        server,
+        database,
+        kind,
+        codec,
+        block_size: None,
+        max_transfer_size: None,
+        buffer_count: None,
+        stored_size: stripes.iter().map(|s| s.stored_size).sum(),
+        raw_size,
+        stripes,
+        chain,
+        engine: EngineInfo {
+            kind: "import".into(),
+            message: format!("imported from {}", names.join(", ")),
+            messages: vec![],
+        },
+        timings: Timings {
+            started,
+            finished: Utc::now(),
+            seconds: secs,
+            raw_bytes_per_second: raw_size as f64 / secs.max(1e-9),
+        },
+        vdi_set: String::new(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    repo.publish(&dir, &m)?;
+    if ctx.settings.json {
+        let mut v = serde_json::to_value(&m)?;
+        v["ok"] = true.into();
+        output::json(&v);
+    } else {
+        output::text(&format!(
+            "imported {} ({} file(s), {} → {})",
+            m.id,
+            m.stripes.len(),
+            progress::human(m.raw_size as f64),
+            progress::human(m.stored_size as f64)
+        ));
+    }
+    Ok(())
 }
