@@ -159,10 +159,6 @@ impl<R: Read> StripeReader<R> {
         })
     }
 
-    pub fn codec(&self) -> Codec {
-        self.codec
-    }
-
     /// The next raw chunk into `out` (cleared first). `Ok(false)` at the verified end;
     /// [`StripeReader::summary`] then tells what the trailer said.
     pub fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<bool, ChunkError> {

@@ -21,8 +21,6 @@ pub struct Outcome {
     pub ok: bool,
     /// Informational messages and errors, in order.
     pub messages: Vec<String>,
-    /// Rows of result sets as text (HEADERONLY, FILELISTONLY, …), with column names.
-    pub rows: Vec<Vec<(String, String)>>,
     /// The chain facts of a BACKUP, when the engine reports them.
     pub chain: Option<Chain>,
 }

@@ -39,8 +39,14 @@ struct Holder {
 /// Held while alive; released on drop.
 #[derive(Debug)]
 pub enum Lock {
-    Local(std::fs::File),
-    Object { store: Arc<dyn Store>, key: String },
+    /// Held for its flock, which closing the file releases.
+    Local {
+        _flock: std::fs::File,
+    },
+    Object {
+        store: Arc<dyn Store>,
+        key: String,
+    },
 }
 
 impl Drop for Lock {
@@ -82,7 +88,7 @@ pub fn acquire(store: &Arc<dyn Store>, mode: Mode, command: &str) -> Result<Lock
             Mode::Exclusive => rustix::fs::FlockOperation::NonBlockingLockExclusive,
         };
         return match rustix::fs::flock(&f, op) {
-            Ok(()) => Ok(Lock::Local(f)),
+            Ok(()) => Ok(Lock::Local { _flock: f }),
             Err(rustix::io::Errno::WOULDBLOCK) => Err(err(
                 Code::LockHeld,
                 format!(

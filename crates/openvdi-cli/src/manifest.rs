@@ -119,6 +119,9 @@ pub struct Manifest {
     pub timings: Timings,
     /// The virtual device set name used (empty for imports).
     pub vdi_set: String,
+    /// Which VDI client library moved the bytes (empty for imports).
+    #[serde(default)]
+    pub transport: String,
     pub tool_version: String,
 }
 

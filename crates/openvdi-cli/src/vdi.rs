@@ -37,7 +37,6 @@ impl From<Error> for DevError {
 pub trait DeviceCommand: Send {
     fn code(&self) -> u32;
     fn size(&self) -> u32;
-    fn position(&self) -> u64;
     /// VDC_Write: the bytes to store.
     fn data(&self) -> &[u8];
     /// VDC_Read: the buffer to fill (`size` bytes).
@@ -57,7 +56,6 @@ pub trait Device: Send + Sync {
 
 /// A virtual device set, client side.
 pub trait DeviceSet: Send + Sync {
-    fn name(&self) -> &str;
     fn get_configuration(&self, timeout_ms: u32) -> Result<VdConfig, DevError>;
     fn open_device(&self, name: &str) -> Result<Box<dyn Device>, DevError>;
     fn signal_abort(&self);
@@ -84,9 +82,6 @@ impl DeviceCommand for NativeCmd {
     }
     fn size(&self) -> u32 {
         self.0.size()
-    }
-    fn position(&self) -> u64 {
-        self.0.position()
     }
     fn data(&self) -> &[u8] {
         self.0.buffer()
@@ -116,9 +111,6 @@ impl Device for NativeDevice {
 }
 
 impl DeviceSet for NativeSet {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
     fn get_configuration(&self, timeout_ms: u32) -> Result<VdConfig, DevError> {
         Ok(self
             .0

@@ -19,6 +19,7 @@ fn find_weed() -> Option<PathBuf> {
 }
 
 /// A running SeaweedFS; killed on drop.
+#[derive(Debug)]
 pub struct Weed {
     _guard: Guard,
     pub endpoint: String,

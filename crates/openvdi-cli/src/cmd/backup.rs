@@ -278,6 +278,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             raw_bytes_per_second: raw_size as f64 / elapsed.max(1e-9),
         },
         vdi_set: set_name,
+        transport: transport.describe(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
     check_interrupted(stop)?;

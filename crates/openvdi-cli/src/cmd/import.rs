@@ -177,6 +177,7 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
             raw_bytes_per_second: raw_size as f64 / secs.max(1e-9),
         },
         vdi_set: String::new(),
+        transport: String::new(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
     repo.publish(&dir, &m)?;

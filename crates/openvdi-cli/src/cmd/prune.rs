@@ -161,6 +161,7 @@ mod tests {
                 raw_bytes_per_second: 0.0,
             },
             vdi_set: String::new(),
+            transport: String::new(),
             tool_version: String::new(),
         }
     }

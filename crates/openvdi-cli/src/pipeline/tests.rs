@@ -203,10 +203,9 @@ fn backup_into(
     r
 }
 
-fn restore_from(
-    store: &Arc<dyn Store>,
-    results: &[backup::StripeResult],
-) -> (Result<(), StopReason>, Result<Vec<Vec<u8>>, String>) {
+type Restored = (Result<(), StopReason>, Result<Vec<Vec<u8>>, String>);
+
+fn restore_from(store: &Arc<dyn Store>, results: &[backup::StripeResult]) -> Restored {
     let n = results.len() as u32;
     let name = vdi::unique_set_name();
     let set = Native

@@ -14,6 +14,7 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// A scratch home, repository and engine data directory.
+#[derive(Debug)]
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: String,
@@ -88,6 +89,7 @@ impl Env {
 }
 
 /// Kills the child when dropped (a failing test never leaves processes behind).
+#[derive(Debug)]
 pub struct Guard(pub Option<Child>);
 
 impl Drop for Guard {
