@@ -3,5 +3,7 @@
 pub mod catalog;
 pub mod db;
 pub mod error;
+pub mod fault;
 pub mod page;
 pub mod sql;
+pub mod vdi;
