@@ -5,13 +5,16 @@
 //! frame   16 B  raw_len u32 | stored_len u32 | crc32c(stored) u32 | crc32c(raw) u32, then stored bytes
 //! …
 //! end     16 B  0 | 48 | crc32c(trailer) | 0, then the 48-byte trailer:
-//!               raw total u64 | chunk count u64 | blake3(raw stream) 32 B
+//!               raw total u64 | chunk count u64 | blake3 32 B
 //! ```
 //! All integers little-endian. Each chunk is one `VDC_Write` buffer, compressed on its
 //! own, so chunks compress in parallel and a restore verifies each one before a byte
 //! of it reaches the engine. The crc of the stored bytes catches media damage before
-//! decompression; the crc of the raw bytes catches a codec bug; the trailer's blake3
-//! (also in the manifest) pins the whole native stream, which is what `export` writes.
+//! decompression; the crc of the raw bytes catches a codec bug (and, with the sizes,
+//! proves that `export` reproduces the native stream). The blake3 (also in the
+//! manifest) covers every stored byte before the end frame: hashing the stored rather
+//! than the raw bytes costs a fraction of the CPU when compression works, which
+//! matters on a host that also runs the engine.
 
 use std::io::{self, Read};
 
@@ -45,35 +48,144 @@ pub fn header(codec: Codec) -> [u8; HEADER_LEN] {
     h
 }
 
-/// A compressed chunk ready to append: frame header followed by the stored bytes.
+/// A chunk ready to append: its frame header and compressed body. With
+/// `Codec::None` there is no body: the raw bytes themselves follow the header, written
+/// straight from where they are (the shared-memory buffer), without a copy.
 #[derive(Debug)]
 pub struct Frame {
-    pub bytes: Vec<u8>,
+    pub header: [u8; FRAME_LEN],
+    pub body: Option<Vec<u8>>,
     pub raw_len: usize,
+}
+
+impl Frame {
+    /// Bytes this frame occupies in the stored object.
+    pub fn stored_len(&self) -> u64 {
+        (FRAME_LEN + self.body.as_ref().map_or(self.raw_len, Vec::len)) as u64
+    }
 }
 
 /// Compresses and frames one chunk (runs on a worker thread).
 pub fn encode(codec: Codec, raw: &[u8]) -> io::Result<Frame> {
     let raw_len = u32::try_from(raw.len()).map_err(|_| io::Error::other("chunk too large"))?;
-    let mut bytes = Vec::with_capacity(FRAME_LEN + raw.len() + raw.len() / 64 + 64);
-    bytes.resize(FRAME_LEN, 0);
-    codec.compress(raw, &mut bytes)?;
-    let stored = &bytes[FRAME_LEN..];
-    let stored_len = stored.len() as u32;
-    let crc_stored = crc32c::crc32c(stored);
-    let crc_raw = if codec == Codec::None {
-        crc_stored
+    let crc_raw = crc32c::crc32c(raw);
+    let (body, crc_stored, stored_len) = if codec == Codec::None {
+        (None, crc_raw, raw_len)
     } else {
-        crc32c::crc32c(raw)
+        let mut body = Vec::new();
+        codec.compress(raw, &mut body)?;
+        let (crc, n) = (crc32c::crc32c(&body), body.len() as u32);
+        (Some(body), crc, n)
     };
-    bytes[0..4].copy_from_slice(&raw_len.to_le_bytes());
-    bytes[4..8].copy_from_slice(&stored_len.to_le_bytes());
-    bytes[8..12].copy_from_slice(&crc_stored.to_le_bytes());
-    bytes[12..16].copy_from_slice(&crc_raw.to_le_bytes());
+    let mut header = [0u8; FRAME_LEN];
+    header[0..4].copy_from_slice(&raw_len.to_le_bytes());
+    header[4..8].copy_from_slice(&stored_len.to_le_bytes());
+    header[8..12].copy_from_slice(&crc_stored.to_le_bytes());
+    header[12..16].copy_from_slice(&crc_raw.to_le_bytes());
     Ok(Frame {
-        bytes,
+        header,
+        body,
         raw_len: raw.len(),
     })
+}
+
+/// What a sealed stripe holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub raw_size: u64,
+    pub stored_size: u64,
+    pub chunks: u64,
+    pub blake3: String,
+}
+
+/// Appends frames to a stored object, hashing as it goes.
+pub struct Sink {
+    w: Box<dyn crate::storage::ObjectWriter>,
+    hasher: blake3::Hasher,
+    raw: u64,
+    stored: u64,
+    chunks: u64,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("raw", &self.raw)
+            .field("stored", &self.stored)
+            .finish()
+    }
+}
+
+impl Sink {
+    /// Writes the header.
+    pub fn new(
+        mut w: Box<dyn crate::storage::ObjectWriter>,
+        codec: Codec,
+    ) -> crate::storage::Result<Sink> {
+        let h = header(codec);
+        w.write_slice(&h)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&h);
+        Ok(Sink {
+            w,
+            hasher,
+            raw: 0,
+            stored: HEADER_LEN as u64,
+            chunks: 0,
+        })
+    }
+
+    /// Appends one frame; `raw` is the chunk's raw bytes (written when the frame has
+    /// no body).
+    pub fn append(&mut self, frame: Frame, raw: &[u8]) -> crate::storage::Result<()> {
+        self.hasher.update(&frame.header);
+        self.w.write_slice(&frame.header)?;
+        self.stored += frame.stored_len();
+        self.raw += frame.raw_len as u64;
+        self.chunks += 1;
+        match frame.body {
+            Some(body) => {
+                self.hasher.update(&body);
+                self.w.write(body)?;
+            }
+            None => {
+                self.hasher.update(raw);
+                self.w.write_slice(raw)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn raw(&self) -> u64 {
+        self.raw
+    }
+    pub fn stored(&self) -> u64 {
+        self.stored
+    }
+
+    pub fn flush(&mut self) -> crate::storage::Result<()> {
+        self.w.flush()
+    }
+
+    /// Writes the trailer and publishes the object.
+    pub fn seal(mut self) -> crate::storage::Result<Sealed> {
+        let hash = self.hasher.finalize();
+        let t = trailer(self.raw, self.chunks, &hash);
+        self.w.write_slice(&t)?;
+        self.stored += t.len() as u64;
+        let written = self.w.finish()?;
+        debug_assert_eq!(written, self.stored);
+        Ok(Sealed {
+            raw_size: self.raw,
+            stored_size: self.stored,
+            chunks: self.chunks,
+            blake3: hash.to_hex().to_string(),
+        })
+    }
+
+    pub fn abort(self) {
+        self.w.abort();
+    }
 }
 
 /// The end frame and trailer.
@@ -97,7 +209,7 @@ pub struct Summary {
     pub codec: Codec,
     pub raw_size: u64,
     pub chunks: u64,
-    pub raw_blake3: String,
+    pub blake3: String,
     pub stored_size: u64,
 }
 
@@ -129,6 +241,8 @@ impl<R: Read> StripeReader<R> {
     pub fn new(mut inner: R) -> Result<Self, ChunkError> {
         let mut h = [0u8; HEADER_LEN];
         read_full(&mut inner, &mut h)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&h);
         if &h[..8] != MAGIC {
             return Err(ChunkError::Corrupt(
                 "not an openvdi stripe (bad magic)".into(),
@@ -150,7 +264,7 @@ impl<R: Read> StripeReader<R> {
         Ok(StripeReader {
             inner,
             codec,
-            hasher: blake3::Hasher::new(),
+            hasher,
             raw_total: 0,
             chunks: 0,
             stored: HEADER_LEN as u64,
@@ -170,6 +284,9 @@ impl<R: Read> StripeReader<R> {
         let word = |i: usize| u32::from_le_bytes(f[i..i + 4].try_into().expect("4 bytes"));
         let (raw_len, stored_len, crc_stored, crc_raw) = (word(0), word(4), word(8), word(12));
         self.stored += FRAME_LEN as u64;
+        if raw_len != 0 {
+            self.hasher.update(&f);
+        }
         if raw_len == 0 {
             if stored_len as usize != TRAILER_LEN || crc_raw != 0 {
                 return Err(ChunkError::Corrupt("bad end frame".into()));
@@ -200,7 +317,7 @@ impl<R: Read> StripeReader<R> {
                 codec: self.codec,
                 raw_size,
                 chunks,
-                raw_blake3: hash.to_hex().to_string(),
+                blake3: hash.to_hex().to_string(),
                 stored_size: self.stored,
             });
             return Ok(false);
@@ -214,6 +331,7 @@ impl<R: Read> StripeReader<R> {
         }
         self.stored_buf.resize(stored_len, 0);
         read_full(&mut self.inner, &mut self.stored_buf)?;
+        self.hasher.update(&self.stored_buf);
         self.stored += stored_len as u64;
         if crc32c::crc32c(&self.stored_buf) != crc_stored {
             return Err(ChunkError::Corrupt(format!(
@@ -236,7 +354,6 @@ impl<R: Read> StripeReader<R> {
                 self.chunks
             )));
         }
-        self.hasher.update(out);
         self.raw_total += raw_len as u64;
         self.chunks += 1;
         Ok(true)
@@ -253,15 +370,20 @@ mod tests {
     use super::*;
 
     fn build(codec: Codec, chunks: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = header(codec).to_vec();
-        let mut h = blake3::Hasher::new();
-        let mut total = 0u64;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::storage::LocalStore::new(dir.path().to_path_buf());
+        use crate::storage::Store;
+        let mut sink = Sink::new(store.create("s").unwrap(), codec).unwrap();
         for c in chunks {
-            out.extend_from_slice(&encode(codec, c).unwrap().bytes);
-            h.update(c);
-            total += c.len() as u64;
+            sink.append(encode(codec, c).unwrap(), c).unwrap();
         }
-        out.extend_from_slice(&trailer(total, chunks.len() as u64, &h.finalize()));
+        let sealed = sink.seal().unwrap();
+        let out = store.get("s").unwrap();
+        assert_eq!(sealed.stored_size, out.len() as u64);
+        assert_eq!(
+            sealed.raw_size,
+            chunks.iter().map(|c| c.len() as u64).sum::<u64>()
+        );
         out
     }
 

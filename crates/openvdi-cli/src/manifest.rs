@@ -55,9 +55,9 @@ pub struct Stripe {
     /// Bytes stored (framing and compression included).
     pub stored_size: u64,
     pub chunks: u64,
-    /// blake3 of the raw stream, hex (also in the stripe's trailer; every chunk
-    /// carries crc32c of its stored and raw bytes).
-    pub raw_blake3: String,
+    /// blake3 of the stored object up to its end frame, hex (also in the stripe's
+    /// trailer; every chunk carries crc32c of its stored and of its raw bytes).
+    pub blake3: String,
 }
 
 /// Log-chain facts, as the engine reported them or as read from the backup's

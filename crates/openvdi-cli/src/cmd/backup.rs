@@ -242,7 +242,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             raw_size: r.raw_size,
             stored_size: r.stored_size,
             chunks: r.chunks,
-            raw_blake3: r.raw_blake3.clone(),
+            blake3: r.blake3.clone(),
         })
         .collect();
     let mut chain = match outcome.chain.clone() {

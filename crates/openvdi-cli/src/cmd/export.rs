@@ -1,5 +1,6 @@
 //! `openvdi export BACKUP DIR`: re-materialises the native `.bak` stripe files,
-//! byte for byte what the engine wrote (checked against the manifest's blake3).
+//! byte for byte what the engine wrote (each chunk's raw crc32c, the sizes and the
+//! stored blake3 are checked on the way).
 
 use std::fs;
 use std::io::Write;
@@ -42,7 +43,7 @@ pub fn decode_stripe(store: &dyn Store, s: &Stripe, w: &mut dyn Write) -> Result
         n += buf.len() as u64;
     }
     let sum = r.summary().expect("verified end");
-    if sum.raw_blake3 != s.raw_blake3 || n != s.raw_size {
+    if sum.blake3 != s.blake3 || n != s.raw_size {
         return Err(err(
             Code::Verify,
             format!("{}: does not match its manifest", s.key),

@@ -22,44 +22,23 @@ use crate::{lock, mtf, naming, output, progress};
 /// Raw chunk size for imports (VDI's largest MAXTRANSFERSIZE).
 const CHUNK: usize = 4 << 20;
 
-fn store_file(
-    store: &dyn Store,
-    path: &PathBuf,
-    key: &str,
-    codec: Codec,
-) -> Result<(u64, u64, u64, String)> {
+fn store_file(store: &dyn Store, path: &PathBuf, key: &str, codec: Codec) -> Result<chunk::Sealed> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut w = store.create(key)?;
-    let r = (|| -> Result<(u64, u64, u64, String)> {
-        w.write(chunk::header(codec).to_vec())?;
-        let (mut raw, mut stored, mut chunks) = (0u64, chunk::HEADER_LEN as u64, 0u64);
-        let mut h = blake3::Hasher::new();
+    let mut sink = chunk::Sink::new(store.create(key)?, codec)?;
+    let r = (|| -> Result<()> {
         loop {
             let buf = read_chunk(&mut f as &mut dyn Read, CHUNK)
                 .with_context(|| format!("reading {}", path.display()))?;
             if buf.is_empty() {
-                break;
+                return Ok(());
             }
-            h.update(&buf);
-            let frame = chunk::encode(codec, &buf)?;
-            raw += buf.len() as u64;
-            stored += frame.bytes.len() as u64;
-            chunks += 1;
-            w.write(frame.bytes)?;
+            sink.append(chunk::encode(codec, &buf)?, &buf)?;
         }
-        let hash = h.finalize();
-        let t = chunk::trailer(raw, chunks, &hash);
-        stored += t.len() as u64;
-        w.write(t)?;
-        Ok((raw, stored, chunks, hash.to_hex().to_string()))
     })();
     match r {
-        Ok(v) => {
-            w.finish()?;
-            Ok(v)
-        }
+        Ok(()) => Ok(sink.seal()?),
         Err(e) => {
-            w.abort();
+            sink.abort();
             Err(e)
         }
     }
@@ -112,15 +91,19 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
                 );
                 let store = repo.store.as_ref();
                 sc.spawn(move || {
-                    let (raw_size, stored_size, chunks, raw_blake3) =
-                        store_file(store, f, &key, codec)?;
+                    let chunk::Sealed {
+                        raw_size,
+                        stored_size,
+                        chunks,
+                        blake3,
+                    } = store_file(store, f, &key, codec)?;
                     Ok(Stripe {
                         index: i as u32 + 1,
                         key,
                         raw_size,
                         stored_size,
                         chunks,
-                        raw_blake3,
+                        blake3,
                     })
                 })
             })

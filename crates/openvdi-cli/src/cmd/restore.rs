@@ -130,7 +130,7 @@ pub fn restore_through_engine(
                 .map(|s| pipeline::restore::Source {
                     key: s.key.clone(),
                     raw_size: s.raw_size,
-                    raw_blake3: s.raw_blake3.clone(),
+                    blake3: s.blake3.clone(),
                 })
                 .collect(),
             stop: stop.clone(),

@@ -29,7 +29,7 @@ fn verify_stored(repo: &Repo, m: &Manifest) -> Result<Vec<serde_json::Value>> {
                         .map_err(|e| err(Code::Verify, format!("{}: MTF walk: {e}", s.key)))?;
                     Ok(serde_json::json!({
                         "stripe": s.index, "key": s.key, "raw_bytes": s.raw_size,
-                        "chunks": s.chunks, "blake3": s.raw_blake3, "mtf_blocks": w.blocks,
+                        "chunks": s.chunks, "blake3": s.blake3, "mtf_blocks": w.blocks,
                     }))
                 })
             })

@@ -9,19 +9,12 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use openvdi::{vdc, vdf, win32};
 
 use super::{wait_configuration, Counters, Stop, StopReason, POLL_MS};
-use crate::chunk;
+use crate::chunk::{self, Sink};
 use crate::codec::Codec;
-use crate::storage::{ObjectWriter, Store};
+use crate::storage::Store;
 use crate::vdi::{Cmd, DevError, Device, DeviceSet};
 
-/// What a stripe writer produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StripeResult {
-    pub raw_size: u64,
-    pub stored_size: u64,
-    pub chunks: u64,
-    pub raw_blake3: String,
-}
+pub use crate::chunk::Sealed as StripeResult;
 
 pub struct Plan<'a> {
     pub set: &'a dyn DeviceSet,
@@ -217,10 +210,10 @@ fn writer_loop(
     counters: &Counters,
     items: Receiver<Item>,
 ) -> Result<StripeResult, String> {
-    let mut out: Option<Box<dyn ObjectWriter>> = None;
+    // The object is created on the first item, so a set aborted before any byte
+    // arrives leaves nothing behind.
+    let mut sink: Option<Sink> = None;
     let mut result: Option<StripeResult> = None;
-    let mut hasher = blake3::Hasher::new();
-    let (mut raw, mut stored, mut chunks) = (0u64, 0u64, 0u64);
     let mut next = 0u64;
     let mut pending: BTreeMap<u64, Item> = BTreeMap::new();
     let fail = |msg: String| {
@@ -228,19 +221,14 @@ fn writer_loop(
         set.signal_abort();
         msg
     };
-    let open = |out: &mut Option<Box<dyn ObjectWriter>>, stored: &mut u64| -> Result<(), String> {
-        if out.is_none() {
-            let mut w = store.create(key).map_err(|e| e.to_string())?;
-            w.write(chunk::header(codec).to_vec())
-                .map_err(|e| e.to_string())?;
-            *stored += chunk::HEADER_LEN as u64;
-            *out = Some(w);
+    let open = |sink: &mut Option<Sink>| -> Result<(), String> {
+        if sink.is_none() {
+            let w = store.create(key).map_err(|e| e.to_string())?;
+            *sink = Some(Sink::new(w, codec).map_err(|e| e.to_string())?);
         }
         Ok(())
     };
     let mut outcome: Result<(), String> = Ok(());
-    // The object is created lazily on the first data, so a set that is aborted before
-    // any byte arrives leaves nothing behind.
     'recv: for item in items.iter() {
         if outcome.is_err() || stop.is_stopped() {
             continue; // drain so the workers never block; the set is being aborted
@@ -254,18 +242,12 @@ fn writer_loop(
                     if result.is_some() {
                         return Err("VDC_Write after VDC_Complete".into());
                     }
-                    open(&mut out, &mut stored)?;
-                    hasher.update(cmd.data());
-                    let n = frame.bytes.len() as u64;
-                    out.as_mut()
-                        .expect("opened")
-                        .write(frame.bytes)
-                        .map_err(|e| e.to_string())?;
-                    raw += frame.raw_len as u64;
-                    stored += n;
-                    chunks += 1;
-                    counters.raw.store(raw, Ordering::Relaxed);
-                    counters.stored.store(stored, Ordering::Relaxed);
+                    open(&mut sink)?;
+                    let s = sink.as_mut().expect("opened");
+                    s.append(frame, cmd.data()).map_err(|e| e.to_string())?;
+                    counters.raw.store(s.raw(), Ordering::Relaxed);
+                    counters.stored.store(s.stored(), Ordering::Relaxed);
+                    // The buffer goes back to the engine only now: its bytes are out.
                     dev.complete(cmd.token(), win32::ERROR_SUCCESS, cmd.size(), 0)
                         .map_err(|e| format!("CompleteCommand: {e}"))
                 }
@@ -274,12 +256,12 @@ fn writer_loop(
                         // The engine declares success only after this completion:
                         // publish the stripe first.
                         if result.is_none() {
-                            open(&mut out, &mut stored)?;
-                            let w = out.take().expect("opened");
-                            result = Some(seal(w, &hasher, raw, chunks, &mut stored)?);
+                            open(&mut sink)?;
+                            let s = sink.take().expect("opened");
+                            result = Some(s.seal().map_err(|e| e.to_string())?);
                         }
-                    } else if let Some(w) = out.as_mut() {
-                        w.flush().map_err(|e| e.to_string())?;
+                    } else if let Some(s) = sink.as_mut() {
+                        s.flush().map_err(|e| e.to_string())?;
                     }
                     dev.complete(cmd.token(), win32::ERROR_SUCCESS, 0, 0)
                         .map_err(|e| format!("CompleteCommand: {e}"))
@@ -292,14 +274,14 @@ fn writer_loop(
         }
     }
     if let Err(e) = outcome {
-        if let Some(w) = out {
-            w.abort();
+        if let Some(s) = sink {
+            s.abort();
         }
         return Err(e);
     }
     if stop.is_stopped() {
-        if let Some(w) = out {
-            w.abort();
+        if let Some(s) = sink {
+            s.abort();
         }
         if result.is_some() {
             let _ = store.delete(key);
@@ -310,35 +292,11 @@ fn writer_loop(
         Some(r) => Ok(r),
         None => {
             // No VDC_Complete was negotiated: seal at the normal close.
-            open(&mut out, &mut stored)?;
-            seal(
-                out.take().expect("opened"),
-                &hasher,
-                raw,
-                chunks,
-                &mut stored,
-            )
+            open(&mut sink)?;
+            sink.take()
+                .expect("opened")
+                .seal()
+                .map_err(|e| e.to_string())
         }
     }
-}
-
-fn seal(
-    mut w: Box<dyn ObjectWriter>,
-    hasher: &blake3::Hasher,
-    raw: u64,
-    chunks: u64,
-    stored: &mut u64,
-) -> Result<StripeResult, String> {
-    let hash = hasher.finalize();
-    let t = chunk::trailer(raw, chunks, &hash);
-    *stored += t.len() as u64;
-    w.write(t).map_err(|e| e.to_string())?;
-    let written = w.finish().map_err(|e| e.to_string())?;
-    debug_assert_eq!(written, *stored);
-    Ok(StripeResult {
-        raw_size: raw,
-        stored_size: *stored,
-        chunks,
-        raw_blake3: hash.to_hex().to_string(),
-    })
 }

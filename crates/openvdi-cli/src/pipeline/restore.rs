@@ -17,7 +17,7 @@ use crate::vdi::{DevError, Device, DeviceSet};
 pub struct Source {
     pub key: String,
     pub raw_size: u64,
-    pub raw_blake3: String,
+    pub blake3: String,
 }
 
 pub struct Plan<'a> {
@@ -69,10 +69,10 @@ fn reader_loop(
             }
         }
         let sum = rd.summary().expect("verified end");
-        if raw != src.raw_size || sum.raw_blake3 != src.raw_blake3 {
+        if raw != src.raw_size || sum.blake3 != src.blake3 {
             return Err(StopReason::Verify(format!(
                 "{}: the stripe does not match its manifest (size {raw} vs {}, blake3 {} vs {})",
-                src.key, src.raw_size, sum.raw_blake3, src.raw_blake3
+                src.key, src.raw_size, sum.blake3, src.blake3
             )));
         }
         Ok(())

@@ -231,7 +231,7 @@ fn restore_from(store: &Arc<dyn Store>, results: &[backup::StripeResult]) -> Res
             .map(|(i, r)| restore::Source {
                 key: format!("b/stripe{}", i + 1),
                 raw_size: r.raw_size,
-                raw_blake3: r.raw_blake3.clone(),
+                blake3: r.blake3.clone(),
             })
             .collect(),
         stop: Stop::new(),
@@ -256,9 +256,12 @@ fn round_trip_every_codec_and_stripe_count() {
             .map(|i| data(300_000 + 4096 * i, i as u32))
             .collect();
         let res = backup_into(&store, &streams, codec, complete).unwrap();
-        for (r, s) in res.iter().zip(&streams) {
+        for (i, (r, s)) in res.iter().zip(&streams).enumerate() {
             assert_eq!(r.raw_size, s.len() as u64);
-            assert_eq!(r.raw_blake3, blake3::hash(s).to_hex().to_string());
+            let obj = std::fs::read(dir.path().join(format!("b/stripe{}", i + 1))).unwrap();
+            assert_eq!(r.stored_size, obj.len() as u64);
+            let end = obj.len() - crate::chunk::FRAME_LEN - crate::chunk::TRAILER_LEN;
+            assert_eq!(r.blake3, blake3::hash(&obj[..end]).to_hex().to_string());
         }
         let (r, got) = restore_from(&store, &res);
         r.unwrap();

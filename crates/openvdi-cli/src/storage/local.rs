@@ -75,8 +75,12 @@ struct LocalWriter {
 
 impl ObjectWriter for LocalWriter {
     fn write(&mut self, data: Vec<u8>) -> Result<()> {
+        self.write_slice(&data)
+    }
+
+    fn write_slice(&mut self, data: &[u8]) -> Result<()> {
         self.file
-            .write_all(&data)
+            .write_all(data)
             .map_err(io_err(format!("writing {}", self.temp.display())))?;
         self.written += data.len() as u64;
         Ok(())

@@ -67,6 +67,8 @@ pub trait ObjectWriter: Send {
     /// Appends `data` (takes ownership so the object-store backend can upload it
     /// without a copy).
     fn write(&mut self, data: Vec<u8>) -> Result<()>;
+    /// Appends borrowed bytes (local: written directly, no copy).
+    fn write_slice(&mut self, data: &[u8]) -> Result<()>;
     /// Makes everything written so far as durable as the backend allows before the
     /// object is finished (local: fsync; object store: wait for in-flight parts).
     fn flush(&mut self) -> Result<()>;

@@ -123,6 +123,16 @@ impl ObjectWriter for Upload {
         Ok(())
     }
 
+    fn write_slice(&mut self, data: &[u8]) -> Result<()> {
+        let w = self.w.as_mut().expect("upload used after finish");
+        runtime()
+            .block_on(w.wait_for_capacity(PART_CONCURRENCY))
+            .map_err(obj_err(format!("uploading {}", self.key)))?;
+        self.written += data.len() as u64;
+        w.write(data);
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<()> {
         // Parts in flight are waited for; the buffered tail can only be made durable
         // by completing the upload (S3 has no durable partial object).
