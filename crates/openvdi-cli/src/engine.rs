@@ -21,8 +21,17 @@ pub struct Outcome {
     pub ok: bool,
     /// Informational messages and errors, in order.
     pub messages: Vec<String>,
+    /// Result sets (HEADERONLY, FILELISTONLY), when the engine returns them as data.
+    pub tables: Vec<Table>,
     /// The chain facts of a BACKUP, when the engine reports them.
     pub chain: Option<Chain>,
+}
+
+/// One result set: column names and rows (`None` is NULL).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Table {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
 }
 
 impl Outcome {

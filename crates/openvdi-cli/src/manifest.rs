@@ -74,6 +74,12 @@ pub struct Chain {
     pub database_backup_lsn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub differential_base_lsn: Option<String>,
+    /// BackupSetGUID of the full backup a differential is based on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub differential_base_guid: Option<String>,
+    /// This backup's BackupSetGUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_set_guid: Option<String>,
     /// The backup this one depends on (diff: its full; log: the previous log or full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,

@@ -127,8 +127,10 @@ pub fn find_parent(all: &[Manifest], database: &str, kind: Kind, chain: &Chain) 
         .filter(eligible)
         .find(|m| match kind {
             Kind::Diff => {
-                chain.differential_base_lsn.is_some()
-                    && m.chain.checkpoint_lsn == chain.differential_base_lsn
+                (chain.differential_base_guid.is_some()
+                    && m.chain.backup_set_guid == chain.differential_base_guid)
+                    || (chain.database_backup_lsn.is_some()
+                        && m.chain.checkpoint_lsn == chain.database_backup_lsn)
             }
             Kind::Log => {
                 chain.first_lsn.is_some()
@@ -245,10 +247,8 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             blake3: r.blake3.clone(),
         })
         .collect();
-    let mut chain = match outcome.chain.clone() {
-        Some(c) => c,
-        None => crate::mtf::chain_of_stored(&repo, &stripes).unwrap_or_default(),
-    };
+    // External engines print text only: their backups chain by time, not by LSN.
+    let mut chain = outcome.chain.clone().unwrap_or_default();
     let existing = repo.backups()?;
     chain.parent = find_parent(&existing, &plan.database, plan.kind, &chain);
     let raw_size: u64 = stripes.iter().map(|s| s.raw_size).sum();

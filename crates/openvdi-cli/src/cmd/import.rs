@@ -15,9 +15,10 @@ use crate::cli::ImportArgs;
 use crate::codec::Codec;
 use crate::exit::{err, Code};
 use crate::manifest::{self, EngineInfo, Manifest, Stripe, Timings};
+use crate::pipeline::restore::Source;
 use crate::repo::Repo;
 use crate::storage::{read_chunk, Store};
-use crate::{lock, mtf, naming, output, progress};
+use crate::{lock, naming, output, progress};
 
 /// Raw chunk size for imports (VDI's largest MAXTRANSFERSIZE).
 const CHUNK: usize = 4 << 20;
@@ -49,9 +50,19 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         .compress
         .or(ctx.settings.file.compress)
         .unwrap_or(Codec::Zstd { level: 3 });
-    // Read and check the files' metadata before touching the repository.
-    let info = mtf::describe_files(&a.files).map_err(|e| err(Code::Verify, e))?;
-    let files = info.ordered_files(&a.files);
+    // Order and check the files, and read their header through the engine, before
+    // touching the repository. An external engine prints text only: then the flags
+    // must say what the files are.
+    let target = super::inspect::file_target(&a.files)?;
+    let files: Vec<PathBuf> = target
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            Source::File(p) => Some(p.clone()),
+            Source::Stored { .. } => None,
+        })
+        .collect();
+    let info = super::inspect::header(ctx, &target)?;
     let database = a
         .database
         .clone()

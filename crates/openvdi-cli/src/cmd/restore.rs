@@ -86,7 +86,7 @@ fn statement(m: &Manifest, o: &RestoreOptions, devices: &[String]) -> String {
     sql
 }
 
-/// Runs one RESTORE (or VERIFYONLY) of `m` through the engine; returns its outcome.
+/// Runs one RESTORE (or VERIFYONLY) of stored backup `m` through the engine.
 pub fn restore_through_engine(
     ctx: &Ctx,
     repo: &Repo,
@@ -94,9 +94,40 @@ pub fn restore_through_engine(
     opts: &RestoreOptions,
     op: &str,
 ) -> Result<engine::Outcome> {
+    let sources = m
+        .stripes
+        .iter()
+        .map(|s| pipeline::restore::Source::Stored {
+            key: s.key.clone(),
+            raw_size: s.raw_size,
+            blake3: s.blake3.clone(),
+        })
+        .collect();
+    let totals = m.stripes.iter().map(|s| s.raw_size).collect();
+    engine_session(
+        ctx,
+        repo.store.clone(),
+        sources,
+        Some(totals),
+        op,
+        |devices| statement(m, opts, devices),
+    )
+}
+
+/// One engine statement reading `sources` through a fresh virtual device set (one
+/// device per source): the engine runs `stmt(device names)` while this thread feeds
+/// the devices. Returns the statement's outcome; verification failures exit 3.
+pub fn engine_session(
+    ctx: &Ctx,
+    store: Arc<dyn crate::storage::Store>,
+    sources: Vec<pipeline::restore::Source>,
+    totals: Option<Vec<u64>>,
+    op: &str,
+    stmt: impl FnOnce(&[String]) -> String,
+) -> Result<engine::Outcome> {
     let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine)?;
     let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
-    let n = m.stripes.len() as u32;
+    let n = sources.len() as u32;
     let set_name = vdi::unique_set_name();
     let devices = vdi::device_names(&set_name, n);
     let cfg = VdConfig {
@@ -104,13 +135,12 @@ pub fn restore_through_engine(
         features: vdf::VDF_RequestComplete,
         ..Default::default()
     };
-    let sql = statement(m, opts, &devices);
+    let sql = stmt(&devices);
     let set = transport
         .create(&set_name, &cfg)
         .map_err(|e| anyhow::anyhow!("creating virtual device set {set_name}: {e}"))?;
     let counters: Vec<Arc<Counters>> = (0..n).map(|_| Arc::default()).collect();
-    let totals = m.stripes.iter().map(|s| s.raw_size).collect();
-    let reporter = progress::Reporter::start(ctx.progress, op, counters.clone(), Some(totals));
+    let reporter = progress::Reporter::start(ctx.progress, op, counters.clone(), totals);
     let stop = &ctx.stop;
     let (result, outcome) = std::thread::scope(|s| {
         let eng = s.spawn(|| {
@@ -123,16 +153,8 @@ pub fn restore_through_engine(
         let r = pipeline::restore::run(pipeline::restore::Plan {
             set: set.as_ref(),
             device_names: devices.clone(),
-            store: repo.store.clone(),
-            sources: m
-                .stripes
-                .iter()
-                .map(|s| pipeline::restore::Source {
-                    key: s.key.clone(),
-                    raw_size: s.raw_size,
-                    blake3: s.blake3.clone(),
-                })
-                .collect(),
+            store,
+            sources,
             stop: stop.clone(),
             counters: counters.clone(),
             open_timeout: ctx.settings.engine.open_timeout,

@@ -4,7 +4,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use std::path::Path;
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use openvdi::{vdc, vdf, win32};
 
 use super::{wait_configuration, Counters, Stop, StopReason, POLL_MS};
@@ -12,12 +14,17 @@ use crate::chunk::{ChunkError, StripeReader};
 use crate::storage::Store;
 use crate::vdi::{DevError, Device, DeviceSet};
 
-/// What a restore expects of one stripe (from the manifest).
+/// Where one device's stream comes from.
 #[derive(Debug, Clone)]
-pub struct Source {
-    pub key: String,
-    pub raw_size: u64,
-    pub blake3: String,
+pub enum Source {
+    /// A stored stripe, checked against what its manifest says.
+    Stored {
+        key: String,
+        raw_size: u64,
+        blake3: String,
+    },
+    /// A plain `.bak` file (inspect, import): sent as it is.
+    File(std::path::PathBuf),
 }
 
 pub struct Plan<'a> {
@@ -37,50 +44,79 @@ enum Msg {
     Bad(StopReason),
 }
 
-/// Opens a stored stripe and checks it frame by frame; sends raw chunks, then `End`
-/// only if everything matched.
-fn reader_loop(
-    store: &dyn Store,
-    src: &Source,
-    counters: &Counters,
-    tx: crossbeam_channel::Sender<Msg>,
-) {
-    let r = (|| -> Result<(), StopReason> {
-        let input = store
-            .open_read(&src.key)
-            .map_err(|e| StopReason::Failed(format!("opening {}: {e}", src.key)))?;
-        let cv = |e: ChunkError| match e {
-            ChunkError::Corrupt(m) => StopReason::Verify(format!("{}: {m}", src.key)),
-            ChunkError::Io(e) => StopReason::Failed(format!("reading {}: {e}", src.key)),
-        };
-        let mut rd = StripeReader::new(input).map_err(cv)?;
-        let mut raw = 0u64;
-        loop {
-            let mut buf = Vec::new();
-            if !rd.next_chunk(&mut buf).map_err(cv)? {
-                break;
-            }
-            raw += buf.len() as u64;
-            counters
-                .stored
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            if tx.send(Msg::Data(buf)).is_err() {
-                return Ok(()); // the device ended early (engine closed it)
-            }
-        }
-        let sum = rd.summary().expect("verified end");
-        if raw != src.raw_size || sum.blake3 != src.blake3 {
-            return Err(StopReason::Verify(format!(
-                "{}: the stripe does not match its manifest (size {raw} vs {}, blake3 {} vs {})",
-                src.key, src.raw_size, sum.blake3, src.blake3
-            )));
-        }
-        Ok(())
-    })();
+/// Sends one device's stream in chunks, then `End` only if everything checked out.
+fn reader_loop(store: &dyn Store, src: &Source, counters: &Counters, tx: Sender<Msg>) {
+    let r = match src {
+        Source::Stored {
+            key,
+            raw_size,
+            blake3,
+        } => read_stored(store, key, *raw_size, blake3, counters, &tx),
+        Source::File(path) => read_file(path, counters, &tx),
+    };
     let _ = tx.send(match r {
         Ok(()) => Msg::End,
         Err(e) => Msg::Bad(e),
     });
+}
+
+fn read_file(path: &Path, counters: &Counters, tx: &Sender<Msg>) -> Result<(), StopReason> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| StopReason::Failed(format!("opening {}: {e}", path.display())))?;
+    loop {
+        let buf = crate::storage::read_chunk(&mut f, 1 << 20)
+            .map_err(|e| StopReason::Failed(format!("reading {}: {e}", path.display())))?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        counters
+            .stored
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if tx.send(Msg::Data(buf)).is_err() {
+            return Ok(()); // the engine closed the device early (HEADERONLY)
+        }
+    }
+}
+
+/// Opens a stored stripe and checks it frame by frame.
+fn read_stored(
+    store: &dyn Store,
+    key: &str,
+    raw_size: u64,
+    blake3: &str,
+    counters: &Counters,
+    tx: &Sender<Msg>,
+) -> Result<(), StopReason> {
+    let input = store
+        .open_read(key)
+        .map_err(|e| StopReason::Failed(format!("opening {key}: {e}")))?;
+    let cv = |e: ChunkError| match e {
+        ChunkError::Corrupt(m) => StopReason::Verify(format!("{key}: {m}")),
+        ChunkError::Io(e) => StopReason::Failed(format!("reading {key}: {e}")),
+    };
+    let mut rd = StripeReader::new(input).map_err(cv)?;
+    let mut raw = 0u64;
+    loop {
+        let mut buf = Vec::new();
+        if !rd.next_chunk(&mut buf).map_err(cv)? {
+            break;
+        }
+        raw += buf.len() as u64;
+        counters
+            .stored
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if tx.send(Msg::Data(buf)).is_err() {
+            return Ok(()); // the engine closed the device early
+        }
+    }
+    let sum = rd.summary().expect("verified end");
+    if raw != raw_size || sum.blake3 != blake3 {
+        return Err(StopReason::Verify(format!(
+            "{key}: the stripe does not match its manifest (size {raw} vs {raw_size}, blake3 {} vs {blake3})",
+            sum.blake3
+        )));
+    }
+    Ok(())
 }
 
 /// Feeds `VDC_Read`s from `rx` until the engine closes the device.

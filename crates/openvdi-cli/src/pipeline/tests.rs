@@ -228,7 +228,7 @@ fn restore_from(store: &Arc<dyn Store>, results: &[backup::StripeResult]) -> Res
         sources: results
             .iter()
             .enumerate()
-            .map(|(i, r)| restore::Source {
+            .map(|(i, r)| restore::Source::Stored {
                 key: format!("b/stripe{}", i + 1),
                 raw_size: r.raw_size,
                 blake3: r.blake3.clone(),
