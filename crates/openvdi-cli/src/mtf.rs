@@ -216,7 +216,7 @@ impl Walker {
                     let at = self.offset;
                     let h = &self.buf[..DBLK_LEN];
                     let tag: [u8; 4] = h[0..4].try_into().expect("4");
-                    if at % ALIGN != 0 {
+                    if !at.is_multiple_of(ALIGN) {
                         return self.fail(format!("block at {at} is not 512-byte aligned"));
                     }
                     if !is_tag(&tag) {
