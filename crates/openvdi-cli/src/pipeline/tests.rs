@@ -16,7 +16,13 @@ use crate::vdi::{self, Native, Transport};
 fn T() -> Timeout {
     Timeout::from_millis(10_000)
 }
-const MTS: u32 = 64 * 1024;
+/// MAXTRANSFERSIZE of the stand-in engine (`mts()` env var to profile other sizes).
+fn mts() -> u32 {
+    std::env::var("MTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64 * 1024)
+}
 
 fn data(len: usize, seed: u32) -> Vec<u8> {
     // Compressible but not trivial: runs of a few distinct values.
@@ -37,12 +43,12 @@ fn server_backup(name: String, streams: Vec<Vec<u8>>, depth: usize, complete: bo
         features,
         block_size: 512,
         alignment: 0,
-        max_transfer_size: MTS,
+        max_transfer_size: mts(),
         timeout: Timeout::INFINITE,
         device_names: vdi::device_names(&name, streams.len() as u32),
     })
     .unwrap();
-    s.request_buffers(MTS, 0, (depth * streams.len()) as u32)
+    s.request_buffers(mts(), 0, (depth * streams.len()) as u32)
         .unwrap();
     s.end_configuration().unwrap();
     let s = Arc::new(s);
@@ -54,7 +60,7 @@ fn server_backup(name: String, streams: Vec<Vec<u8>>, depth: usize, complete: bo
             sc.spawn(move || {
                 let d = s.open_device(&dname).unwrap();
                 let mut bufs: Vec<_> = (0..depth)
-                    .map(|_| s.allocate_buffer(MTS, 0).unwrap())
+                    .map(|_| s.allocate_buffer(mts(), 0).unwrap())
                     .collect();
                 let mut free: Vec<usize> = (0..depth).collect();
                 let mut off = 0usize;
@@ -63,7 +69,7 @@ fn server_backup(name: String, streams: Vec<Vec<u8>>, depth: usize, complete: bo
                     if off < stream.len() && !free.is_empty() {
                         let b = free.pop().unwrap();
                         // Vary sizes: any multiple of the block size up to MAXTRANSFERSIZE.
-                        let n = (stream.len() - off).min(MTS as usize - 512 * (off % 3));
+                        let n = (stream.len() - off).min(mts() as usize - 512 * (off % 3));
                         bufs[b].as_mut_slice()[..n].copy_from_slice(&stream[off..off + n]);
                         d.send_command(&ServerCommand {
                             code: vdc::VDC_Write,
@@ -112,12 +118,12 @@ fn server_restore(name: String, devices: u32) -> Result<Vec<Vec<u8>>, String> {
         features: vdf::VDF_ReadMedia,
         block_size: 512,
         alignment: 0,
-        max_transfer_size: MTS,
+        max_transfer_size: mts(),
         timeout: Timeout::INFINITE,
         device_names: vdi::device_names(&name, devices),
     })
     .unwrap();
-    s.request_buffers(MTS, 0, devices).unwrap();
+    s.request_buffers(mts(), 0, devices).unwrap();
     s.end_configuration().unwrap();
     let s = Arc::new(s);
     let names = vdi::device_names(&name, devices);
@@ -128,10 +134,10 @@ fn server_restore(name: String, devices: u32) -> Result<Vec<Vec<u8>>, String> {
                 let s = s.clone();
                 sc.spawn(move || -> Result<Vec<u8>, String> {
                     let d = s.open_device(dname).unwrap();
-                    let buf = s.allocate_buffer(MTS, 0).unwrap();
+                    let buf = s.allocate_buffer(mts(), 0).unwrap();
                     let mut got = Vec::new();
                     for k in 0.. {
-                        let size = MTS - 512 * (k % 5);
+                        let size = mts() - 512 * (k % 5);
                         d.send_command(&ServerCommand {
                             code: vdc::VDC_Read,
                             size,
@@ -283,4 +289,64 @@ fn restore_aborts_on_a_flipped_byte() {
     let (r, got) = restore_from(&store, &res);
     assert!(matches!(r, Err(StopReason::Verify(_))), "{r:?}");
     assert!(got.is_err(), "the engine side must see the abort");
+}
+
+/// Throughput of the backup pipeline alone (engine side: memcpy from memory), for
+/// profiling: `cargo test --release -p openvdi-cli -- --ignored --nocapture pipeline_throughput`.
+#[test]
+#[ignore]
+fn pipeline_throughput() {
+    let mb: usize = std::env::var("MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let streams: Vec<Vec<u8>> = (0..2)
+        .map(|s| {
+            // Database-like: 8 KiB pages, half of each page a pattern, half zeros.
+            let mut v = vec![0u8; mb << 20];
+            for (i, page) in v.chunks_mut(8192).enumerate() {
+                for (j, b) in page[..4096].iter_mut().enumerate() {
+                    *b = ((i * 31 + j * 7 + s) % 251) as u8;
+                }
+            }
+            v
+        })
+        .collect();
+    for codec in [Codec::None, Codec::Zstd { level: 1 }, Codec::Lz4] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = storage::open(dir.path().to_str().unwrap()).unwrap();
+        let t = std::time::Instant::now();
+        let r = backup_into(&store, &streams, codec, true).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let raw: u64 = r.iter().map(|s| s.raw_size).sum();
+        let stored: u64 = r.iter().map(|s| s.stored_size).sum();
+        eprintln!(
+            "{codec}: {:.0} MiB/s raw, ratio {:.2}",
+            raw as f64 / secs / 1048576.0,
+            raw as f64 / stored as f64
+        );
+    }
+}
+
+/// Speed of the per-byte work, for profiling (`-- --ignored --nocapture hash_speed`).
+#[test]
+#[ignore]
+fn hash_speed() {
+    let v: Vec<u8> = (0..256u32 << 20).map(|i| (i % 251) as u8).collect();
+    let t = std::time::Instant::now();
+    let h = blake3::hash(&v);
+    let b = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let c = crc32c::crc32c(&v);
+    let cr = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let copy = v.clone();
+    let m = t.elapsed().as_secs_f64();
+    eprintln!(
+        "blake3 {:.0} MiB/s, crc32c {:.0} MiB/s, memcpy {:.0} MiB/s ({h} {c} {})",
+        256.0 / b,
+        256.0 / cr,
+        256.0 / m,
+        copy.len()
+    );
 }
