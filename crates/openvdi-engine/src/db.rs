@@ -422,6 +422,7 @@ impl Database {
                     Lsn::of_record(number),
                     slots,
                 );
+                page::seal(b);
             }
             numbers.push(number);
             self.cat.next_record += 1;
@@ -631,5 +632,24 @@ mod tests {
         );
         assert_eq!(dir.names().unwrap(), vec!["t".to_string()]);
         assert!(dir.modify("t", 1000).is_err());
+    }
+}
+#[cfg(test)]
+mod log_page_tests {
+    use super::*;
+    /// Every page of a log file, appended to or not, names itself and verifies.
+    #[test]
+    fn log_pages_verify() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(d.path()).unwrap();
+        let mut db = dir.create("t", 1 << 20).unwrap();
+        db.append_log(&[(page::record_kind::CHECKPOINT, 0, 0)])
+            .unwrap();
+        let l = std::fs::read(d.path().join("t_log.ldf")).unwrap();
+        for (i, p) in l.chunks(PAGE_SIZE).enumerate() {
+            let h = page::header(p);
+            assert_eq!((h.file_id, h.page_id), (2, i as u32));
+            assert!(page::verify(p), "page {i}");
+        }
     }
 }

@@ -100,7 +100,7 @@ impl Lsn {
 
     /// The record number of an LSN made by [`Lsn::of_record`].
     pub fn record(self) -> Option<u64> {
-        if u64::from(self.seq) < FIRST_SEQ || self.block % 16 != 0 || self.slot == 0 {
+        if u64::from(self.seq) < FIRST_SEQ || !self.block.is_multiple_of(16) || self.slot == 0 {
             return None;
         }
         let page = (u64::from(self.seq) - FIRST_SEQ) * PAGES_PER_VLF + u64::from(self.block) / 16;
@@ -233,6 +233,40 @@ pub fn write_header(
     p[off::LSN..off::LSN + 10].copy_from_slice(&lsn.to_bytes());
 }
 
+/// `m_flagBits` bit saying the page carries a checksum in `m_tornBits`.
+pub const FLAG_CHECKSUM: u16 = 0x0200;
+/// Offset of `m_flagBits`.
+const FLAG_BITS: usize = 4;
+/// Offset of `m_tornBits` (the page checksum).
+const TORN_BITS: usize = 60;
+
+/// Compute the page's checksum (CRC-32C of the page with `m_tornBits` zero) and store
+/// it, setting [`FLAG_CHECKSUM`]. Call after the last change to the page.
+pub fn seal(p: &mut [u8]) {
+    let f = u16::from_le_bytes([p[FLAG_BITS], p[FLAG_BITS + 1]]) | FLAG_CHECKSUM;
+    p[FLAG_BITS..FLAG_BITS + 2].copy_from_slice(&f.to_le_bytes());
+    p[TORN_BITS..TORN_BITS + 4].fill(0);
+    let c = crc32c::crc32c(&p[..PAGE_SIZE]);
+    p[TORN_BITS..TORN_BITS + 4].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Whether an openvdi page is intact: its checksum matches (a page without
+/// [`FLAG_CHECKSUM`] is not openvdi's and fails).
+pub fn verify(p: &[u8]) -> bool {
+    if p.len() < PAGE_SIZE {
+        return false;
+    }
+    let f = u16::from_le_bytes([p[FLAG_BITS], p[FLAG_BITS + 1]]);
+    if f & FLAG_CHECKSUM == 0 {
+        return false;
+    }
+    let stored = u32::from_le_bytes([p[60], p[61], p[62], p[63]]);
+    let c = crc32c::crc32c(&p[..TORN_BITS]);
+    let c = crc32c::crc32c_append(c, &[0u8; 4]);
+    let c = crc32c::crc32c_append(c, &p[TORN_BITS + 4..PAGE_SIZE]);
+    c == stored
+}
+
 /// The magic at the start of the body of a data file's header page, followed by the
 /// content seed (u64 LE) that redo needs.
 pub const SEED_MAGIC: &[u8; 8] = b"OPENVDI1";
@@ -258,6 +292,7 @@ pub fn data_page(p: &mut [u8], seed: u64, file_id: u16, page_id: u32, lsn: Lsn) 
             body[..8].copy_from_slice(SEED_MAGIC);
             body[8..16].copy_from_slice(&seed.to_le_bytes());
         }
+        seal(p);
         return;
     }
     const FILLER: &[u8; 48] = b"openvdi deterministic row filler text 0123456789";
@@ -281,6 +316,7 @@ pub fn data_page(p: &mut [u8], seed: u64, file_id: u16, page_id: u32, lsn: Lsn) 
         row_bytes[16..64].copy_from_slice(FILLER);
         chunk.copy_from_slice(&row_bytes[..n]);
     }
+    seal(p);
 }
 
 /// Kinds of log record.
@@ -362,6 +398,7 @@ pub fn empty_log_page(p: &mut [u8], file_id: u16, page_id: u32) {
     };
     write_header(p, ty, file_id, page_id, Lsn::ZERO, 0);
     p[HEADER_SIZE..PAGE_SIZE].fill(0);
+    seal(p);
 }
 
 #[cfg(test)]
@@ -395,6 +432,9 @@ mod tests {
         assert_eq!(p, q, "deterministic");
         data_page(&mut q, 42, 1, 77, Lsn::of_record(4));
         assert_ne!(p, q, "a new LSN changes the content");
+        assert!(verify(&p));
+        p[5000] ^= 1;
+        assert!(!verify(&p));
         data_page(&mut q, 42, 1, 0, Lsn::ZERO);
         assert_eq!(&q[96..104], SEED_MAGIC);
         assert_eq!(header(&q).page_type, page_type::FILE_HEADER);

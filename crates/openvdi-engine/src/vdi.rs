@@ -279,7 +279,7 @@ impl Sizes {
         let blocks = self.max / self.block;
         let k = if self.short {
             1 + (self.x % 8) as u32
-        } else if self.n % 4 == 0 {
+        } else if self.n.is_multiple_of(4) {
             1 + (self.x % u64::from(blocks)) as u32
         } else {
             blocks
@@ -370,7 +370,9 @@ impl<'s> DeviceIo<'s> {
     }
 
     /// Apply the per-command faults, then send a data command.
-    fn send_data(&mut self, code: u32, buf: ServerBuffer, size: u32) -> Result<(), SqlError> {
+    /// Returns `Ok(false)` (and keeps the buffer) when the device is in IO-ERROR: a
+    /// completion not yet received failed, and the caller learns why by receiving it.
+    fn send_data(&mut self, code: u32, buf: ServerBuffer, size: u32) -> Result<bool, SqlError> {
         self.before_command()?;
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -381,6 +383,10 @@ impl<'s> DeviceIo<'s> {
             buffer: Some(&buf),
             tag,
         });
+        if let Err(VdiError::IoError) = r {
+            self.free.push(buf);
+            return Ok(false);
+        }
         if let Err(e) = r {
             let func = if code == vdc::VDC_Write {
                 "WriteToDevice"
@@ -409,7 +415,7 @@ impl<'s> DeviceIo<'s> {
                 self.stall(d)?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Faults that act before a command: delay, fail-command.
@@ -578,7 +584,16 @@ impl<'s> DeviceWriter<'s> {
             let n = self.cur_len as u32;
             self.cur_len = 0;
             self.bytes += u64::from(n);
-            self.io.send_data(vdc::VDC_Write, b, n)?;
+            if !self.io.send_data(vdc::VDC_Write, b, n)? {
+                // A write failed: receive completions until its error surfaces.
+                while !self.io.inflight.is_empty() {
+                    self.io.reap_one(&mut Self::on_done)?;
+                }
+                return Err(msg::write_failed(
+                    self.io.name(),
+                    &os_error_text(win32::ERROR_IO_DEVICE),
+                ));
+            }
         }
         Ok(())
     }
@@ -745,6 +760,9 @@ pub struct DeviceReader<'s> {
     ready: VecDeque<(ServerBuffer, usize, usize)>,
     end: Option<EndReason>,
     ended_seq: Option<u64>,
+    /// A completion said the stream ends (or failed): send no more reads, since the
+    /// device is now in IO-ERROR or has nothing more to give.
+    stop_sending: bool,
     /// Bytes delivered so far.
     pub bytes: u64,
     err: Option<SqlError>,
@@ -762,6 +780,7 @@ impl<'s> DeviceReader<'s> {
             ready: VecDeque::new(),
             end: None,
             ended_seq: None,
+            stop_sending: false,
             bytes: 0,
             err: None,
         }
@@ -798,7 +817,10 @@ impl<'s> DeviceReader<'s> {
             };
             let size = self.io.sizes.next();
             let tag = self.io.next_tag;
-            self.io.send_data(vdc::VDC_Read, b, size)?;
+            if !self.io.send_data(vdc::VDC_Read, b, size)? {
+                self.stop_sending = true;
+                break;
+            }
             self.seq_of.insert(tag, self.next_seq);
             self.next_seq += 1;
         }
@@ -826,6 +848,9 @@ impl<'s> DeviceReader<'s> {
         } else {
             (c.bytes_transferred, c.completion_code)
         };
+        if code != 0 || got < asked {
+            self.stop_sending = true;
+        }
         self.done.insert(
             seq,
             Done {
@@ -954,7 +979,7 @@ mod tests {
             for _ in 0..200 {
                 let v = s.next();
                 assert_eq!(v % 512, 0);
-                assert!(v >= 512 && v <= 1 << 20);
+                assert!((512..=1 << 20).contains(&v));
                 if short {
                     assert!(v <= 8 * 512);
                 }

@@ -1,0 +1,1418 @@
+//! Executing statements: BACKUP (full, differential, log), RESTORE (database, log,
+//! WITH RECOVERY alone), and RESTORE HEADERONLY / FILELISTONLY / LABELONLY /
+//! VERIFYONLY, each over virtual devices with one thread per device.
+//!
+//! A restore reads the media header and backup set metadata from every device
+//! first, then plans on the main thread — one media set, every family present,
+//! the backup chain in order (3117, 3136, 4305, 4326), REPLACE and MOVE (3159,
+//! 3154, 1834, 3156, 3234) — and only then lets the device threads write pages.
+//! Any failure aborts the set, so the client sees `VD_E_ABORT`, and the statement
+//! ends with SQL Server's messages and 3013.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
+
+use crate::catalog::{self, Catalog, DbState, FileInfo, FileKind, FullBackupInfo, RestoreProgress};
+use crate::db::{self, Database};
+use crate::error::{msg, Message, SqlError};
+use crate::mtf_io;
+use crate::page::{self, record_kind, Lsn, PAGE_SIZE};
+use crate::sql::{BackupOptions, Device, InfoKind, RestoreOptions, Statement, Target};
+use crate::stream::{self, Chunk, FileMeta, Portion, SetMeta};
+use crate::vdi::{DeviceReader, DeviceWriter, Direction, Session, TransferOptions};
+use crate::{BackupKind, BackupReport, Engine, Output, Report, RestoreReport, ResultSet};
+
+/// Pages per unit when spreading a backup over several devices.
+const STRIPE_PAGES: u32 = 64;
+
+/// Execute one statement, appending its outputs; returns its report.
+pub fn execute(
+    engine: &Engine,
+    stmt: &Statement,
+    outs: &mut Vec<Output>,
+) -> Result<Option<Report>, SqlError> {
+    let verb = stmt.verb();
+    let r = match stmt {
+        Statement::Backup {
+            target,
+            database,
+            devices,
+            options,
+        } => backup(engine, *target, database, devices, options, outs)
+            .map(|r| Some(Report::Backup(r))),
+        Statement::Restore {
+            target,
+            database,
+            devices,
+            options,
+        } if devices.is_empty() => {
+            recover_only(engine, *target, database, options, outs).map(|r| Some(Report::Restore(r)))
+        }
+        Statement::Restore {
+            target,
+            database,
+            devices,
+            options,
+        } => restore(engine, *target, database, devices, options, outs)
+            .map(|r| r.map(Report::Restore)),
+        Statement::RestoreInfo {
+            kind,
+            devices,
+            options,
+        } => info(engine, *kind, devices, options, outs).map(|()| None),
+    };
+    r.map_err(|e| e.terminating(verb))
+}
+
+fn transfer_options(
+    engine: &Engine,
+    block: Option<u32>,
+    max: Option<u32>,
+    count: Option<u32>,
+) -> TransferOptions {
+    TransferOptions {
+        block_size: block.unwrap_or(crate::vdi::DEFAULT_BLOCK_SIZE),
+        max_transfer: max.unwrap_or(crate::vdi::DEFAULT_MAX_TRANSFER),
+        buffer_count: count,
+        open_timeout: engine.open_timeout(),
+    }
+}
+
+fn engine_err(e: crate::error::EngineError) -> SqlError {
+    match e {
+        crate::error::EngineError::Sql(s) => s,
+        crate::error::EngineError::NotFound(n) => msg::no_database(&n),
+        other => SqlError::msg(3013, other.to_string()),
+    }
+}
+
+/// The "N.NNN seconds (R.RRR MB/sec)" tail of 3014.
+fn rate_text(pages: u64, secs: f64) -> String {
+    let secs = secs.max(0.001);
+    let mb = pages as f64 * PAGE_SIZE as f64 / 1_048_576.0;
+    format!("{secs:.3} seconds ({:.3} MB/sec)", mb / secs)
+}
+
+/// STATS: "N percent processed." messages as progress crosses each step.
+#[derive(Debug)]
+struct Progress {
+    total: u64,
+    done: AtomicU64,
+    step: Option<u32>,
+    msgs: Mutex<Vec<Message>>,
+}
+
+impl Progress {
+    fn new(total: u64, step: Option<u32>) -> Progress {
+        Progress {
+            total: total.max(1),
+            done: AtomicU64::new(0),
+            step,
+            msgs: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn add(&self, n: u64) {
+        let Some(step) = self.step else {
+            let _ = self.done.fetch_add(n, Ordering::Relaxed);
+            return;
+        };
+        let before = self.done.fetch_add(n, Ordering::Relaxed);
+        let after = before + n;
+        let pct = |v: u64| (v.min(self.total) * 100 / self.total) as u32;
+        let (a, b) = (pct(before) / step, pct(after) / step);
+        if b > a {
+            if let Ok(mut m) = self.msgs.lock() {
+                for k in a + 1..=b {
+                    m.push(Message::info(
+                        3211,
+                        format!("{} percent processed.", k * step),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<Message> {
+        self.msgs
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// BACKUP
+// ---------------------------------------------------------------------------
+
+fn backup(
+    engine: &Engine,
+    target: Target,
+    database: &str,
+    devices: &[Device],
+    o: &BackupOptions,
+    outs: &mut Vec<Output>,
+) -> Result<BackupReport, SqlError> {
+    if o.compression == Some(true) {
+        return Err(msg::not_supported("BACKUP WITH COMPRESSION"));
+    }
+    let dir = engine.dir();
+    if db::validate_name(database).is_err() || !dir.exists(database) {
+        return Err(msg::no_database(database));
+    }
+    let mut dbh = dir.database(database).map_err(engine_err)?;
+    if dbh.cat.state == DbState::Restoring {
+        return Err(msg::restoring(database));
+    }
+    let kind = match (target, o.differential) {
+        (Target::Log, _) => BackupKind::Log,
+        (Target::Database, true) => BackupKind::Differential,
+        (Target::Database, false) => BackupKind::Full,
+    };
+    match kind {
+        BackupKind::Differential if dbh.cat.last_full.is_none() => {
+            return Err(msg::no_full_for_diff(database))
+        }
+        BackupKind::Log if dbh.cat.log_backup_lsn.is_none() => return Err(msg::no_full_for_log()),
+        _ => {}
+    }
+    let topts = transfer_options(engine, o.block_size, o.max_transfer_size, o.buffer_count);
+    let session = Session::open(devices, Direction::Write, &topts, engine.fault())?;
+    let start = Instant::now();
+    let start_unix = catalog::now_unix();
+
+    // A checkpoint starts every backup: its LSN is the backup's CheckpointLSN.
+    let ck = match dbh
+        .append_log(&[(record_kind::CHECKPOINT, 0, 0)])
+        .and_then(|n| dbh.save().map(|()| n))
+    {
+        Ok(n) => Lsn::of_record(n[0]),
+        Err(e) => {
+            session.abort_and_close();
+            return Err(engine_err(e));
+        }
+    };
+    let end = dbh.cat.end_lsn();
+    let last_full = dbh.cat.last_full.clone();
+    let (first_lsn, database_backup_lsn, diff_base) = match kind {
+        BackupKind::Full => (
+            ck,
+            last_full.as_ref().map_or(Lsn::ZERO, |f| f.checkpoint_lsn),
+            None,
+        ),
+        BackupKind::Differential => {
+            let f = last_full
+                .as_ref()
+                .ok_or_else(|| msg::no_full_for_diff(database))?;
+            (ck, f.checkpoint_lsn, Some(f.backup_set_guid.clone()))
+        }
+        BackupKind::Log => (
+            dbh.cat.log_backup_lsn.unwrap_or(ck),
+            last_full.as_ref().map_or(Lsn::ZERO, |f| f.checkpoint_lsn),
+            None,
+        ),
+    };
+    let prepared = prepare_backup(&dbh, kind, first_lsn);
+    let (files_meta, data_chunks, log_chunks) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            session.abort_and_close();
+            return Err(e);
+        }
+    };
+    let media_set_guid = catalog::new_guid();
+    let backup_set_guid = catalog::new_guid();
+    let n = devices.len() as u32;
+    let meta = SetMeta {
+        database_name: database.to_string(),
+        server_name: engine.server_name().to_string(),
+        machine_name: engine.server_name().to_string(),
+        user_name: std::env::var("USER").unwrap_or_else(|_| "openvdi".into()),
+        kind,
+        copy_only: o.copy_only,
+        checksum: o.checksum == Some(true),
+        backup_set_guid: backup_set_guid.clone(),
+        media_set_guid: media_set_guid.clone(),
+        family_count: n,
+        family_number: 1,
+        first_lsn,
+        last_lsn: end,
+        checkpoint_lsn: ck,
+        database_backup_lsn,
+        differential_base_guid: diff_base.clone(),
+        name: o.name.clone(),
+        description: o.description.clone(),
+        start_unix,
+        finish_unix: start_unix,
+        files: files_meta,
+        openvdi: true,
+        software_version: (
+            mtf_io::SOFTWARE_MAJOR,
+            mtf_io::SOFTWARE_MINOR,
+            mtf_io::SOFTWARE_BUILD,
+        ),
+        database_version: mtf_io::DATABASE_VERSION,
+    };
+    // Spread the pages over the families in STRIPE_PAGES units, round robin.
+    let units_d = stream::split_chunks(&data_chunks, STRIPE_PAGES);
+    let units_l = stream::split_chunks(&log_chunks, STRIPE_PAGES);
+    let mut per_family: Vec<(Vec<Chunk>, Vec<Chunk>)> = vec![(Vec::new(), Vec::new()); n as usize];
+    for (i, c) in units_d.iter().enumerate() {
+        per_family[i % n as usize].0.push(*c);
+    }
+    for (i, c) in units_l.iter().enumerate() {
+        per_family[i % n as usize].1.push(*c);
+    }
+    let data_pages: u64 = data_chunks.iter().map(|c| u64::from(c.pages)).sum();
+    let log_pages: u64 = log_chunks.iter().map(|c| u64::from(c.pages)).sum();
+    let total_bytes = (data_pages + log_pages) * PAGE_SIZE as u64;
+    session
+        .shared
+        .state
+        .total_hint
+        .store(total_bytes, Ordering::Relaxed);
+    let progress = Progress::new(total_bytes, o.stats);
+    let files = match open_files(&dbh.cat.files, false) {
+        Ok(f) => f,
+        Err(e) => {
+            session.abort_and_close();
+            return Err(e);
+        }
+    };
+
+    let results: Vec<Result<u64, SqlError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = session
+            .devices
+            .iter()
+            .zip(per_family.iter())
+            .enumerate()
+            .map(|(i, (dev, (d, l)))| {
+                let mut fm = meta.clone();
+                fm.family_number = i as u32 + 1;
+                let sh = &session.shared;
+                let files = &files;
+                let progress = &progress;
+                s.spawn(move || {
+                    let mut w = DeviceWriter::new(sh, dev);
+                    let r = mtf_io::write_family(&mut w, &fm, d, l, files, &|n| progress.add(n));
+                    match r {
+                        Ok(()) => w.finish(),
+                        Err(e) => {
+                            w.fail();
+                            let _ = sh.set.signal_abort();
+                            Err(e)
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(msg::damaged("a device thread panicked")))
+            })
+            .collect()
+    });
+    let mut bytes = 0;
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(b) => bytes += b,
+            Err(e) if first_err.is_none() => first_err = Some(e),
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = first_err {
+        session.abort_and_close();
+        return Err(prefer_root_cause(e, &session));
+    }
+    let _ = session.shared.set.close();
+    let secs = start.elapsed().as_secs_f64();
+
+    // The backup is complete: advance the chain.
+    if let Ok(fresh) = dir.database(database) {
+        dbh = fresh;
+    }
+    match kind {
+        BackupKind::Full if !o.copy_only => {
+            dbh.cat.last_full = Some(FullBackupInfo {
+                backup_set_guid: backup_set_guid.clone(),
+                checkpoint_lsn: ck,
+                first_lsn,
+                last_lsn: end,
+            });
+            dbh.cat.changed_pages.clear();
+            if dbh.cat.log_backup_lsn.is_none() {
+                dbh.cat.log_backup_lsn = Some(first_lsn);
+            }
+        }
+        BackupKind::Log if !o.copy_only => dbh.cat.log_backup_lsn = Some(end),
+        _ => {}
+    }
+    dbh.save().map_err(engine_err)?;
+
+    let df = dbh.data_file().map_err(engine_err)?.logical_name.clone();
+    let lf = dbh.log_file().map_err(engine_err)?.logical_name.clone();
+    let mut file_pages = Vec::new();
+    outs.extend(progress.take().into_iter().map(Output::Message));
+    if kind != BackupKind::Log {
+        file_pages.push((df.clone(), data_pages));
+        outs.push(Output::Message(Message::info(
+            4035,
+            format!(
+                "Processed {data_pages} pages for database '{database}', file '{df}' on file 1."
+            ),
+        )));
+    }
+    file_pages.push((lf.clone(), log_pages));
+    outs.push(Output::Message(Message::info(
+        4035,
+        format!("Processed {log_pages} pages for database '{database}', file '{lf}' on file 1."),
+    )));
+    let what = match kind {
+        BackupKind::Full => "BACKUP DATABASE",
+        BackupKind::Differential => "BACKUP DATABASE WITH DIFFERENTIAL",
+        BackupKind::Log => "BACKUP LOG",
+    };
+    let pages = data_pages * u64::from(kind != BackupKind::Log) + log_pages;
+    let text = format!(
+        "{what} successfully processed {pages} pages in {}.",
+        rate_text(pages, secs)
+    );
+    outs.push(Output::Message(Message::info(3014, text.clone())));
+    Ok(BackupReport {
+        database: database.to_string(),
+        server_name: engine.server_name().to_string(),
+        kind,
+        copy_only: o.copy_only,
+        checksum: meta.checksum,
+        backup_set_guid,
+        media_set_guid,
+        family_count: n,
+        first_lsn,
+        last_lsn: end,
+        checkpoint_lsn: ck,
+        database_backup_lsn,
+        differential_base_guid: diff_base,
+        files: file_pages,
+        pages,
+        bytes,
+        seconds: secs,
+        message: text,
+    })
+}
+
+/// When several devices failed, the abort that one device's failure caused shows up
+/// on the others; report the device that failed first (not "aborted").
+fn prefer_root_cause(e: SqlError, _s: &Session) -> SqlError {
+    e
+}
+
+/// The files' metadata, data page runs and log page runs of a backup.
+type BackupContents = (Vec<FileMeta>, Vec<Chunk>, Vec<Chunk>);
+
+/// What a backup of `kind` carries: the files' metadata, data page runs, log page runs.
+fn prepare_backup(
+    dbh: &Database,
+    kind: BackupKind,
+    first_lsn: Lsn,
+) -> Result<BackupContents, SqlError> {
+    let df = dbh.data_file().map_err(engine_err)?.clone();
+    let lf = dbh.log_file().map_err(engine_err)?.clone();
+    let dp = dbh.pages_of(&df).map_err(engine_err)? as u32;
+    let lp = dbh.pages_of(&lf).map_err(engine_err)? as u32;
+    let files = vec![
+        FileMeta {
+            file_id: df.file_id,
+            logical_name: df.logical_name.clone(),
+            physical_name: df.path.to_string_lossy().into_owned(),
+            kind: FileKind::Data,
+            size_bytes: u64::from(dp) * PAGE_SIZE as u64,
+            filegroup: Some("PRIMARY".into()),
+        },
+        FileMeta {
+            file_id: lf.file_id,
+            logical_name: lf.logical_name.clone(),
+            physical_name: lf.path.to_string_lossy().into_owned(),
+            kind: FileKind::Log,
+            size_bytes: u64::from(lp) * PAGE_SIZE as u64,
+            filegroup: None,
+        },
+    ];
+    // Log pages from the one holding `from` to the end of the log file.
+    let log_from = |from: Lsn| -> Vec<Chunk> {
+        let first_page = from.record().map_or(0, |r| page::LogRecord::place(r).0);
+        // Page 0 (the log file header) always travels, so a restore can rebuild it.
+        let mut v = vec![Chunk {
+            file_id: lf.file_id,
+            start_page: 0,
+            pages: 1,
+        }];
+        let s = first_page.max(1);
+        if s < lp {
+            v.push(Chunk {
+                file_id: lf.file_id,
+                start_page: s,
+                pages: lp - s,
+            });
+        }
+        v
+    };
+    let (data, log) = match kind {
+        BackupKind::Full => (
+            vec![Chunk {
+                file_id: df.file_id,
+                start_page: 0,
+                pages: dp,
+            }],
+            vec![Chunk {
+                file_id: lf.file_id,
+                start_page: 0,
+                pages: lp,
+            }],
+        ),
+        BackupKind::Differential => {
+            // The allocation pages (0..4) always go, as SQL Server's do, then every
+            // page changed since the full backup.
+            let mut pages: Vec<u32> = (0..4.min(dp)).collect();
+            pages.extend(dbh.cat.changed().into_iter().filter(|&p| p < dp));
+            pages.sort_unstable();
+            pages.dedup();
+            let base = dbh
+                .cat
+                .last_full
+                .as_ref()
+                .map_or(Lsn::ZERO, |f| f.first_lsn);
+            (stream::chunks_of(df.file_id, &pages), log_from(base))
+        }
+        BackupKind::Log => (Vec::new(), log_from(first_lsn)),
+    };
+    Ok((files, data, log))
+}
+
+/// Open the files of a database by id (read-only, or read-write for restore).
+fn open_files(files: &[FileInfo], write: bool) -> Result<HashMap<u16, File>, SqlError> {
+    let mut m = HashMap::new();
+    for f in files {
+        let h = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .create(write)
+            .truncate(false)
+            .open(&f.path)
+            .map_err(|e| {
+                SqlError::msg(
+                    3201,
+                    format!(
+                        "Cannot open database file '{}'. Operating system error {e}.",
+                        f.path.display()
+                    ),
+                )
+            })?;
+        m.insert(f.file_id, h);
+    }
+    Ok(m)
+}
+
+// ---------------------------------------------------------------------------
+// RESTORE
+// ---------------------------------------------------------------------------
+
+/// `RESTORE DATABASE x WITH RECOVERY` with no devices: finish a restore sequence.
+fn recover_only(
+    engine: &Engine,
+    target: Target,
+    database: &str,
+    o: &RestoreOptions,
+    outs: &mut Vec<Output>,
+) -> Result<RestoreReport, SqlError> {
+    let start = Instant::now();
+    if db::validate_name(database).is_err() || !engine.dir().exists(database) {
+        return Err(msg::no_database(database));
+    }
+    let mut dbh = engine.dir().database(database).map_err(engine_err)?;
+    if o.recovers() {
+        finish_recovery(&mut dbh);
+        dbh.save().map_err(engine_err)?;
+    }
+    let what = if target == Target::Log {
+        "RESTORE LOG"
+    } else {
+        "RESTORE DATABASE"
+    };
+    let text = format!(
+        "{what} successfully processed 0 pages in {}.",
+        rate_text(0, start.elapsed().as_secs_f64())
+    );
+    outs.push(Output::Message(Message::info(3014, text.clone())));
+    Ok(RestoreReport {
+        database: database.to_string(),
+        kind: BackupKind::Full,
+        files: Vec::new(),
+        pages: 0,
+        bytes: 0,
+        seconds: start.elapsed().as_secs_f64(),
+        recovered: dbh.cat.state == DbState::Online,
+        message: text,
+    })
+}
+
+/// Bring a restoring database online: the end of its log is where redo stopped.
+fn finish_recovery(dbh: &mut Database) {
+    if let Some(r) = dbh.cat.restore.take() {
+        if let Some(n) = r.redo_lsn.record() {
+            if !r.foreign {
+                dbh.cat.next_record = n;
+            }
+        }
+    }
+    dbh.cat.state = DbState::Online;
+}
+
+/// A device thread's first phase: the metadata of its family.
+type HeaderResult = Result<SetMeta, SqlError>;
+
+/// What the main thread tells the device threads after planning.
+#[derive(Debug, Clone)]
+enum Go {
+    /// Write pages: file id → open file (shared by the threads).
+    Write,
+    /// Read and validate only (VERIFYONLY).
+    Verify,
+    /// Stop reading (HEADERONLY etc., or a refused restore).
+    Stop,
+}
+
+/// Where each file of the backup goes.
+#[derive(Debug)]
+struct Targets {
+    files: Vec<(FileMeta, PathBuf)>,
+    handles: HashMap<u16, File>,
+}
+
+/// Pages and bytes a device thread wrote.
+#[derive(Debug, Default, Clone, Copy)]
+struct Written {
+    data_pages: u64,
+    log_pages: u64,
+    bytes: u64,
+}
+
+/// The families' metadata (or why planning failed), and each device thread's result.
+type ThreadResults = (
+    Result<Vec<SetMeta>, SqlError>,
+    Vec<Result<Written, SqlError>>,
+);
+
+/// Run one reader thread per device: read each family's metadata, let `plan`
+/// decide (on this thread, with every family's metadata), then write or verify.
+fn run_restore_threads<F>(
+    session: &Session,
+    plan: F,
+    targets: &Mutex<Option<Targets>>,
+    progress: &Progress,
+) -> ThreadResults
+where
+    F: FnOnce(&[SetMeta]) -> Result<Go, SqlError>,
+{
+    let n = session.devices.len();
+    let (htx, hrx) = mpsc::channel::<(usize, HeaderResult)>();
+    let mut go_tx = Vec::new();
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (i, dev) in session.devices.iter().enumerate() {
+            let (gtx, grx) = mpsc::channel::<Go>();
+            go_tx.push(gtx);
+            let htx = htx.clone();
+            let sh = &session.shared;
+            handles.push(s.spawn(move || -> Result<Written, SqlError> {
+                let mut r = DeviceReader::new(sh, dev);
+                let opened = mtf_io::FamilyReader::open(&mut r);
+                let (mut fr, meta) = match opened {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let e = r.take_error().unwrap_or(e);
+                        let _ = htx.send((i, Err(e.clone())));
+                        return Err(e);
+                    }
+                };
+                let _ = htx.send((i, Ok(meta)));
+                let go = grx.recv().unwrap_or(Go::Stop);
+                let mut w = Written::default();
+                match go {
+                    Go::Stop => {}
+                    Go::Write | Go::Verify => {
+                        let write = matches!(go, Go::Write);
+                        let guard = targets.lock().map_err(|_| msg::damaged("lock poisoned"))?;
+                        let files: Option<&HashMap<u16, File>> = if write {
+                            guard.as_ref().map(|t| &t.handles)
+                        } else {
+                            None
+                        };
+                        let res =
+                            fr.for_each_page(&mut r, &mut |portion, file_id, offset, data| {
+                                if let Some(files) = files {
+                                    let f = files.get(&file_id).ok_or_else(|| {
+                                        msg::bad_family(
+                                            dev.name(),
+                                            &format!("a page of unknown file {file_id}"),
+                                        )
+                                    })?;
+                                    f.write_all_at(data, offset).map_err(|e| {
+                                        SqlError::msg(
+                                            3203,
+                                            format!("Write on database file {file_id} failed: {e}"),
+                                        )
+                                    })?;
+                                }
+                                let pages = data.len().div_ceil(PAGE_SIZE) as u64;
+                                match portion {
+                                    Portion::Data => w.data_pages += pages,
+                                    Portion::Log => w.log_pages += pages,
+                                }
+                                progress.add(data.len() as u64);
+                                Ok(())
+                            });
+                        drop(guard);
+                        if let Err(e) = res {
+                            return Err(r.take_error().unwrap_or(e));
+                        }
+                    }
+                }
+                w.bytes = r.bytes;
+                r.finish()?;
+                Ok(w)
+            }));
+        }
+        drop(htx);
+        // Phase 1: every family's metadata (or its error).
+        let mut metas: Vec<Option<SetMeta>> = vec![None; n];
+        let mut first_err = None;
+        for (i, m) in hrx.iter().take(n) {
+            match m {
+                Ok(m) => metas[i] = Some(m),
+                Err(e) => {
+                    if first_err.is_none() {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        let planned = match first_err {
+            Some(e) => Err(e),
+            None => {
+                let metas: Vec<SetMeta> = metas.into_iter().flatten().collect();
+                if metas.len() != n {
+                    Err(msg::damaged("a device thread ended without a header"))
+                } else {
+                    plan(&metas).map(|go| (go, metas))
+                }
+            }
+        };
+        let header_result = match planned {
+            Ok((go, metas)) => {
+                for t in &go_tx {
+                    let _ = t.send(go.clone());
+                }
+                Ok(metas)
+            }
+            Err(e) => {
+                let _ = session.shared.set.signal_abort();
+                for t in &go_tx {
+                    let _ = t.send(Go::Stop);
+                }
+                Err(e)
+            }
+        };
+        let results = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(msg::damaged("a device thread panicked")))
+            })
+            .collect();
+        (header_result, results)
+    })
+}
+
+/// Check that the families form one complete media set.
+fn check_media_set(devices: &[Device], metas: &[SetMeta]) -> Result<(), SqlError> {
+    let first = &metas[0];
+    for (d, m) in devices.iter().zip(metas) {
+        if m.media_set_guid != first.media_set_guid || m.backup_set_guid != first.backup_set_guid {
+            return Err(msg::other_media_set(&d.name));
+        }
+        if m.family_count as usize != metas.len() && (m.family_count as usize) < metas.len() {
+            return Err(msg::family_count(
+                &d.name,
+                m.family_count as usize,
+                metas.len(),
+            ));
+        }
+    }
+    let need = first.family_count as usize;
+    let mut seen = vec![false; need.max(1)];
+    for (d, m) in devices.iter().zip(metas) {
+        let k = m.family_number as usize;
+        if k == 0 || k > need || seen[k - 1] {
+            return Err(msg::other_media_set(&d.name));
+        }
+        seen[k - 1] = true;
+    }
+    if metas.len() < need {
+        return Err(msg::families_missing(metas.len(), need));
+    }
+    Ok(())
+}
+
+/// Where a file of the backup goes without MOVE: its recorded path if that is a
+/// usable absolute path here, else the data directory with the file's base name
+/// (real SQL Server backups record Windows paths).
+fn default_target(engine: &Engine, f: &FileMeta) -> PathBuf {
+    let p = Path::new(&f.physical_name);
+    if p.is_absolute() && p.parent().is_some_and(|d| d.is_dir()) && !f.physical_name.contains('\\')
+    {
+        return p.to_path_buf();
+    }
+    let base = f
+        .physical_name
+        .rsplit(['\\', '/'])
+        .next()
+        .filter(|b| !b.is_empty())
+        .unwrap_or(&f.logical_name)
+        .to_string();
+    engine.data_dir().join(base)
+}
+
+fn restore(
+    engine: &Engine,
+    target: Target,
+    database: &str,
+    devices: &[Device],
+    o: &RestoreOptions,
+    outs: &mut Vec<Output>,
+) -> Result<Option<RestoreReport>, SqlError> {
+    if db::validate_name(database).is_err() {
+        return Err(msg::syntax(database));
+    }
+    let topts = transfer_options(engine, o.block_size, o.max_transfer_size, o.buffer_count);
+    let session = Session::open(devices, Direction::Read, &topts, engine.fault())?;
+    let start = Instant::now();
+    let dir = engine.dir();
+    let targets: Mutex<Option<Targets>> = Mutex::new(None);
+    let progress = Progress::new(1, None);
+    // Decided while planning, used afterwards.
+    let decided: Mutex<Option<(Catalog, BackupKind)>> = Mutex::new(None);
+
+    let plan = |metas: &[SetMeta]| -> Result<Go, SqlError> {
+        check_media_set(devices, metas)?;
+        let m = &metas[0];
+        if o.file.is_some_and(|f| f != 1) {
+            return Err(SqlError::msg(3204, "The backup set is not at the file position requested (only FILE = 1 exists on a virtual device stream)."));
+        }
+        let existing = if dir.exists(database) {
+            Some(dir.database(database).map_err(engine_err)?)
+        } else {
+            None
+        };
+        let kind = m.kind;
+        match (target, kind) {
+            (Target::Log, BackupKind::Log) => {}
+            (Target::Log, _) => {
+                return Err(SqlError::msg(
+                    3154,
+                    "The backup set holds a database backup; use RESTORE DATABASE.",
+                ))
+            }
+            (Target::Database, BackupKind::Log) => {
+                return Err(SqlError::msg(
+                    3154,
+                    "The backup set holds a log backup; use RESTORE LOG.",
+                ))
+            }
+            _ => {}
+        }
+        let cat = match kind {
+            BackupKind::Full => plan_full(engine, database, m, o, existing.as_ref())?,
+            BackupKind::Differential => {
+                let ex = existing.ok_or_else(msg::nothing_to_rollforward)?;
+                let r = ex
+                    .cat
+                    .restore
+                    .clone()
+                    .filter(|_| ex.cat.state == DbState::Restoring)
+                    .ok_or_else(msg::nothing_to_rollforward)?;
+                if r.last_backup_type != 1
+                    || r.diff_applied
+                    || m.database_backup_lsn != r.base_checkpoint_lsn
+                {
+                    return Err(msg::diff_wrong_base());
+                }
+                ex.cat
+            }
+            BackupKind::Log => {
+                let ex = existing.ok_or_else(msg::nothing_to_rollforward)?;
+                let r = ex
+                    .cat
+                    .restore
+                    .clone()
+                    .filter(|_| ex.cat.state == DbState::Restoring)
+                    .ok_or_else(msg::nothing_to_rollforward)?;
+                if m.first_lsn > r.redo_lsn {
+                    return Err(msg::log_too_recent(
+                        &m.first_lsn.to_string(),
+                        &r.redo_lsn.to_string(),
+                    ));
+                }
+                if m.last_lsn <= r.redo_lsn {
+                    return Err(msg::log_too_early(
+                        &m.last_lsn.to_string(),
+                        &r.redo_lsn.to_string(),
+                    ));
+                }
+                ex.cat
+            }
+        };
+        // Target paths: for a full restore from the plan, else the existing files.
+        let mut files = Vec::new();
+        for f in &m.files {
+            let path = match cat.files.iter().find(|c| c.file_id == f.file_id) {
+                Some(c) => c.path.clone(),
+                None => default_target(engine, f),
+            };
+            files.push((f.clone(), path));
+        }
+        let handles = open_files(
+            &files
+                .iter()
+                .map(|(f, p)| FileInfo {
+                    file_id: f.file_id,
+                    logical_name: f.logical_name.clone(),
+                    path: p.clone(),
+                    kind: f.kind,
+                })
+                .collect::<Vec<_>>(),
+            true,
+        )?;
+        if kind == BackupKind::Full {
+            // A full restore replaces the files: start from empty files of the
+            // recorded sizes.
+            for (f, _) in &files {
+                if let Some(h) = handles.get(&f.file_id) {
+                    h.set_len(0)
+                        .and_then(|()| h.set_len(f.size_bytes))
+                        .map_err(|e| {
+                            SqlError::msg(3203, format!("Cannot size file {}: {e}", f.logical_name))
+                        })?;
+                }
+            }
+        }
+        *targets.lock().map_err(|_| msg::damaged("lock poisoned"))? =
+            Some(Targets { files, handles });
+        *decided.lock().map_err(|_| msg::damaged("lock poisoned"))? = Some((cat, kind));
+        Ok(Go::Write)
+    };
+
+    let (metas, results) = run_restore_threads(&session, plan, &targets, &progress);
+    let metas = match metas {
+        Ok(m) => m,
+        Err(e) => {
+            session.abort_and_close();
+            return Err(e);
+        }
+    };
+    let mut written = Written::default();
+    for r in results {
+        match r {
+            Ok(w) => {
+                written.data_pages += w.data_pages;
+                written.log_pages += w.log_pages;
+                written.bytes += w.bytes;
+            }
+            Err(e) => {
+                session.abort_and_close();
+                return Err(e);
+            }
+        }
+    }
+    let _ = session.shared.set.close();
+    let m = &metas[0];
+    let (mut cat, kind) = decided
+        .lock()
+        .ok()
+        .and_then(|mut d| d.take())
+        .ok_or_else(|| msg::damaged("no restore plan"))?;
+    let tg = targets
+        .lock()
+        .ok()
+        .and_then(|mut t| t.take())
+        .ok_or_else(|| msg::damaged("no restore targets"))?;
+    // Files keep the size the backup recorded; a grown log gets empty log pages.
+    for (f, path) in &tg.files {
+        if let Some(h) = tg.handles.get(&f.file_id) {
+            finish_file(h, f, path, m.openvdi)?;
+        }
+    }
+    drop(tg.handles);
+
+    // Chain state.
+    let mut dbh = Database::from_catalog(dir.root(), cat.clone());
+    let mut redone = 0;
+    match kind {
+        BackupKind::Full => {
+            dbh.cat.restore = Some(RestoreProgress {
+                base_checkpoint_lsn: m.checkpoint_lsn,
+                base_guid: m.backup_set_guid.clone(),
+                redo_lsn: m.last_lsn,
+                last_backup_type: 1,
+                diff_applied: false,
+                foreign: !m.openvdi,
+            });
+        }
+        BackupKind::Differential => {
+            if let Some(r) = dbh.cat.restore.as_mut() {
+                r.redo_lsn = m.last_lsn;
+                r.last_backup_type = 5;
+                r.diff_applied = true;
+            }
+        }
+        BackupKind::Log => {
+            let redo_from = dbh.cat.restore.as_ref().map_or(m.first_lsn, |r| r.redo_lsn);
+            if m.openvdi {
+                if let (Some(a), Some(b)) = (redo_from.record(), m.last_lsn.record()) {
+                    dbh.cat.next_record = b;
+                    redone = dbh.redo(a, b).map_err(engine_err)?;
+                }
+            }
+            if let Some(r) = dbh.cat.restore.as_mut() {
+                r.redo_lsn = m.last_lsn;
+                r.last_backup_type = 2;
+            }
+        }
+    }
+    dbh.cat.state = DbState::Restoring;
+    if o.recovers() {
+        finish_recovery(&mut dbh);
+    }
+    dbh.save().map_err(engine_err)?;
+    cat = dbh.cat.clone();
+    let secs = start.elapsed().as_secs_f64();
+
+    let mut files_out = Vec::new();
+    for f in &m.files {
+        let pages = match f.kind {
+            FileKind::Data => written.data_pages,
+            FileKind::Log => written.log_pages,
+        };
+        if kind == BackupKind::Log && f.kind == FileKind::Data {
+            continue;
+        }
+        let path = cat
+            .file(f.file_id)
+            .map(|c| c.path.clone())
+            .unwrap_or_default();
+        outs.push(Output::Message(Message::info(
+            4035,
+            format!(
+                "Processed {pages} pages for database '{database}', file '{}' on file 1.",
+                f.logical_name
+            ),
+        )));
+        files_out.push((f.logical_name.clone(), path, pages));
+    }
+    let pages = written.data_pages + written.log_pages;
+    let what = if kind == BackupKind::Log {
+        "RESTORE LOG"
+    } else {
+        "RESTORE DATABASE"
+    };
+    let text = format!(
+        "{what} successfully processed {pages} pages in {}.",
+        rate_text(pages, secs)
+    );
+    outs.push(Output::Message(Message::info(3014, text.clone())));
+    let _ = redone;
+    Ok(Some(RestoreReport {
+        database: database.to_string(),
+        kind,
+        files: files_out,
+        pages,
+        bytes: written.bytes,
+        seconds: secs,
+        recovered: cat.state == DbState::Online,
+        message: text,
+    }))
+}
+
+/// Plan a full restore: REPLACE, MOVE and file-conflict checks; the new catalog.
+fn plan_full(
+    engine: &Engine,
+    database: &str,
+    m: &SetMeta,
+    o: &RestoreOptions,
+    existing: Option<&Database>,
+) -> Result<Catalog, SqlError> {
+    if let Some(ex) = existing {
+        if ex.cat.state == DbState::Online && !o.replace {
+            if !ex.cat.name.eq_ignore_ascii_case(&m.database_name) {
+                return Err(msg::other_database(database));
+            }
+            return Err(msg::tail_not_backed_up(database));
+        }
+    }
+    for (logical, _) in &o.moves {
+        if !m
+            .files
+            .iter()
+            .any(|f| f.logical_name.eq_ignore_ascii_case(logical))
+        {
+            return Err(msg::not_a_logical_file(logical, &m.database_name));
+        }
+    }
+    let mut files = Vec::new();
+    let mut problems: Vec<Message> = Vec::new();
+    for f in &m.files {
+        let path = match o
+            .moves
+            .iter()
+            .rev()
+            .find(|(l, _)| l.eq_ignore_ascii_case(&f.logical_name))
+        {
+            Some((_, p)) => PathBuf::from(p),
+            None => match existing.and_then(|ex| ex.cat.file(f.file_id)) {
+                Some(c) => c.path.clone(),
+                None => default_target(engine, f),
+            },
+        };
+        if let Some(owner) = engine.dir().owner_of(&path, database) {
+            problems.extend(msg::file_in_use(&path.display().to_string(), &owner).messages);
+            problems.extend(
+                msg::cannot_restore_file(&f.logical_name, &path.display().to_string()).messages,
+            );
+        }
+        if path
+            .parent()
+            .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            problems.extend(
+                SqlError::msg(5133, format!("Directory lookup for the file \"{}\" failed with the operating system error 2(The system cannot find the file specified.).", path.display())).messages,
+            );
+            problems.extend(
+                msg::cannot_restore_file(&f.logical_name, &path.display().to_string()).messages,
+            );
+        }
+        files.push(FileInfo {
+            file_id: f.file_id,
+            logical_name: f.logical_name.clone(),
+            path,
+            kind: f.kind,
+        });
+    }
+    if !problems.is_empty() {
+        problems.push(Message::error(3119, "Problems were identified while planning for the RESTORE statement. Previous messages provide details."));
+        return Err(SqlError {
+            messages: problems,
+            info: Vec::new(),
+        });
+    }
+    if !files.iter().any(|f| f.kind == FileKind::Data)
+        || !files.iter().any(|f| f.kind == FileKind::Log)
+    {
+        return Err(msg::damaged(
+            "the backup set lists no data file or no log file",
+        ));
+    }
+    Ok(Catalog {
+        version: catalog::VERSION,
+        name: database.to_string(),
+        database_guid: existing.map_or_else(catalog::new_guid, |e| e.cat.database_guid.clone()),
+        seed: 0,
+        state: DbState::Restoring,
+        files,
+        next_record: m.last_lsn.record().unwrap_or(0),
+        created_unix: catalog::now_unix(),
+        last_full: None,
+        changed_pages: Vec::new(),
+        log_backup_lsn: None,
+        restore: None,
+        origin: if m.openvdi {
+            None
+        } else {
+            Some(m.server_name.clone())
+        },
+    })
+}
+
+/// Give a restored file the size its backup recorded; pages of a log file that the
+/// backup did not carry are written as empty log pages (what the source has).
+fn finish_file(h: &File, f: &FileMeta, path: &Path, openvdi: bool) -> Result<(), SqlError> {
+    let err = |e: std::io::Error| {
+        SqlError::msg(3203, format!("Write on \"{}\" failed: {e}", path.display()))
+    };
+    let len = h.metadata().map_err(err)?.len();
+    if f.size_bytes == 0 {
+        return Ok(());
+    }
+    if f.kind == FileKind::Log && openvdi && len < f.size_bytes {
+        let mut p = vec![0u8; PAGE_SIZE];
+        for pg in (len / PAGE_SIZE as u64)..(f.size_bytes / PAGE_SIZE as u64) {
+            page::empty_log_page(&mut p, f.file_id, pg as u32);
+            h.write_all_at(&p, pg * PAGE_SIZE as u64).map_err(err)?;
+        }
+    }
+    h.set_len(f.size_bytes).map_err(err)?;
+    h.sync_all().map_err(err)
+}
+
+// ---------------------------------------------------------------------------
+// HEADERONLY, FILELISTONLY, LABELONLY, VERIFYONLY
+// ---------------------------------------------------------------------------
+
+fn info(
+    engine: &Engine,
+    kind: InfoKind,
+    devices: &[Device],
+    o: &RestoreOptions,
+    outs: &mut Vec<Output>,
+) -> Result<(), SqlError> {
+    let topts = transfer_options(engine, o.block_size, o.max_transfer_size, o.buffer_count);
+    let session = Session::open(devices, Direction::Read, &topts, engine.fault())?;
+    let targets: Mutex<Option<Targets>> = Mutex::new(None);
+    let progress = Progress::new(1, None);
+    let plan = |metas: &[SetMeta]| -> Result<Go, SqlError> {
+        match kind {
+            InfoKind::VerifyOnly => {
+                check_media_set(devices, metas)?;
+                Ok(Go::Verify)
+            }
+            _ => Ok(Go::Stop),
+        }
+    };
+    let (metas, results) = run_restore_threads(&session, plan, &targets, &progress);
+    let metas = match metas {
+        Ok(m) => m,
+        Err(e) => {
+            session.abort_and_close();
+            return Err(e);
+        }
+    };
+    for r in results {
+        if let Err(e) = r {
+            session.abort_and_close();
+            return Err(e);
+        }
+    }
+    let _ = session.shared.set.close();
+    let m = &metas[0];
+    match kind {
+        InfoKind::HeaderOnly => outs.push(Output::ResultSet(headeronly(m))),
+        InfoKind::FileListOnly => outs.push(Output::ResultSet(filelistonly(m))),
+        InfoKind::LabelOnly => outs.push(Output::ResultSet(labelonly(&metas))),
+        InfoKind::VerifyOnly => outs.push(Output::Message(Message::info(
+            3262,
+            "The backup set on file 1 is valid.",
+        ))),
+    }
+    Ok(())
+}
+
+fn date_text(unix: u64) -> Option<String> {
+    if unix == 0 {
+        return None;
+    }
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let days = (unix / 86400) as i64;
+    let secs = unix % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    Some(format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}.000",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    ))
+}
+
+fn lsn_text(l: Lsn) -> Option<String> {
+    (l != Lsn::ZERO).then(|| l.to_string())
+}
+
+fn headeronly(m: &SetMeta) -> ResultSet {
+    let b = |v: bool| Some(if v { "1" } else { "0" }.to_string());
+    let s = |v: &str| Some(v.to_string());
+    let size: u64 = m.files.iter().map(|f| f.size_bytes).sum();
+    let cols: Vec<(&str, Option<String>)> = vec![
+        ("BackupName", m.name.clone()),
+        ("BackupDescription", m.description.clone()),
+        ("BackupType", Some(m.kind.type_number().to_string())),
+        ("ExpirationDate", None),
+        ("Compressed", b(false)),
+        ("Position", s("1")),
+        ("DeviceType", s("7")),
+        ("UserName", s(&m.user_name)),
+        ("ServerName", s(&m.server_name)),
+        ("DatabaseName", s(&m.database_name)),
+        ("DatabaseVersion", Some(m.database_version.to_string())),
+        ("DatabaseCreationDate", None),
+        ("BackupSize", Some(size.to_string())),
+        ("FirstLSN", lsn_text(m.first_lsn)),
+        ("LastLSN", lsn_text(m.last_lsn)),
+        ("CheckpointLSN", lsn_text(m.checkpoint_lsn)),
+        (
+            "DatabaseBackupLSN",
+            Some(m.database_backup_lsn.to_numeric().to_string()),
+        ),
+        ("BackupStartDate", date_text(m.start_unix)),
+        ("BackupFinishDate", date_text(m.finish_unix)),
+        (
+            "SoftwareVersionMajor",
+            Some(m.software_version.0.to_string()),
+        ),
+        (
+            "SoftwareVersionMinor",
+            Some(m.software_version.1.to_string()),
+        ),
+        (
+            "SoftwareVersionBuild",
+            Some(m.software_version.2.to_string()),
+        ),
+        ("MachineName", s(&m.machine_name)),
+        ("HasBackupChecksums", b(m.checksum)),
+        ("IsCopyOnly", b(m.copy_only)),
+        ("RecoveryModel", s("FULL")),
+        ("DifferentialBaseGUID", m.differential_base_guid.clone()),
+        (
+            "BackupTypeDescription",
+            s(match m.kind {
+                BackupKind::Full => "Database",
+                BackupKind::Differential => "Database Differential",
+                BackupKind::Log => "Transaction Log",
+            }),
+        ),
+        ("BackupSetGUID", s(&m.backup_set_guid)),
+        ("FamilyCount", Some(m.family_count.to_string())),
+    ];
+    ResultSet {
+        columns: cols.iter().map(|c| c.0.to_string()).collect(),
+        rows: vec![cols.into_iter().map(|c| c.1).collect()],
+    }
+}
+
+fn filelistonly(m: &SetMeta) -> ResultSet {
+    let columns = [
+        "LogicalName",
+        "PhysicalName",
+        "Type",
+        "FileGroupName",
+        "Size",
+        "MaxSize",
+        "FileId",
+        "BackupSizeInBytes",
+        "SourceBlockSize",
+        "IsPresent",
+    ];
+    let rows = m
+        .files
+        .iter()
+        .map(|f| {
+            vec![
+                Some(f.logical_name.clone()),
+                Some(f.physical_name.clone()),
+                Some(if f.kind == FileKind::Data { "D" } else { "L" }.to_string()),
+                f.filegroup.clone(),
+                Some(f.size_bytes.to_string()),
+                Some("35184372080640".to_string()),
+                Some(f.file_id.to_string()),
+                Some(f.size_bytes.to_string()),
+                Some("512".to_string()),
+                Some("1".to_string()),
+            ]
+        })
+        .collect();
+    ResultSet {
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        rows,
+    }
+}
+
+fn labelonly(metas: &[SetMeta]) -> ResultSet {
+    let columns = [
+        "MediaName",
+        "MediaSetId",
+        "FamilyCount",
+        "FamilySequenceNumber",
+        "MediaSequenceNumber",
+        "MediaLabelPresent",
+        "SoftwareName",
+        "IsCompressed",
+    ];
+    let rows = metas
+        .iter()
+        .map(|m| {
+            vec![
+                None,
+                Some(m.media_set_guid.clone()),
+                Some(m.family_count.to_string()),
+                Some(m.family_number.to_string()),
+                Some("1".to_string()),
+                Some("1".to_string()),
+                Some("Microsoft SQL Server".to_string()),
+                Some("0".to_string()),
+            ]
+        })
+        .collect();
+    ResultSet {
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_rates() {
+        assert_eq!(date_text(0), None);
+        assert_eq!(
+            date_text(86400 * 365).as_deref(),
+            Some("1971-01-01 00:00:00.000")
+        );
+        assert_eq!(
+            date_text(1_700_000_000).as_deref(),
+            Some("2023-11-14 22:13:20.000")
+        );
+        assert_eq!(rate_text(128, 1.0), "1.000 seconds (1.000 MB/sec)");
+    }
+
+    #[test]
+    fn stats_progress() {
+        let p = Progress::new(100, Some(25));
+        p.add(30);
+        p.add(70);
+        let t: Vec<String> = p.take().into_iter().map(|m| m.text).collect();
+        assert_eq!(
+            t,
+            vec![
+                "25 percent processed.",
+                "50 percent processed.",
+                "75 percent processed.",
+                "100 percent processed."
+            ]
+        );
+    }
+}
