@@ -986,39 +986,39 @@ impl FamilyReader {
         Ok(())
     }
 
-    /// Pages of a real SQL Server stream: data pages go where their header says
-    /// (an all-zero page follows its predecessor); the log portion is written
-    /// sequentially into the log file from the start of the active portion.
+    /// Pages of a real SQL Server stream. Data pages go where their header says,
+    /// if the header is a SQL Server page header (version 1) naming a data file of
+    /// the backup; other pages (unallocated, all zero or stale) are not written, the
+    /// restored file holds zeros there. A striped backup spreads whole extents over
+    /// the families, so the header is the only placement information. The log
+    /// portion goes to the log file at the offset its MSTL block records.
     fn place_foreign(
         &mut self,
         bytes: &[u8],
         portion: Portion,
-        next: &mut HashMap<u16, u32>,
+        _next: &mut HashMap<u16, u32>,
         f: &mut PageFn<'_>,
     ) -> Result<(), SqlError> {
         match portion {
             Portion::Data => {
-                let data_file = self
-                    .meta
-                    .files
-                    .iter()
-                    .find(|x| x.kind == FileKind::Data)
-                    .map_or(1, |x| x.file_id);
                 for p in bytes.chunks(PAGE_SIZE) {
+                    if p.len() < PAGE_SIZE || p[0] != 1 {
+                        continue;
+                    }
                     let h = page::header(p);
                     let known = self
                         .meta
                         .files
                         .iter()
                         .any(|x| x.file_id == h.file_id && x.kind == FileKind::Data);
-                    let (file, pg) = if known && p.len() == PAGE_SIZE {
-                        (h.file_id, h.page_id)
-                    } else {
-                        let cur = next.get(&data_file).copied().unwrap_or(0);
-                        (data_file, cur)
-                    };
-                    next.insert(file, pg + 1);
-                    f(Portion::Data, file, u64::from(pg) * PAGE_SIZE as u64, p)?;
+                    if known {
+                        f(
+                            Portion::Data,
+                            h.file_id,
+                            u64::from(h.page_id) * PAGE_SIZE as u64,
+                            p,
+                        )?;
+                    }
                 }
             }
             Portion::Log => {
@@ -1061,10 +1061,13 @@ fn skip_streams(i: &mut In<'_>) -> Result<(), SqlError> {
     }
 }
 
-/// Metadata of a real SQL Server backup from its MQCI stream's SCIN record (see
-/// module docs): names at the (length, offset) pairs at +104/+108, the LSNs at
-/// +28/+38/+48/+58, and one SFIN record per file with its logical and physical
-/// names. Fields the engine could not locate stay empty.
+/// Metadata of a real SQL Server backup from its MQCI stream's SCIN record, as
+/// worked out from the fixtures: the database and server names at the
+/// (byte length, offset) pairs at +104/+108; FirstLSN, LastLSN, CheckpointLSN and
+/// DatabaseBackupLSN as 10-byte LSNs at +32/+42/+52/+62 (a differential's
+/// DatabaseBackupLSN equals its full's CheckpointLSN in the fixtures); msdb's type
+/// letter at +87; flags at +8 (0x10: checksums); and one SFIN record per file with
+/// its logical name followed by its physical path. Fields not located stay empty.
 pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
     if mq.len() < 120 || &mq[..4] != b"SCIN" {
         return Err(msg::damaged("the MQCI stream holds no SCIN record"));
@@ -1088,21 +1091,29 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
         server_name: server_name.clone(),
         machine_name: server_name.split('\\').next().unwrap_or("").to_string(),
         user_name: String::new(),
-        kind: if mq[12] == 2 {
-            BackupKind::Log
-        } else {
-            BackupKind::Full
+        // msdb's backupset.type letter: D database, I differential, L log.
+        kind: match mq[87] {
+            b'L' => BackupKind::Log,
+            b'I' => BackupKind::Differential,
+            b'D' => BackupKind::Full,
+            other => {
+                return Err(msg::not_supported(&format!(
+                    "A backup of type '{}' (file, partial)",
+                    char::from(other)
+                )))
+            }
         },
         copy_only: false,
-        checksum: false,
+        // Flag 0x10 of the SCIN flags word: WITH CHECKSUM (CSUM streams present).
+        checksum: mq[8] & 0x10 != 0,
         backup_set_guid: String::new(),
         media_set_guid: String::new(),
         family_count: 1,
         family_number: 1,
-        first_lsn: lsn(28),
-        last_lsn: lsn(38),
-        checkpoint_lsn: lsn(48),
-        database_backup_lsn: lsn(58),
+        first_lsn: lsn(32),
+        last_lsn: lsn(42),
+        checkpoint_lsn: lsn(52),
+        database_backup_lsn: lsn(62),
         differential_base_guid: None,
         name: None,
         description: None,
@@ -1115,99 +1126,64 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
     })
 }
 
-/// The SFIN records of a foreign MQCI: each holds a file's logical name followed by
-/// its physical path (UTF-16). Ids are assigned in order; the log is the file whose
-/// path ends in `.ldf`.
+/// The SFIN records of a foreign MQCI: +4 the record length, +8 flags (0x08: log
+/// file), +20 the file id, +48 and +52 (byte length, offset) pairs of the logical
+/// name and the physical path (UTF-16), as the fixtures show.
 fn foreign_files(mq: &[u8]) -> Vec<FileMeta> {
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(p) = find(&mq[at..], b"SFIN") {
         let start = at + p;
-        let len = u32::from_le_bytes(
-            mq.get(start + 4..start + 8)
-                .and_then(|b| b.try_into().ok())
-                .unwrap_or([0; 4]),
-        ) as usize;
-        let end = if len > 8 && start + len <= mq.len() {
-            start + len
-        } else {
-            mq.len()
-        };
-        let rec = &mq[start..end];
-        // The longest run of UTF-16 text is "logical" + "physical" back to back.
-        let text = longest_utf16(rec);
-        let split = text.find(['\\', '/']).map(|k| {
-            // The physical path starts at the drive letter before the first separator.
-            text[..k].rfind(':').map_or(k, |c| c.saturating_sub(1))
-        });
-        if let Some(k) = split {
-            let (logical, physical) = text.split_at(k);
-            let kind = if physical.to_ascii_lowercase().ends_with(".ldf") {
-                FileKind::Log
-            } else {
-                FileKind::Data
-            };
-            out.push(FileMeta {
-                file_id: 0,
-                logical_name: logical.to_string(),
-                physical_name: physical.to_string(),
-                kind,
-                size_bytes: 0,
-                filegroup: (kind == FileKind::Data).then(|| "PRIMARY".to_string()),
-            });
-        }
         at = start + 4;
-    }
-    // SQL Server numbers the primary data file 1 and the first log file 2, other data
-    // files from 3.
-    let mut next = 3;
-    let mut log_seen = false;
-    let mut data_seen = false;
-    for f in &mut out {
-        f.file_id = match f.kind {
-            FileKind::Data if !data_seen => {
-                data_seen = true;
-                1
-            }
-            FileKind::Log if !log_seen => {
-                log_seen = true;
-                2
-            }
-            _ => {
-                next += 1;
-                next - 1
-            }
+        let u32_at = |k: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(
+                mq.get(start + k..start + k + 4)?.try_into().ok()?,
+            ))
         };
+        let Some(len) = u32_at(4).map(|v| v as usize) else {
+            break;
+        };
+        let Some(rec) = mq.get(start..start + len) else {
+            break;
+        };
+        if rec.len() < 56 {
+            continue;
+        }
+        let s16 = |k: usize| -> String {
+            let n = u16::from_le_bytes([rec[k], rec[k + 1]]) as usize;
+            let o = u16::from_le_bytes([rec[k + 2], rec[k + 3]]) as usize;
+            let b = rec.get(o..o + n).unwrap_or(&[]);
+            let u: Vec<u16> = b
+                .chunks(2)
+                .map(|w| u16::from_le_bytes([w[0], *w.get(1).unwrap_or(&0)]))
+                .collect();
+            String::from_utf16_lossy(&u)
+        };
+        let logical = s16(48);
+        let physical = s16(52);
+        if logical.is_empty() {
+            continue;
+        }
+        let file_id = u16::try_from(u32_at(20).unwrap_or(0)).unwrap_or(0);
+        let kind = if rec[8] & 0x08 != 0 || physical.to_ascii_lowercase().ends_with(".ldf") {
+            FileKind::Log
+        } else {
+            FileKind::Data
+        };
+        out.push(FileMeta {
+            file_id,
+            logical_name: logical,
+            physical_name: physical,
+            kind,
+            size_bytes: 0,
+            filegroup: (kind == FileKind::Data).then(|| "PRIMARY".to_string()),
+        });
     }
     out
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
-}
-
-fn longest_utf16(b: &[u8]) -> String {
-    let mut best = String::new();
-    for start in 0..2 {
-        let mut cur = String::new();
-        let mut k = start;
-        while k + 1 < b.len() {
-            let u = u16::from_le_bytes([b[k], b[k + 1]]);
-            if (0x20..0x7f).contains(&u) {
-                cur.push(u as u8 as char);
-            } else {
-                if cur.len() > best.len() {
-                    best = std::mem::take(&mut cur);
-                }
-                cur.clear();
-            }
-            k += 2;
-        }
-        if cur.len() > best.len() {
-            best = cur;
-        }
-    }
-    best
 }
 
 #[cfg(test)]
