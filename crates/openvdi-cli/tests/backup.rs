@@ -342,3 +342,70 @@ fn a_failing_engine_statement_exits_1_with_its_message() {
     // A log backup without a full one is refused by the engine, like SQL Server does.
     e.expect(&["backup", "x", "--type", "log"], 1);
 }
+
+/// openvdi-sqlcmd, built on demand (it belongs to another package, so cargo does not
+/// build it for this crate's tests).
+fn sqlcmd() -> PathBuf {
+    let o = util::run({
+        let mut c = std::process::Command::new(env!("CARGO"));
+        c.args([
+            "build",
+            "-q",
+            "-p",
+            "openvdi-engine",
+            "--bin",
+            "openvdi-sqlcmd",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        c
+    });
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
+    let p = exe.with_file_name("openvdi-sqlcmd");
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+#[test]
+fn an_external_sqlcmd_engine_backs_up_and_restores() {
+    let e = Env::new();
+    engine(&e).create_database("ext", 8 << 20).unwrap();
+    let mdf = data_file(&e, "ext");
+    let before = std::fs::read(&mdf).unwrap();
+    let cmd = format!(
+        "'{}' -S . -b --data-dir '{}' -Q {{sql}}",
+        sqlcmd().display(),
+        e.data.display()
+    );
+    let b = e.json(&[
+        "--engine-cmd",
+        &cmd,
+        "backup",
+        "ext",
+        "--stripes",
+        "2",
+        "--compress",
+        "lz4",
+    ]);
+    assert_eq!(b["engine"]["kind"], "external");
+    assert!(
+        b["engine"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("successfully processed"),
+        "{b}"
+    );
+    engine(&e).modify("ext", 20).unwrap();
+    e.json(&[
+        "--engine-cmd",
+        &cmd,
+        "restore",
+        b["id"].as_str().unwrap(),
+        "--replace",
+    ]);
+    assert!(std::fs::read(&mdf).unwrap() == before);
+    // The engine's failure text comes back, with exit 1.
+    let o = e.run(&["--engine-cmd", &cmd, "backup", "missing_db"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing_db"));
+}

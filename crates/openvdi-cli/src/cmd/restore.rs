@@ -140,7 +140,12 @@ pub fn engine_session(
         .create(&set_name, &cfg)
         .map_err(|e| anyhow::anyhow!("creating virtual device set {set_name}: {e}"))?;
     let counters: Vec<Arc<Counters>> = (0..n).map(|_| Arc::default()).collect();
-    let reporter = progress::Reporter::start(ctx.progress, op, counters.clone(), totals);
+    let mode = if op == "inspect" {
+        progress::Mode::Off
+    } else {
+        ctx.progress
+    };
+    let reporter = progress::Reporter::start(mode, op, counters.clone(), totals);
     let stop = &ctx.stop;
     let (result, outcome) = std::thread::scope(|s| {
         let eng = s.spawn(|| {
