@@ -174,7 +174,7 @@ fn every_fixture_walks_verifyonly() {
 fn check_pages(path: &std::path::Path, file_id: u16) -> usize {
     let data = std::fs::read(path).unwrap();
     assert!(
-        data.len() % PAGE_SIZE == 0,
+        data.len().is_multiple_of(PAGE_SIZE),
         "{} is whole pages",
         path.display()
     );
