@@ -327,6 +327,22 @@ impl<'s> DeviceIo<'s> {
         self.dev.name()
     }
 
+    /// The error for a data command completed with `code`: an abort (995 while the
+    /// set is aborted) says why the set was aborted; anything else is the client's
+    /// failure (3202 for writes, 3203 for reads).
+    fn failed(&self, func: &str, code: u32) -> SqlError {
+        if code == win32::ERROR_OPERATION_ABORTED {
+            if let Some(r) = self.sh.set.abort_reason() {
+                return vdi_error(func, self.name(), &VdiError::Abort(r));
+            }
+        }
+        if func == "WriteToDevice" {
+            msg::write_failed(self.name(), &os_error_text(code))
+        } else {
+            msg::read_failed(self.name(), &os_error_text(code))
+        }
+    }
+
     /// A free buffer: a returned one, a new one while under the depth, or the next
     /// completion's (handled by `on_done`).
     fn buffer(
@@ -561,10 +577,7 @@ impl<'s> DeviceWriter<'s> {
     fn on_done(io: &mut DeviceIo<'_>, c: Completion, b: ServerBuffer) -> Result<(), SqlError> {
         io.free.push(b);
         if c.completion_code != 0 {
-            return Err(msg::write_failed(
-                io.name(),
-                &os_error_text(c.completion_code),
-            ));
+            return Err(io.failed("WriteToDevice", c.completion_code));
         }
         Ok(())
     }
@@ -878,7 +891,7 @@ impl<'s> DeviceReader<'s> {
                 win32::ERROR_NO_DATA_DETECTED => Some(EndReason::NoData),
                 other => {
                     self.io.free.push(d.buf);
-                    return Err(msg::read_failed(self.io.name(), &os_error_text(other)));
+                    return Err(self.io.failed("ReadFromDevice", other));
                 }
             };
             if d.got > 0 {
