@@ -12,7 +12,7 @@ use openvdi_engine::{Engine, Execution, FaultPlan};
 
 fn engine(d: &tempfile::TempDir, fault: &str) -> Engine {
     let e = Engine::open(d.path()).unwrap();
-    if !e.database_info("f").is_ok() {
+    if e.database_info("f").is_err() {
         e.create_database("f", 4 << 20).unwrap();
     }
     e.with_fault(FaultPlan::parse(fault).unwrap())
