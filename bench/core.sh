@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The core protocol benchmark and, in the same run, the C baseline it is judged
+# against (../shared/bench/baseline). Compare ratios within one run: the machine is
+# shared and noisy. Usage: bench/core.sh [GIB per throughput case, default 2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GIB=${1:-2}
+BASE=${OPENVDI_BASELINE:-../shared/bench/baseline}
+echo "# $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) load: $(cut -d' ' -f1-3 /proc/loadavg)"
+cargo build --release -q -p openvdi --example vdibench
+echo "## openvdi"
+./target/release/examples/vdibench "$GIB"
+if [[ -d $BASE ]]; then
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  cp -r "$BASE"/. "$tmp"/ && make -s -C "$tmp" >/dev/null
+  echo "## baseline (C, same run)"
+  "$tmp"/xfer pipe total=${GIB}G chunk=1M pipesz=1M fill=memset consume=sum | tail -1
+  "$tmp"/xfer shmring total=${GIB}G nbuf=8 chunk=1M fill=memset consume=sum sync=hybrid | tail -1
+  "$tmp"/pingpong futexspin split 100000 | tail -1
+  "$tmp"/pingpong futex split 20000 | tail -1
+fi
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
