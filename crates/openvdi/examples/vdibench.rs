@@ -264,7 +264,6 @@ fn pipe_case(total: u64) -> Duration {
         .spawn()
         .expect("spawn");
     let mut out = child.stdout.take().expect("stdout");
-    // SAFETY: not needed — fcntl through libc is a plain call on an owned descriptor.
     set_pipe_size(out.as_raw_fd());
     let mut buf = vec![0u8; MIB];
     let mut got = 0u64;
@@ -283,16 +282,15 @@ fn pipe_case(total: u64) -> Duration {
 
 fn set_pipe_size(fd: i32) {
     // F_SETPIPE_SZ = 1031.
-    let r = unsafe_free_fcntl(fd, 1031, MIB as i32);
+    let r = fcntl_int(fd, 1031, MIB as i32);
     if r < 0 {
         eprintln!("F_SETPIPE_SZ failed; using the default pipe size");
     }
 }
 
-fn unsafe_free_fcntl(fd: i32, cmd: i32, arg: i32) -> i32 {
-    // Go through /proc-free std: there is no safe fcntl in std, so use the libc crate
-    // via the `nix`-less route: the example is outside the library's unsafe policy.
-    #[allow(unsafe_code)]
+fn fcntl_int(fd: i32, cmd: i32, arg: i32) -> i32 {
+    // std has no fcntl; this benchmark-only call is the one unsafe block outside the
+    // library's shm/sys files.
     // SAFETY: fcntl on a descriptor this process owns, with an integer argument.
     unsafe {
         libc::fcntl(fd, cmd, arg)
