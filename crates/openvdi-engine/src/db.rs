@@ -372,8 +372,9 @@ impl Database {
         })
     }
 
-    /// Append log records and write their log pages; returns their numbers. The
-    /// log file grows (in 16-page steps of empty log pages) when it is full.
+    /// Append log records and write their log pages (not synced, see
+    /// [`Database::sync_log`]); returns their numbers. The log file grows (in
+    /// 16-page steps of empty log pages) when it is full.
     pub fn append_log(&mut self, recs: &[(u16, u16, u32)]) -> Result<Vec<u64>, EngineError> {
         let lf = self.log_file()?.clone();
         let f = OpenOptions::new()
@@ -430,9 +431,18 @@ impl Database {
         if let Some((p, b)) = cur.take() {
             flush(&f, p, &b)?;
         }
-        f.sync_data()
-            .map_err(|e| EngineError::io(format!("syncing {}", lf.path.display()), e))?;
         Ok(numbers)
+    }
+
+    /// Make the log file durable. [`Database::append_log`] does not, so that the
+    /// checkpoint at the start of every backup costs no fsync (a process crash keeps
+    /// the page cache; only a power loss could lose a record whose backup then never
+    /// completed either).
+    pub fn sync_log(&self) -> Result<(), EngineError> {
+        let lf = self.log_file()?;
+        File::open(&lf.path)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| EngineError::io(format!("syncing {}", lf.path.display()), e))
     }
 
     /// Change `n` data pages (see [`DataDir::modify`]).
@@ -467,6 +477,7 @@ impl Database {
             .map(|&p| (page::record_kind::MODIFY, df.file_id, p))
             .collect();
         let numbers = self.append_log(&recs)?;
+        self.sync_log()?;
         let f = OpenOptions::new()
             .write(true)
             .open(&df.path)
