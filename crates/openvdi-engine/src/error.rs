@@ -362,10 +362,11 @@ pub mod msg {
     pub fn write_failed(dev: &str, os_error: &str) -> SqlError {
         SqlError::msg(3202, format!("Write on \"{dev}\" failed: {os_error}"))
     }
-    /// 3002: a feature the engine does not have (COMPRESSION, DISK devices …).
+    /// 50000 (the number SQL Server gives messages that are not its own): a feature
+    /// the engine does not have (COMPRESSION, DISK devices …).
     pub fn not_supported(what: &str) -> SqlError {
         SqlError::msg(
-            3002,
+            50000,
             format!("{what} is not supported by the openvdi engine."),
         )
     }

@@ -320,17 +320,16 @@ fn backup(
             .collect()
     });
     let mut bytes = 0;
-    let mut first_err = None;
+    let mut errors = Vec::new();
     for r in results {
         match r {
             Ok(b) => bytes += b,
-            Err(e) if first_err.is_none() => first_err = Some(e),
-            Err(_) => {}
+            Err(e) => errors.push(e),
         }
     }
-    if let Some(e) = first_err {
+    if let Some(e) = root_cause(errors) {
         session.abort_and_close();
-        return Err(prefer_root_cause(e, &session));
+        return Err(e);
     }
     let _ = session.shared.set.close();
     let secs = start.elapsed().as_secs_f64();
@@ -408,10 +407,13 @@ fn backup(
     })
 }
 
-/// When several devices failed, the abort that one device's failure caused shows up
-/// on the others; report the device that failed first (not "aborted").
-fn prefer_root_cause(e: SqlError, _s: &Session) -> SqlError {
-    e
+/// When one device fails, the engine aborts the set and the other devices then
+/// fail with "the server signalled an abort"; report the failure that caused it.
+fn root_cause(errors: Vec<SqlError>) -> Option<SqlError> {
+    let ours = openvdi::AbortReason::Server.to_string();
+    let secondary = |e: &SqlError| e.messages.iter().any(|m| m.text.contains(&ours));
+    let first = errors.iter().position(|e| !secondary(e)).unwrap_or(0);
+    errors.into_iter().nth(first)
 }
 
 /// The files' metadata, data page runs and log page runs of a backup.
@@ -681,6 +683,8 @@ where
                             });
                         drop(guard);
                         if let Err(e) = res {
+                            // Stop the other devices promptly.
+                            let _ = sh.set.signal_abort();
                             return Err(r.take_error().unwrap_or(e));
                         }
                     }
@@ -928,6 +932,7 @@ fn restore(
         }
     };
     let mut written = Written::default();
+    let mut errors = Vec::new();
     for r in results {
         match r {
             Ok(w) => {
@@ -935,11 +940,12 @@ fn restore(
                 written.log_pages += w.log_pages;
                 written.bytes += w.bytes;
             }
-            Err(e) => {
-                session.abort_and_close();
-                return Err(e);
-            }
+            Err(e) => errors.push(e),
         }
+    }
+    if let Some(e) = root_cause(errors) {
+        session.abort_and_close();
+        return Err(e);
     }
     let _ = session.shared.set.close();
     let m = &metas[0];
