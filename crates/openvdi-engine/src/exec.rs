@@ -30,6 +30,33 @@ use crate::{BackupKind, BackupReport, Engine, Output, Report, RestoreReport, Res
 /// Pages per unit when spreading a backup over several devices.
 const STRIPE_PAGES: u32 = 64;
 
+/// Databases with a BACKUP or RESTORE running in this process (by catalog path):
+/// SQL Server serializes them per database (message 3023).
+static BUSY: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Holds a database's slot in [`BUSY`] for the length of a statement.
+#[derive(Debug)]
+struct BusyGuard(PathBuf);
+
+impl BusyGuard {
+    fn take(engine: &Engine, database: &str) -> Result<BusyGuard, SqlError> {
+        let key = Catalog::path(engine.data_dir(), &database.to_ascii_lowercase());
+        let mut b = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        if b.contains(&key) {
+            return Err(SqlError::msg(3023, "Backup, file manipulation operations (such as ALTER DATABASE ADD FILE) and encryption changes on a database must be serialized. Reissue the statement after the current backup or file manipulation operation is completed."));
+        }
+        b.push(key.clone());
+        Ok(BusyGuard(key))
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let mut b = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        b.retain(|k| k != &self.0);
+    }
+}
+
 /// Execute one statement, appending its outputs; returns its report.
 pub fn execute(
     engine: &Engine,
@@ -37,6 +64,12 @@ pub fn execute(
     outs: &mut Vec<Output>,
 ) -> Result<Option<Report>, SqlError> {
     let verb = stmt.verb();
+    let _busy = match stmt {
+        Statement::Backup { database, .. } | Statement::Restore { database, .. } => {
+            Some(BusyGuard::take(engine, database).map_err(|e| e.terminating(verb))?)
+        }
+        Statement::RestoreInfo { .. } => None,
+    };
     let r = match stmt {
         Statement::Backup {
             target,
@@ -1403,6 +1436,18 @@ mod tests {
             Some("2023-11-14 22:13:20.000")
         );
         assert_eq!(rate_text(128, 1.0), "1.000 seconds (1.000 MB/sec)");
+    }
+
+    #[test]
+    fn one_statement_per_database_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Engine::open(d.path()).unwrap();
+        let g = BusyGuard::take(&e, "Db").unwrap();
+        assert_eq!(BusyGuard::take(&e, "db").unwrap_err().number(), 3023);
+        let other = BusyGuard::take(&e, "other").unwrap();
+        drop(g);
+        let again = BusyGuard::take(&e, "db").unwrap();
+        drop((again, other));
     }
 
     #[test]

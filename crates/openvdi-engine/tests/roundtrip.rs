@@ -301,3 +301,37 @@ fn copy_only_does_not_move_the_chain() {
         Some(full.backup_set_guid.as_str())
     );
 }
+
+#[test]
+fn no_client_means_cannot_open_backup_device() {
+    let d = data_dir();
+    let e = Engine::open(d.path())
+        .unwrap()
+        .with_open_timeout(std::time::Duration::from_millis(200));
+    e.create_database("t", 1 << 20).unwrap();
+    let err = e
+        .execute(&format!(
+            "BACKUP DATABASE t TO VIRTUAL_DEVICE='{}'",
+            set_name("none")
+        ))
+        .unwrap_err();
+    assert_eq!(err.number(), 3201, "{err}");
+    assert!(
+        err.to_string().contains("0x80770003"),
+        "VD_E_TIMEOUT: {err}"
+    );
+}
+
+#[test]
+fn device_count_mismatch_is_refused_and_the_client_aborted() {
+    let d = data_dir();
+    let e = Engine::open(d.path()).unwrap();
+    e.create_database("t", 1 << 20).unwrap();
+    let c = Client::start("dc", 2, ClientOpts::default(), vec![]);
+    let err = e
+        .execute(&format!("BACKUP DATABASE t TO VIRTUAL_DEVICE='{}'", c.name))
+        .unwrap_err();
+    assert_eq!(err.number(), 3201, "{err}");
+    let (cfg, _) = c.finish();
+    assert_eq!(cfg.unwrap_err(), openvdi::HResult::VD_E_ABORT);
+}
