@@ -134,7 +134,8 @@ fn rate_text(pages: u64, secs: f64) -> String {
 /// STATS: "N percent processed." messages as progress crosses each step.
 #[derive(Debug)]
 struct Progress {
-    total: u64,
+    /// Bytes expected; 0 while unknown (no messages then).
+    total: AtomicU64,
     done: AtomicU64,
     step: Option<u32>,
     msgs: Mutex<Vec<Message>>,
@@ -143,21 +144,28 @@ struct Progress {
 impl Progress {
     fn new(total: u64, step: Option<u32>) -> Progress {
         Progress {
-            total: total.max(1),
+            total: AtomicU64::new(total),
             done: AtomicU64::new(0),
             step,
             msgs: Mutex::new(Vec::new()),
         }
     }
 
+    /// Add to the expected total (a restore learns it family by family).
+    fn expect(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn add(&self, n: u64) {
-        let Some(step) = self.step else {
-            let _ = self.done.fetch_add(n, Ordering::Relaxed);
+        let before = self.done.fetch_add(n, Ordering::Relaxed);
+        let (Some(step), total) = (self.step, self.total.load(Ordering::Relaxed)) else {
             return;
         };
-        let before = self.done.fetch_add(n, Ordering::Relaxed);
+        if total == 0 {
+            return;
+        }
         let after = before + n;
-        let pct = |v: u64| (v.min(self.total) * 100 / self.total) as u32;
+        let pct = |v: u64| (v.min(total) * 100 / total) as u32;
         let (a, b) = (pct(before) / step, pct(after) / step);
         if b > a {
             if let Ok(mut m) = self.msgs.lock() {
@@ -677,6 +685,7 @@ where
                         return Err(e);
                     }
                 };
+                progress.expect(fr.expected_bytes());
                 let _ = htx.send((i, Ok(meta)));
                 let go = grx.recv().unwrap_or(Go::Stop);
                 let mut w = Written::default();
@@ -843,7 +852,7 @@ fn restore(
     let start = Instant::now();
     let dir = engine.dir();
     let targets: Mutex<Option<Targets>> = Mutex::new(None);
-    let progress = Progress::new(1, None);
+    let progress = Progress::new(0, o.stats);
     // Decided while planning, used afterwards.
     let decided: Mutex<Option<(Catalog, BackupKind)>> = Mutex::new(None);
 
@@ -1043,6 +1052,7 @@ fn restore(
     cat = dbh.cat.clone();
     let secs = start.elapsed().as_secs_f64();
 
+    outs.extend(progress.take().into_iter().map(Output::Message));
     let mut files_out = Vec::new();
     for f in &m.files {
         let pages = match f.kind {
@@ -1223,7 +1233,7 @@ fn info(
     let topts = transfer_options(engine, o.block_size, o.max_transfer_size, o.buffer_count);
     let session = Session::open(devices, Direction::Read, &topts, engine.fault())?;
     let targets: Mutex<Option<Targets>> = Mutex::new(None);
-    let progress = Progress::new(1, None);
+    let progress = Progress::new(0, None);
     let plan = |metas: &[SetMeta]| -> Result<Go, SqlError> {
         match kind {
             InfoKind::VerifyOnly => {

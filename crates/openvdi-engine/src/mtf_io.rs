@@ -801,6 +801,15 @@ impl FamilyReader {
         Ok((fr, m))
     }
 
+    /// Page bytes this family will deliver (known for openvdi streams; 0 otherwise).
+    pub fn expected_bytes(&self) -> u64 {
+        self.data
+            .iter()
+            .chain(&self.log)
+            .map(|c| u64::from(c.pages) * PAGE_SIZE as u64)
+            .sum()
+    }
+
     /// Read the rest of the family, calling `f` for every run of pages, and check
     /// everything: block order, header checksums, CSUM, page placement and (openvdi
     /// streams) page checksums.

@@ -116,13 +116,18 @@ fn full_backup_restore_through_1_4_16_devices() {
             &e,
             &format!("RESTORE DATABASE [{other}]"),
             &format!(
-                "WITH MOVE 'src' TO '{}', MOVE 'src_log' TO '{}'",
+                "WITH STATS = 50, MOVE 'src' TO '{}', MOVE 'src_log' TO '{}'",
                 dp.display(),
                 lp.display()
             ),
             streams.clone(),
         );
         assert!(r.error.is_none(), "{:?}", r.error);
+        let msgs = texts(&r.outputs);
+        assert!(
+            msgs.iter().any(|m| m == "100 percent processed."),
+            "{msgs:?}"
+        );
         assert_eq!(files(&e, &other), want, "restored files are byte-identical");
         assert!(e.database_info(&other).unwrap().state == openvdi_engine::catalog::DbState::Online);
 
