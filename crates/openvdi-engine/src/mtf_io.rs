@@ -552,6 +552,12 @@ pub fn write_family(
     o.block(b"ESET", 0, &spec, 0, Some(0))?;
     o.spad(eset_base)?;
     o.sfmb(2)?;
+    // The stream must be a whole number of BLOCKSIZE blocks; pad with soft filemarks
+    // rather than zeros, so that the padding is valid MTF a walker can step over.
+    let block = o.w.block_size().max(SFMB_SIZE as usize) as u64;
+    while !o.pos.is_multiple_of(block) {
+        o.sfmb(2)?;
+    }
     Ok(())
 }
 

@@ -616,6 +616,11 @@ impl<'s> DeviceWriter<'s> {
         Ok(())
     }
 
+    /// BLOCKSIZE: every transfer, and so the whole stream, is a multiple of it.
+    pub fn block_size(&self) -> usize {
+        self.io.sizes.block as usize
+    }
+
     /// Fill up to `n` bytes of the device stream in place: `fill` gets a slice of the
     /// shared buffer to write into (at most `n` bytes, possibly fewer) and returns how
     /// many it wrote. Lets the backup read file pages straight into shared memory.

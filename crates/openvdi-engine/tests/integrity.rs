@@ -151,3 +151,21 @@ fn headeronly_of_an_own_backup() {
     let l = r.result_sets().next().unwrap().clone();
     assert_eq!(l.get(0, "FamilyCount"), Some("1"));
 }
+
+#[test]
+fn large_blocksize_streams_end_in_soft_filemarks() {
+    let d = data_dir();
+    let e = Engine::open(d.path()).unwrap();
+    e.create_database("i", 1 << 20).unwrap();
+    let s = stored_backup(&e, "WITH BLOCKSIZE = 65536, MAXTRANSFERSIZE = 131072");
+    assert_eq!(s.len() % 65536, 0, "a whole number of blocks");
+    // Padding is soft filemark blocks, each a valid MTF block.
+    let eset = s.windows(4).rposition(|w| w == b"ESET").unwrap();
+    let mut at = s[eset..].windows(4).position(|w| w == b"SFMB").unwrap() + eset;
+    while at < s.len() {
+        assert_eq!(&s[at..at + 4], b"SFMB", "at {at}");
+        at += 512;
+    }
+    let r = feed(&e, "RESTORE VERIFYONLY", "WITH BLOCKSIZE = 65536", s);
+    assert!(r.error.is_none(), "{:?}", r.error);
+}
