@@ -339,6 +339,9 @@ fn backup(
                 let files = &files;
                 let progress = &progress;
                 s.spawn(move || {
+                    // A panicking thread must not leave the others waiting at the
+                    // rendezvous before VDC_Complete.
+                    let _guard = crate::vdi::FailOnPanic(&sh.rendezvous);
                     let mut w = DeviceWriter::new(sh, dev);
                     let r = mtf_io::write_family(&mut w, &fm, d, l, files, &|n| progress.add(n));
                     match r {
@@ -687,6 +690,9 @@ where
                 };
                 progress.expect(fr.expected_bytes());
                 let _ = htx.send((i, Ok(meta)));
+                // Drop the sender now: if another thread panics before sending, the
+                // main thread's receive loop ends instead of waiting for it.
+                drop(htx);
                 let go = grx.recv().unwrap_or(Go::Stop);
                 let mut w = Written::default();
                 match go {

@@ -263,6 +263,18 @@ impl Rendezvous {
     }
 }
 
+/// Breaks a [`Rendezvous`] if dropped while its thread panics.
+#[derive(Debug)]
+pub struct FailOnPanic<'a>(pub &'a Rendezvous);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail();
+        }
+    }
+}
+
 /// Transfer sizes: full MAXTRANSFERSIZE, with every fourth transfer a different
 /// multiple of BLOCKSIZE (so a client never sees a fixed size); under the
 /// `short-reads` fault, one to eight blocks, irregularly.
