@@ -90,7 +90,7 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
             let stop = &plan.stop;
             let set = plan.set;
             let counters = plan.counters[i].clone();
-            s.spawn(move || device_loop(dev, set, stop, job_tx, item_tx));
+            s.spawn(move || device_loop(dev, set, stop, codec, job_tx, item_tx));
             let store = plan.store.clone();
             let key = plan.keys[i].clone();
             handles.push(s.spawn(move || {
@@ -142,6 +142,7 @@ fn device_loop(
     dev: &dyn Device,
     set: &dyn DeviceSet,
     stop: &Stop,
+    codec: Codec,
     jobs: Sender<Job>,
     items: Sender<Item>,
 ) {
@@ -169,6 +170,14 @@ fn device_loop(
         };
         let code = cmd.code();
         let r = match code {
+            // Uncompressed: only a crc32c to compute (hardware speed), so skip the two
+            // thread hand-offs of the worker pool; the writer stores from shared memory.
+            vdc::VDC_Write if codec == Codec::None => {
+                let frame = chunk::encode(codec, cmd.data());
+                let r = items.send(Item::Frame { seq, cmd, frame });
+                seq += 1;
+                r.map_err(|_| "the stripe writer is gone".to_string())
+            }
             vdc::VDC_Write => {
                 let r = jobs.send(Job {
                     seq,
