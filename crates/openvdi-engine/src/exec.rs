@@ -1221,7 +1221,14 @@ fn finish_file(h: &File, f: &FileMeta, path: &Path, openvdi: bool) -> Result<(),
             h.write_all_at(&p, pg * PAGE_SIZE as u64).map_err(err)?;
         }
     }
-    h.set_len(f.size_bytes).map_err(err)?;
+    // A foreign backup's recorded size is only a lower bound here (not every file's
+    // size could be read from its metadata): never cut off pages that were written.
+    let size = if openvdi {
+        f.size_bytes
+    } else {
+        f.size_bytes.max(len)
+    };
+    h.set_len(size).map_err(err)?;
     h.sync_all().map_err(err)
 }
 

@@ -125,6 +125,29 @@ fn mtf_date(unix: u64) -> [u8; 5] {
     [b[3], b[4], b[5], b[6], b[7]]
 }
 
+/// The inverse of [`mtf_date`] (seconds since the epoch; 0 if out of range).
+fn unpack_date(b: [u8; 5]) -> u64 {
+    let v = u64::from_be_bytes([0, 0, 0, b[0], b[1], b[2], b[3], b[4]]);
+    let (y, mo, d) = (
+        (v >> 26) as i64,
+        ((v >> 22) & 0xf) as i64,
+        ((v >> 17) & 0x1f) as i64,
+    );
+    let (h, mi, s) = ((v >> 12) & 0x1f, (v >> 6) & 0x3f, v & 0x3f);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return 0;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days.max(0) as u64) * 86400 + h * 3600 + mi * 60 + s
+}
+
 fn utf16(s: &str) -> Vec<u8> {
     s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
 }
@@ -742,6 +765,7 @@ impl FamilyReader {
             }
         }
         let mut base = 0u64;
+        let mut sset_info: Option<(u64, u8, u8)> = None;
         let mut meta: Option<(SetMeta, Vec<Chunk>, Vec<Chunk>)> = None;
         while meta.is_none() {
             let b = read_block(&mut i)?;
@@ -749,6 +773,12 @@ impl FamilyReader {
                 b"SFMB" => i.skip(SFMB_SIZE - u64::from(b.fso), "SFMB")?,
                 b"SSET" => {
                     base = b.at;
+                    // @88 media write date, @93/@94 software major/minor version.
+                    if b.spec.len() >= 43 {
+                        let mut d = [0u8; 5];
+                        d.copy_from_slice(&b.spec[36..41]);
+                        sset_info = Some((unpack_date(d), b.spec[41], b.spec[42]));
+                    }
                     skip_streams(&mut i)?;
                 }
                 b"VOLB" => skip_streams(&mut i)?,
@@ -791,6 +821,11 @@ impl FamilyReader {
             m.media_set_guid = media_set;
             m.family_count = fam_count;
             m.family_number = fam_num;
+            if let Some((date, major, minor)) = sset_info {
+                m.start_unix = date;
+                m.finish_unix = date;
+                m.software_version = (u32::from(major), u32::from(minor), 0);
+            }
         } else if m.family_number != fam_num || m.family_count != fam_count {
             return Err(msg::damaged(
                 "the RAID stream and the metadata disagree about the media family",
@@ -1142,7 +1177,8 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
 }
 
 /// The SFIN records of a foreign MQCI: +4 the record length, +8 flags (0x08: log
-/// file), +20 the file id, +48 and +52 (byte length, offset) pairs of the logical
+/// file), +20 the file id, +24 pages in the backup, +32 the source block size, +40
+/// the file size in bytes, +48 and +52 (byte length, offset) pairs of the logical
 /// name and the physical path (UTF-16), as the fixtures show.
 fn foreign_files(mq: &[u8]) -> Vec<FileMeta> {
     let mut out = Vec::new();
@@ -1180,6 +1216,11 @@ fn foreign_files(mq: &[u8]) -> Vec<FileMeta> {
             continue;
         }
         let file_id = u16::try_from(u32_at(20).unwrap_or(0)).unwrap_or(0);
+        // +40: the file's size in bytes (u64); +24 holds the pages in the backup.
+        let size = mq
+            .get(start + 40..start + 48)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
         let kind = if rec[8] & 0x08 != 0 || physical.to_ascii_lowercase().ends_with(".ldf") {
             FileKind::Log
         } else {
@@ -1190,7 +1231,7 @@ fn foreign_files(mq: &[u8]) -> Vec<FileMeta> {
             logical_name: logical,
             physical_name: physical,
             kind,
-            size_bytes: 0,
+            size_bytes: size,
             filegroup: (kind == FileKind::Data).then(|| "PRIMARY".to_string()),
         });
     }
@@ -1224,6 +1265,14 @@ mod tests {
         assert_eq!((v >> 12) & 0x1f, 12);
         assert_eq!((v >> 6) & 0x3f, 34);
         assert_eq!(v & 0x3f, 56);
+    }
+
+    #[test]
+    fn dates_unpack() {
+        for t in [0u64, 1_246_019_696, 1_700_000_000] {
+            let back = unpack_date(mtf_date(t));
+            assert!(t == 0 || back == t, "{t} -> {back}");
+        }
     }
 
     #[test]

@@ -134,6 +134,9 @@ fn headeronly_and_filelistonly_report_the_readme_metadata() {
             vec![fixture(x.file)],
         ));
         assert_eq!(f.rows.len(), x.files.len(), "{}: {:?}", x.file, f.rows);
+        for i in 0..f.rows.len() {
+            assert_ne!(f.get(i, "Size"), Some("0"), "{}: file sizes", x.file);
+        }
         for (i, (logical, physical)) in x.files.iter().enumerate() {
             assert_eq!(f.get(i, "LogicalName"), Some(*logical), "{}", x.file);
             let p = f.get(i, "PhysicalName").unwrap();
@@ -216,6 +219,9 @@ fn full_backup_restores_with_every_page_in_place_then_its_differential() {
     assert!(rep
         .message
         .starts_with("RESTORE DATABASE successfully processed"));
+    // The files get the sizes FILELISTONLY reports (3 MiB and 1 MiB).
+    assert_eq!(std::fs::metadata(&mdf).unwrap().len(), 3 << 20);
+    assert_eq!(std::fs::metadata(&ldf).unwrap().len(), 1 << 20);
     // 166 of the 168 pages in the stream carry headers; the two zero pages stay zero.
     assert_eq!(check_pages(&mdf, 1), 166);
     assert!(
