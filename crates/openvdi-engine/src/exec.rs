@@ -627,7 +627,7 @@ type HeaderResult = Result<SetMeta, SqlError>;
 /// What the main thread tells the device threads after planning.
 #[derive(Debug, Clone)]
 enum Go {
-    /// Write pages: file id → open file (shared by the threads).
+    /// Write pages into the planned target files.
     Write,
     /// Read and validate only (VERIFYONLY).
     Verify,
@@ -1017,7 +1017,6 @@ fn restore(
 
     // Chain state.
     let mut dbh = Database::from_catalog(dir.root(), cat.clone());
-    let mut redone = 0;
     match kind {
         BackupKind::Full => {
             dbh.cat.restore = Some(RestoreProgress {
@@ -1041,7 +1040,7 @@ fn restore(
             if m.openvdi {
                 if let (Some(a), Some(b)) = (redo_from.record(), m.last_lsn.record()) {
                     dbh.cat.next_record = b;
-                    redone = dbh.redo(a, b).map_err(engine_err)?;
+                    dbh.redo(a, b).map_err(engine_err)?;
                 }
             }
             if let Some(r) = dbh.cat.restore.as_mut() {
@@ -1092,7 +1091,6 @@ fn restore(
         rate_text(pages, secs)
     );
     outs.push(Output::Message(Message::info(3014, text.clone())));
-    let _ = redone;
     Ok(Some(RestoreReport {
         database: database.to_string(),
         kind,

@@ -968,7 +968,6 @@ impl FamilyReader {
         let mut crc = crc32c::crc32c(&prefix);
         let mut left = len - 2;
         let mut buf = vec![0u8; READ_PAGES * PAGE_SIZE];
-        let mut next_foreign: HashMap<u16, u32> = HashMap::new();
         while left > 0 {
             let k = (left as usize).min(buf.len());
             i.exact(&mut buf[..k], "page data")?;
@@ -977,7 +976,7 @@ impl FamilyReader {
             if self.meta.openvdi {
                 self.place_ours(&buf[..k], portion, f)?;
             } else {
-                self.place_foreign(&buf[..k], portion, &mut next_foreign, f)?;
+                self.place_foreign(&buf[..k], portion, f)?;
             }
         }
         Ok(crc)
@@ -1046,7 +1045,6 @@ impl FamilyReader {
         &mut self,
         bytes: &[u8],
         portion: Portion,
-        _next: &mut HashMap<u16, u32>,
         f: &mut PageFn<'_>,
     ) -> Result<(), SqlError> {
         match portion {

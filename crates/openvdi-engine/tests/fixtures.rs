@@ -222,6 +222,14 @@ fn full_backup_restores_with_every_page_in_place_then_its_differential() {
     // The files get the sizes FILELISTONLY reports (3 MiB and 1 MiB).
     assert_eq!(std::fs::metadata(&mdf).unwrap().len(), 3 << 20);
     assert_eq!(std::fs::metadata(&ldf).unwrap().len(), 1 << 20);
+    // The log portion landed where its MSTL block says (the block of FirstLSN
+    // 22:326:37: VLF 22 starts at 256 KiB, block 326 is 326 * 512 bytes into it).
+    let log = std::fs::read(&ldf).unwrap();
+    let at = (256 << 10) + 326 * 512;
+    assert!(
+        log[at..at + 512].iter().any(|&b| b != 0),
+        "log block at {at}"
+    );
     // 166 of the 168 pages in the stream carry headers; the two zero pages stay zero.
     assert_eq!(check_pages(&mdf, 1), 166);
     assert!(
