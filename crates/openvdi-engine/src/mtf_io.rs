@@ -752,7 +752,7 @@ impl FamilyReader {
                 i.skip(s.len, "SPAD")?;
                 break;
             }
-            if &s.id == b"RAID" && s.len >= 28 {
+            if &s.id == b"RAID" && (28..=4096).contains(&s.len) {
                 let mut b = vec![0u8; s.len as usize];
                 i.exact(&mut b, "RAID")?;
                 let mut g = [0u8; 16];
@@ -770,7 +770,7 @@ impl FamilyReader {
         while meta.is_none() {
             let b = read_block(&mut i)?;
             match &b.ty {
-                b"SFMB" => i.skip(SFMB_SIZE - u64::from(b.fso), "SFMB")?,
+                b"SFMB" => i.skip(SFMB_SIZE.saturating_sub(u64::from(b.fso)), "SFMB")?,
                 b"SSET" => {
                     base = b.at;
                     // @88 media write date, @93/@94 software major/minor version.
@@ -862,7 +862,7 @@ impl FamilyReader {
             let b = read_block(&mut i)?;
             match &b.ty {
                 b"SFMB" => {
-                    i.skip(SFMB_SIZE - u64::from(b.fso), "SFMB")?;
+                    i.skip(SFMB_SIZE.saturating_sub(u64::from(b.fso)), "SFMB")?;
                     if esets > 0 {
                         break;
                     }
@@ -963,6 +963,9 @@ impl FamilyReader {
         len: u64,
         f: &mut PageFn<'_>,
     ) -> Result<u32, SqlError> {
+        if len < 2 {
+            return Err(msg::damaged("a page stream shorter than its prefix"));
+        }
         let mut prefix = [0u8; 2];
         i.exact(&mut prefix, "a page stream")?;
         let mut crc = crc32c::crc32c(&prefix);
@@ -1054,12 +1057,23 @@ impl FamilyReader {
                         continue;
                     }
                     let h = page::header(p);
-                    let known = self
+                    // Only a data file of this backup, and inside its recorded size
+                    // (or 1 TiB when unknown): a stale page must not create a huge
+                    // sparse file.
+                    let limit = self
                         .meta
                         .files
                         .iter()
-                        .any(|x| x.file_id == h.file_id && x.kind == FileKind::Data);
-                    if known {
+                        .find(|x| x.file_id == h.file_id && x.kind == FileKind::Data)
+                        .map(|x| {
+                            if x.size_bytes > 0 {
+                                x.size_bytes
+                            } else {
+                                1 << 40
+                            }
+                        });
+                    let at = u64::from(h.page_id) * PAGE_SIZE as u64;
+                    if limit.is_some_and(|l| at + PAGE_SIZE as u64 <= l) {
                         f(
                             Portion::Data,
                             h.file_id,
@@ -1070,13 +1084,19 @@ impl FamilyReader {
                 }
             }
             Portion::Log => {
-                let log_file = self
+                let (log_file, size) = self
                     .meta
                     .files
                     .iter()
                     .find(|x| x.kind == FileKind::Log)
-                    .map_or(2, |x| x.file_id);
+                    .map_or((2, 0), |x| (x.file_id, x.size_bytes));
                 let off = self.log_offset.unwrap_or(0);
+                let limit = if size > 0 { size } else { 1 << 40 };
+                if off + bytes.len() as u64 > limit {
+                    return Err(msg::damaged(&format!(
+                        "the log portion at offset {off} lies outside the log file ({limit} bytes)"
+                    )));
+                }
                 f(Portion::Log, log_file, off, bytes)?;
                 self.log_offset = Some(off + bytes.len() as u64);
             }
@@ -1270,6 +1290,51 @@ mod tests {
         for t in [0u64, 1_246_019_696, 1_700_000_000] {
             let back = unpack_date(mtf_date(t));
             assert!(t == 0 || back == t, "{t} -> {back}");
+        }
+    }
+
+    /// Damaged streams are refused with an error, never a panic, and never write
+    /// outside the files' recorded sizes.
+    #[test]
+    fn damaged_real_streams_never_panic() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/mssql");
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for name in ["sql2008r2-db1-log.trn", "sql2008r2-db2-diff.bak"] {
+            let good = std::fs::read(dir.join(name)).expect("fixture");
+            for round in 0..60 {
+                let mut bad = good.clone();
+                for _ in 0..1 + round % 4 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Mostly the first 16 KiB (headers and metadata), sometimes anywhere.
+                    let span = if round % 3 == 0 {
+                        bad.len()
+                    } else {
+                        bad.len().min(16384)
+                    };
+                    let at = (x % span as u64) as usize;
+                    bad[at] ^= (x >> 40) as u8 | 1;
+                }
+                let mut r: &[u8] = &bad;
+                if let Ok((mut fr, meta)) = FamilyReader::open(&mut r) {
+                    let sizes: Vec<(u16, u64)> = meta
+                        .files
+                        .iter()
+                        .map(|f| (f.file_id, f.size_bytes))
+                        .collect();
+                    let _ = fr.for_each_page(&mut r, &mut |_, file, off, data| {
+                        if let Some((_, s)) = sizes.iter().find(|(id, _)| *id == file) {
+                            assert!(
+                                *s == 0 || off + data.len() as u64 <= *s,
+                                "write past the file"
+                            );
+                        }
+                        Ok(())
+                    });
+                }
+            }
         }
     }
 
