@@ -308,7 +308,19 @@ fn decode_ours(b: &[u8]) -> Option<(SetMeta, Vec<Chunk>, Vec<Chunk>)> {
         software_version: (SOFTWARE_MAJOR, SOFTWARE_MINOR, SOFTWARE_BUILD),
         database_version: DATABASE_VERSION,
     };
-    Some((meta, chunks(&o.data), chunks(&o.log)))
+    let (data, log) = (chunks(&o.data), chunks(&o.log));
+    // Every page run must lie inside its file's recorded size: a damaged table must
+    // not make the restore write far past the end of a file.
+    let inside = |c: &Chunk| {
+        meta.files.iter().any(|f| {
+            f.file_id == c.file_id
+                && (u64::from(c.start_page) + u64::from(c.pages)) * PAGE_SIZE as u64 <= f.size_bytes
+        })
+    };
+    if !data.iter().chain(&log).all(inside) {
+        return None;
+    }
+    Some((meta, data, log))
 }
 
 // ---------------------------------------------------------------------------
