@@ -1311,24 +1311,31 @@ fn lsn_text(l: Lsn) -> Option<String> {
     (l != Lsn::ZERO).then(|| l.to_string())
 }
 
+/// RESTORE HEADERONLY's row, in SQL Server's column order. Values the engine does
+/// not know are NULL.
 fn headeronly(m: &SetMeta) -> ResultSet {
     let b = |v: bool| Some(if v { "1" } else { "0" }.to_string());
-    let s = |v: &str| Some(v.to_string());
+    let s = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    let n = |v: u64| Some(v.to_string());
     let size: u64 = m.files.iter().map(|f| f.size_bytes).sum();
+    let diff = m.kind == BackupKind::Differential;
     let cols: Vec<(&str, Option<String>)> = vec![
         ("BackupName", m.name.clone()),
         ("BackupDescription", m.description.clone()),
-        ("BackupType", Some(m.kind.type_number().to_string())),
+        ("BackupType", n(u64::from(m.kind.type_number()))),
         ("ExpirationDate", None),
         ("Compressed", b(false)),
-        ("Position", s("1")),
-        ("DeviceType", s("7")),
+        ("Position", n(1)),
+        ("DeviceType", n(7)),
         ("UserName", s(&m.user_name)),
         ("ServerName", s(&m.server_name)),
         ("DatabaseName", s(&m.database_name)),
-        ("DatabaseVersion", Some(m.database_version.to_string())),
+        (
+            "DatabaseVersion",
+            (m.database_version > 0).then(|| m.database_version.to_string()),
+        ),
         ("DatabaseCreationDate", None),
-        ("BackupSize", Some(size.to_string())),
+        ("BackupSize", n(size)),
         ("FirstLSN", lsn_text(m.first_lsn)),
         ("LastLSN", lsn_text(m.last_lsn)),
         ("CheckpointLSN", lsn_text(m.checkpoint_lsn)),
@@ -1338,22 +1345,42 @@ fn headeronly(m: &SetMeta) -> ResultSet {
         ),
         ("BackupStartDate", date_text(m.start_unix)),
         ("BackupFinishDate", date_text(m.finish_unix)),
-        (
-            "SoftwareVersionMajor",
-            Some(m.software_version.0.to_string()),
-        ),
-        (
-            "SoftwareVersionMinor",
-            Some(m.software_version.1.to_string()),
-        ),
-        (
-            "SoftwareVersionBuild",
-            Some(m.software_version.2.to_string()),
-        ),
+        ("SortOrder", n(52)),
+        ("CodePage", n(0)),
+        ("UnicodeLocaleId", n(1033)),
+        ("UnicodeComparisonStyle", n(196_609)),
+        ("CompatibilityLevel", None),
+        ("SoftwareVendorId", n(4608)),
+        ("SoftwareVersionMajor", n(u64::from(m.software_version.0))),
+        ("SoftwareVersionMinor", n(u64::from(m.software_version.1))),
+        ("SoftwareVersionBuild", n(u64::from(m.software_version.2))),
         ("MachineName", s(&m.machine_name)),
+        ("Flags", n(if m.checksum { 16 } else { 0 })),
+        ("BindingID", None),
+        ("RecoveryForkID", None),
+        ("Collation", s("SQL_Latin1_General_CP1_CI_AS")),
+        ("FamilyGUID", None),
+        ("HasBulkLoggedData", b(false)),
+        ("IsSnapshot", b(false)),
+        ("IsReadOnly", b(false)),
+        ("IsSingleUser", b(false)),
         ("HasBackupChecksums", b(m.checksum)),
+        ("IsDamaged", b(false)),
+        ("BeginsLogChain", b(false)),
+        ("HasIncompleteMetaData", b(false)),
+        ("IsForceOffline", b(false)),
         ("IsCopyOnly", b(m.copy_only)),
+        ("FirstRecoveryForkID", None),
+        ("ForkPointLSN", None),
         ("RecoveryModel", s("FULL")),
+        (
+            "DifferentialBaseLSN",
+            if diff {
+                lsn_text(m.database_backup_lsn)
+            } else {
+                None
+            },
+        ),
         ("DifferentialBaseGUID", m.differential_base_guid.clone()),
         (
             "BackupTypeDescription",
@@ -1364,7 +1391,11 @@ fn headeronly(m: &SetMeta) -> ResultSet {
             }),
         ),
         ("BackupSetGUID", s(&m.backup_set_guid)),
-        ("FamilyCount", Some(m.family_count.to_string())),
+        ("CompressedBackupSize", n(size)),
+        ("Containment", n(0)),
+        ("KeyAlgorithm", None),
+        ("EncryptorThumbprint", None),
+        ("EncryptorType", None),
     ];
     ResultSet {
         columns: cols.iter().map(|c| c.0.to_string()).collect(),
@@ -1372,6 +1403,7 @@ fn headeronly(m: &SetMeta) -> ResultSet {
     }
 }
 
+/// RESTORE FILELISTONLY's rows, in SQL Server's column order.
 fn filelistonly(m: &SetMeta) -> ResultSet {
     let columns = [
         "LogicalName",
@@ -1381,25 +1413,59 @@ fn filelistonly(m: &SetMeta) -> ResultSet {
         "Size",
         "MaxSize",
         "FileId",
+        "CreateLSN",
+        "DropLSN",
+        "UniqueId",
+        "ReadOnlyLSN",
+        "ReadWriteLSN",
         "BackupSizeInBytes",
         "SourceBlockSize",
+        "FileGroupId",
+        "LogGroupGUID",
+        "DifferentialBaseLSN",
+        "DifferentialBaseGUID",
+        "IsReadOnly",
         "IsPresent",
+        "TDEThumbprint",
+        "SnapshotUrl",
     ];
+    let diff = m.kind == BackupKind::Differential;
     let rows = m
         .files
         .iter()
         .map(|f| {
+            let data = f.kind == FileKind::Data;
             vec![
                 Some(f.logical_name.clone()),
                 Some(f.physical_name.clone()),
-                Some(if f.kind == FileKind::Data { "D" } else { "L" }.to_string()),
+                Some(if data { "D" } else { "L" }.to_string()),
                 f.filegroup.clone(),
                 Some(f.size_bytes.to_string()),
                 Some("35184372080640".to_string()),
                 Some(f.file_id.to_string()),
+                Some("0".to_string()),
+                Some("0".to_string()),
+                None,
+                Some("0".to_string()),
+                Some("0".to_string()),
                 Some(f.size_bytes.to_string()),
                 Some("512".to_string()),
+                Some(if data { "1" } else { "0" }.to_string()),
+                None,
+                if diff && data {
+                    lsn_text(m.database_backup_lsn)
+                } else {
+                    None
+                },
+                if data {
+                    m.differential_base_guid.clone()
+                } else {
+                    None
+                },
+                Some("0".to_string()),
                 Some("1".to_string()),
+                None,
+                None,
             ]
         })
         .collect();
@@ -1409,15 +1475,21 @@ fn filelistonly(m: &SetMeta) -> ResultSet {
     }
 }
 
+/// RESTORE LABELONLY's rows (one per media family read), in SQL Server's order.
 fn labelonly(metas: &[SetMeta]) -> ResultSet {
     let columns = [
         "MediaName",
         "MediaSetId",
         "FamilyCount",
         "FamilySequenceNumber",
+        "MediaFamilyId",
         "MediaSequenceNumber",
         "MediaLabelPresent",
+        "MediaDescription",
         "SoftwareName",
+        "SoftwareVendorId",
+        "MediaDate",
+        "MirrorCount",
         "IsCompressed",
     ];
     let rows = metas
@@ -1428,9 +1500,14 @@ fn labelonly(metas: &[SetMeta]) -> ResultSet {
                 Some(m.media_set_guid.clone()),
                 Some(m.family_count.to_string()),
                 Some(m.family_number.to_string()),
+                None,
                 Some("1".to_string()),
                 Some("1".to_string()),
+                None,
                 Some("Microsoft SQL Server".to_string()),
+                Some("4608".to_string()),
+                date_text(m.start_unix),
+                Some("1".to_string()),
                 Some("0".to_string()),
             ]
         })
