@@ -292,9 +292,7 @@ fn fcntl_int(fd: i32, cmd: i32, arg: i32) -> i32 {
     // std has no fcntl; this benchmark-only call is the one unsafe block outside the
     // library's shm/sys files.
     // SAFETY: fcntl on a descriptor this process owns, with an integer argument.
-    unsafe {
-        libc::fcntl(fd, cmd, arg)
-    }
+    unsafe { libc::fcntl(fd, cmd, arg) }
 }
 
 fn pipe_producer(total: u64) {

@@ -67,6 +67,12 @@ pub use server::{Completion, ServerBuffer, ServerCommand, ServerConfig, ServerDe
 #[doc(hidden)]
 pub use client::control_bytes_for_tests;
 
+/// CLOCK_MONOTONIC in nanoseconds, comparable between processes (for measuring how
+/// fast one process learns of another's death).
+pub fn monotonic_ns() -> u64 {
+    sys::monotonic_ns()
+}
+
 /// Devices a set may have (reference §1.2).
 pub const MAX_DEVICES: usize = 64;
 /// Longest set or device name, in bytes.

@@ -993,12 +993,17 @@ impl ServerDevice {
             )));
         }
         let h = set.ctl.header();
-        if let Some(e) = set.check_peer(&h.client_live.v, AbortReason::ClientDied) {
-            return Some(Err(e));
+        // A dead or departed client aborts the set; the recursive call then hands
+        // back the outstanding commands with ERROR_OPERATION_ABORTED (spec §1.9).
+        if set
+            .check_peer(&h.client_live.v, AbortReason::ClientDied)
+            .is_some()
+        {
+            return self.try_reap(set, d, local, 0);
         }
         if h.client_closed.v.load(Ordering::Acquire) != 0 {
             set.abort(AbortReason::Client);
-            return set.abort_error().map(Err);
+            return self.try_reap(set, d, local, 0);
         }
         if sto != 0 && self.set.outstanding.load(Ordering::Acquire) > 0 {
             let idle = self

@@ -146,3 +146,23 @@ impl SharedBuf {
         unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len) }
     }
 }
+
+impl crate::MappedBuffer {
+    /// Copy the first `len` bytes (at most the buffer's length) out of the mapped
+    /// buffer. For callers that hold a handle-mapped buffer and want no unsafe code.
+    pub fn to_vec(&self, len: usize) -> Vec<u8> {
+        let n = len.min(self.len);
+        // SAFETY: `ptr`/`len` describe a range that `map_buffer_handle` checked to lie
+        // inside a segment this process keeps mapped for the set's life; the bytes
+        // belong to the caller while the command is outstanding.
+        unsafe { std::slice::from_raw_parts(self.ptr, n) }.to_vec()
+    }
+
+    /// Copy `data` into the mapped buffer (truncated to its length); returns bytes copied.
+    pub fn copy_from(&self, data: &[u8]) -> usize {
+        let n = data.len().min(self.len);
+        // SAFETY: as in `to_vec`; `data` is a separate allocation, so no overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr, n) };
+        n
+    }
+}

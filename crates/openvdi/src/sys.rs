@@ -474,3 +474,15 @@ pub fn list_shm_names(prefix: &str) -> Vec<String> {
     }
     out
 }
+
+/// CLOCK_MONOTONIC in nanoseconds (clock_gettime(2)): comparable across processes,
+/// unlike `Instant`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
