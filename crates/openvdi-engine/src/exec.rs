@@ -866,7 +866,12 @@ fn restore(
         check_media_set(devices, metas)?;
         let m = &metas[0];
         if o.file.is_some_and(|f| f != 1) {
-            return Err(SqlError::msg(3204, "The backup set is not at the file position requested (only FILE = 1 exists on a virtual device stream)."));
+            // A virtual device stream holds one backup set: FILE = 1.
+            let n = o.file.unwrap_or(1);
+            return Err(SqlError::msg(
+                4038,
+                format!("Cannot find file ID {n} on device '{}'.", devices[0].name),
+            ));
         }
         let existing = if dir.exists(database) {
             Some(dir.database(database).map_err(engine_err)?)

@@ -169,3 +169,15 @@ fn large_blocksize_streams_end_in_soft_filemarks() {
     let r = feed(&e, "RESTORE VERIFYONLY", "WITH BLOCKSIZE = 65536", s);
     assert!(r.error.is_none(), "{:?}", r.error);
 }
+
+#[test]
+fn only_file_1_exists_on_a_stream() {
+    let d = data_dir();
+    let e = Engine::open(d.path()).unwrap();
+    e.create_database("i", 1 << 20).unwrap();
+    let s = stored_backup(&e, "");
+    let err = feed(&e, "RESTORE DATABASE k", "WITH FILE = 2", s)
+        .error
+        .expect("refused");
+    assert_eq!(err.number(), 4038, "{err}");
+}
