@@ -583,6 +583,13 @@ fn recover_only(
         return Err(msg::no_database(database));
     }
     let mut dbh = engine.dir().database(database).map_err(engine_err)?;
+    if dbh.cat.state == DbState::Restoring && dbh.cat.restore.is_none() {
+        // A full restore started and did not finish.
+        return Err(SqlError::msg(
+            4333,
+            "The database cannot be recovered because the log was not restored.",
+        ));
+    }
     if o.recovers() {
         finish_recovery(&mut dbh);
         dbh.save().map_err(engine_err)?;
@@ -969,6 +976,13 @@ fn restore(
                         })?;
                 }
             }
+            // From here on the files are being replaced: until the restore
+            // completes, the database is RESTORING and cannot be recovered (as SQL
+            // Server leaves a database whose restore failed).
+            let mut interim = cat.clone();
+            interim.state = DbState::Restoring;
+            interim.restore = None;
+            interim.save(dir.root()).map_err(engine_err)?;
         }
         *targets.lock().map_err(|_| msg::damaged("lock poisoned"))? =
             Some(Targets { files, handles });
