@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::catalog::{self, Catalog, DbState, FileInfo, FileKind, FullBackupInfo, RestoreProgress};
@@ -668,7 +668,7 @@ type ThreadResults = (
 fn run_restore_threads<F>(
     session: &Session,
     plan: F,
-    targets: &Mutex<Option<Targets>>,
+    targets: &OnceLock<Targets>,
     progress: &Progress,
 ) -> ThreadResults
 where
@@ -706,9 +706,10 @@ where
                     Go::Stop => {}
                     Go::Write | Go::Verify => {
                         let write = matches!(go, Go::Write);
-                        let guard = targets.lock().map_err(|_| msg::damaged("lock poisoned"))?;
+                        // Set once by the plan before Go; read without a lock so the
+                        // devices restore in parallel.
                         let files: Option<&HashMap<u16, File>> = if write {
-                            guard.as_ref().map(|t| &t.handles)
+                            targets.get().map(|t| &t.handles)
                         } else {
                             None
                         };
@@ -736,7 +737,6 @@ where
                                 progress.add(data.len() as u64);
                                 Ok(())
                             });
-                        drop(guard);
                         if let Err(e) = res {
                             // Stop the other devices promptly.
                             let _ = sh.set.signal_abort();
@@ -864,7 +864,7 @@ fn restore(
     let session = Session::open(devices, Direction::Read, &topts, engine.fault())?;
     let start = Instant::now();
     let dir = engine.dir();
-    let targets: Mutex<Option<Targets>> = Mutex::new(None);
+    let targets: OnceLock<Targets> = OnceLock::new();
     let progress = Progress::new(0, o.stats);
     // Decided while planning, used afterwards.
     let decided: Mutex<Option<(Catalog, BackupKind)>> = Mutex::new(None);
@@ -984,8 +984,9 @@ fn restore(
             interim.restore = None;
             interim.save(dir.root()).map_err(engine_err)?;
         }
-        *targets.lock().map_err(|_| msg::damaged("lock poisoned"))? =
-            Some(Targets { files, handles });
+        targets
+            .set(Targets { files, handles })
+            .map_err(|_| msg::damaged("restore targets planned twice"))?;
         *decided.lock().map_err(|_| msg::damaged("lock poisoned"))? = Some((cat, kind));
         Ok(Go::Write)
     };
@@ -1022,9 +1023,7 @@ fn restore(
         .and_then(|mut d| d.take())
         .ok_or_else(|| msg::damaged("no restore plan"))?;
     let tg = targets
-        .lock()
-        .ok()
-        .and_then(|mut t| t.take())
+        .into_inner()
         .ok_or_else(|| msg::damaged("no restore targets"))?;
     // Files keep the size the backup recorded; a grown log gets empty log pages.
     for (f, path) in &tg.files {
@@ -1262,7 +1261,7 @@ fn info(
 ) -> Result<(), SqlError> {
     let topts = transfer_options(engine, o.block_size, o.max_transfer_size, o.buffer_count);
     let session = Session::open(devices, Direction::Read, &topts, engine.fault())?;
-    let targets: Mutex<Option<Targets>> = Mutex::new(None);
+    let targets: OnceLock<Targets> = OnceLock::new();
     let progress = Progress::new(0, None);
     let plan = |metas: &[SetMeta]| -> Result<Go, SqlError> {
         match kind {
