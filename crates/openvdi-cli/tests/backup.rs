@@ -414,3 +414,43 @@ fn an_external_sqlcmd_engine_backs_up_and_restores() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing_db"));
 }
+
+#[test]
+fn flags_beat_environment_beat_the_config_file() {
+    let e = Env::new();
+    engine(&e).create_database("cfg", 4 << 20).unwrap();
+    let conf = e.dir.path().join("openvdi.toml");
+    std::fs::write(&conf, "stripes = 3\ncompress = \"lz4\"\n").unwrap();
+    let c = conf.to_str().unwrap();
+    let b = e.json(&["--config", c, "backup", "cfg"]);
+    assert_eq!(
+        (b["stripes"].as_array().unwrap().len(), &b["codec"]["name"]),
+        (3, &"lz4".into())
+    );
+    let mut cmd = e.cmd(&["--json", "--quiet", "--config", c, "backup", "cfg"]);
+    cmd.env("OPENVDI_COMPRESS", "none")
+        .env("OPENVDI_STRIPES", "2");
+    let o = util::run(cmd);
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (b["stripes"].as_array().unwrap().len(), &b["codec"]["name"]),
+        (2, &"none".into())
+    );
+    let mut cmd = e.cmd(&[
+        "--json",
+        "--quiet",
+        "--config",
+        c,
+        "backup",
+        "cfg",
+        "--compress",
+        "zstd:2",
+    ]);
+    cmd.env("OPENVDI_COMPRESS", "none");
+    let o = util::run(cmd);
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(b["codec"], serde_json::json!({"name": "zstd", "level": 2}));
+    // A typo in the file is a usage error, not a silent default.
+    std::fs::write(&conf, "compres = \"lz4\"\n").unwrap();
+    e.expect(&["--config", c, "list"], 2);
+}
