@@ -87,4 +87,9 @@ impl Engine for Embedded {
     fn server_name(&self) -> Option<String> {
         Some(self.engine.server_name().to_string())
     }
+
+    fn size_hint(&self, database: &str) -> Option<u64> {
+        let i = self.engine.database_info(database).ok()?;
+        Some((i.data_pages + i.log_pages) * 8192)
+    }
 }

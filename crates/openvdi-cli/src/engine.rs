@@ -63,6 +63,10 @@ pub trait Engine: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The server name for object names.
     fn server_name(&self) -> Option<String>;
+    /// Roughly how many bytes a full backup of `database` streams, for progress ETA.
+    fn size_hint(&self, _database: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// Quotes an identifier for T-SQL: `[name]` with `]` doubled.

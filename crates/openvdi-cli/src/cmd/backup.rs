@@ -182,7 +182,13 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         .create(&set_name, &cfg)
         .map_err(|e| anyhow::anyhow!("creating virtual device set {set_name}: {e}"))?;
     let counters: Vec<Arc<Counters>> = (0..plan.stripes).map(|_| Arc::default()).collect();
-    let reporter = progress::Reporter::start(ctx.progress, "backup", counters.clone(), None);
+    // A full backup streams about the database's size, spread over the stripes: enough
+    // for an ETA. Other types (and external engines) show bytes and rate only.
+    let totals = (plan.kind == Kind::Full)
+        .then(|| engine.size_hint(&plan.database))
+        .flatten()
+        .map(|t| vec![t.div_ceil(u64::from(plan.stripes)); plan.stripes as usize]);
+    let reporter = progress::Reporter::start(ctx.progress, "backup", counters.clone(), totals);
     let t0 = std::time::Instant::now();
     let stop = &ctx.stop;
     let (result, outcome) = std::thread::scope(|s| {
