@@ -20,11 +20,12 @@ use std::time::Instant;
 use crate::catalog::{self, Catalog, DbState, FileInfo, FileKind, FullBackupInfo, RestoreProgress};
 use crate::db::{self, Database};
 use crate::error::{msg, Message, SqlError};
+use crate::media::{FileSink, Media};
 use crate::mtf_io;
 use crate::page::{self, record_kind, Lsn, PAGE_SIZE};
 use crate::sql::{BackupOptions, Device, InfoKind, RestoreOptions, Statement, Target};
 use crate::stream::{self, Chunk, FileMeta, Portion, SetMeta};
-use crate::vdi::{DeviceReader, DeviceWriter, Direction, Session, TransferOptions};
+use crate::vdi::{DeviceWriter, Direction, TransferOptions};
 use crate::{BackupKind, BackupReport, Engine, Output, Report, RestoreReport, ResultSet};
 
 /// Pages per unit when spreading a backup over several devices.
@@ -223,7 +224,13 @@ fn backup(
         _ => {}
     }
     let topts = transfer_options(engine, o.block_size, o.max_transfer_size, o.buffer_count);
-    let session = Session::open(devices, Direction::Write, &topts, engine.fault())?;
+    let session = Media::open(
+        devices,
+        Direction::Write,
+        &topts,
+        engine.fault(),
+        o.init || o.format,
+    )?;
     let start = Instant::now();
     let start_unix = catalog::now_unix();
 
@@ -312,11 +319,7 @@ fn backup(
     let data_pages: u64 = data_chunks.iter().map(|c| u64::from(c.pages)).sum();
     let log_pages: u64 = log_chunks.iter().map(|c| u64::from(c.pages)).sum();
     let total_bytes = (data_pages + log_pages) * PAGE_SIZE as u64;
-    session
-        .shared
-        .state
-        .total_hint
-        .store(total_bytes, Ordering::Relaxed);
+    session.set_total_hint(total_bytes);
     let progress = Progress::new(total_bytes, o.stats);
     let files = match open_files(&dbh.cat.files, false) {
         Ok(f) => f,
@@ -327,29 +330,39 @@ fn backup(
     };
 
     let results: Vec<Result<u64, SqlError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = session
-            .devices
+        let handles: Vec<_> = per_family
             .iter()
-            .zip(per_family.iter())
             .enumerate()
-            .map(|(i, (dev, (d, l)))| {
+            .map(|(i, (d, l))| {
                 let mut fm = meta.clone();
                 fm.family_number = i as u32 + 1;
-                let sh = &session.shared;
                 let files = &files;
                 let progress = &progress;
-                s.spawn(move || {
-                    // A panicking thread must not leave the others waiting at the
-                    // rendezvous before VDC_Complete.
-                    let _guard = crate::vdi::FailOnPanic(&sh.rendezvous);
-                    let mut w = DeviceWriter::new(sh, dev);
-                    let r = mtf_io::write_family(&mut w, &fm, d, l, files, &|n| progress.add(n));
-                    match r {
-                        Ok(()) => w.finish(),
-                        Err(e) => {
-                            w.fail();
-                            let _ = sh.set.signal_abort();
-                            Err(e)
+                let media = &session;
+                s.spawn(move || match media {
+                    Media::Vdi(session) => {
+                        let sh = &session.shared;
+                        // A panicking thread must not leave the others waiting at
+                        // the rendezvous before VDC_Complete.
+                        let _guard = crate::vdi::FailOnPanic(&sh.rendezvous);
+                        let mut w = DeviceWriter::new(sh, &session.devices[i]);
+                        match mtf_io::write_family(&mut w, &fm, d, l, files, &|n| progress.add(n)) {
+                            Ok(()) => w.finish(),
+                            Err(e) => {
+                                w.fail();
+                                let _ = sh.set.signal_abort();
+                                Err(e)
+                            }
+                        }
+                    }
+                    Media::Disk(paths, block) => {
+                        let mut w = FileSink::create(paths[i].clone(), *block)?;
+                        match mtf_io::write_family(&mut w, &fm, d, l, files, &|n| progress.add(n)) {
+                            Ok(()) => w.finish(),
+                            Err(e) => {
+                                w.discard();
+                                Err(e)
+                            }
                         }
                     }
                 })
@@ -375,7 +388,7 @@ fn backup(
         session.abort_and_close();
         return Err(e);
     }
-    let _ = session.shared.set.close();
+    session.close();
     let secs = start.elapsed().as_secs_f64();
 
     // The backup is complete: advance the chain.
@@ -666,7 +679,8 @@ type ThreadResults = (
 /// Run one reader thread per device: read each family's metadata, let `plan`
 /// decide (on this thread, with every family's metadata), then write or verify.
 fn run_restore_threads<F>(
-    session: &Session,
+    session: &Media,
+    devices: &[Device],
     plan: F,
     targets: &OnceLock<Targets>,
     progress: &Progress,
@@ -674,18 +688,23 @@ fn run_restore_threads<F>(
 where
     F: FnOnce(&[SetMeta]) -> Result<Go, SqlError>,
 {
-    let n = session.devices.len();
+    let n = session.count();
     let (htx, hrx) = mpsc::channel::<(usize, HeaderResult)>();
     let mut go_tx = Vec::new();
     std::thread::scope(|s| {
         let mut handles = Vec::new();
-        for (i, dev) in session.devices.iter().enumerate() {
+        for (i, dev) in devices.iter().enumerate() {
             let (gtx, grx) = mpsc::channel::<Go>();
             go_tx.push(gtx);
             let htx = htx.clone();
-            let sh = &session.shared;
             handles.push(s.spawn(move || -> Result<Written, SqlError> {
-                let mut r = DeviceReader::new(sh, dev);
+                let mut r = match session.source(i) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = htx.send((i, Err(e.clone())));
+                        return Err(e);
+                    }
+                };
                 let opened = mtf_io::FamilyReader::open(&mut r);
                 let (mut fr, meta) = match opened {
                     Ok(x) => x,
@@ -718,7 +737,7 @@ where
                                 if let Some(files) = files {
                                     let f = files.get(&file_id).ok_or_else(|| {
                                         msg::bad_family(
-                                            dev.name(),
+                                            &dev.name,
                                             &format!("a page of unknown file {file_id}"),
                                         )
                                     })?;
@@ -739,12 +758,12 @@ where
                             });
                         if let Err(e) = res {
                             // Stop the other devices promptly.
-                            let _ = sh.set.signal_abort();
+                            session.signal_abort();
                             return Err(r.take_error().unwrap_or(e));
                         }
                     }
                 }
-                w.bytes = r.bytes;
+                w.bytes = r.bytes();
                 r.finish()?;
                 Ok(w)
             }));
@@ -782,7 +801,7 @@ where
                 Ok(metas)
             }
             Err(e) => {
-                let _ = session.shared.set.signal_abort();
+                session.signal_abort();
                 for t in &go_tx {
                     let _ = t.send(Go::Stop);
                 }
@@ -861,7 +880,7 @@ fn restore(
         return Err(msg::syntax(database));
     }
     let topts = transfer_options(engine, o.block_size, o.max_transfer_size, o.buffer_count);
-    let session = Session::open(devices, Direction::Read, &topts, engine.fault())?;
+    let session = Media::open(devices, Direction::Read, &topts, engine.fault(), false)?;
     let start = Instant::now();
     let dir = engine.dir();
     let targets: OnceLock<Targets> = OnceLock::new();
@@ -991,7 +1010,7 @@ fn restore(
         Ok(Go::Write)
     };
 
-    let (metas, results) = run_restore_threads(&session, plan, &targets, &progress);
+    let (metas, results) = run_restore_threads(&session, devices, plan, &targets, &progress);
     let metas = match metas {
         Ok(m) => m,
         Err(e) => {
@@ -1015,7 +1034,7 @@ fn restore(
         session.abort_and_close();
         return Err(e);
     }
-    let _ = session.shared.set.close();
+    session.close();
     let m = &metas[0];
     let (mut cat, kind) = decided
         .lock()
@@ -1260,7 +1279,7 @@ fn info(
     outs: &mut Vec<Output>,
 ) -> Result<(), SqlError> {
     let topts = transfer_options(engine, o.block_size, o.max_transfer_size, o.buffer_count);
-    let session = Session::open(devices, Direction::Read, &topts, engine.fault())?;
+    let session = Media::open(devices, Direction::Read, &topts, engine.fault(), false)?;
     let targets: OnceLock<Targets> = OnceLock::new();
     let progress = Progress::new(0, None);
     let plan = |metas: &[SetMeta]| -> Result<Go, SqlError> {
@@ -1272,7 +1291,7 @@ fn info(
             _ => Ok(Go::Stop),
         }
     };
-    let (metas, results) = run_restore_threads(&session, plan, &targets, &progress);
+    let (metas, results) = run_restore_threads(&session, devices, plan, &targets, &progress);
     let metas = match metas {
         Ok(m) => m,
         Err(e) => {
@@ -1286,7 +1305,7 @@ fn info(
             return Err(e);
         }
     }
-    let _ = session.shared.set.close();
+    session.close();
     let m = &metas[0];
     match kind {
         InfoKind::HeaderOnly => outs.push(Output::ResultSet(headeronly(m))),

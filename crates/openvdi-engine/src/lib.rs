@@ -39,6 +39,7 @@ pub mod db;
 pub mod error;
 mod exec;
 pub mod fault;
+pub mod media;
 mod mtf_io;
 pub mod page;
 pub mod sql;

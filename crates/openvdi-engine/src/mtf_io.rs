@@ -35,9 +35,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::FileKind;
 use crate::error::{msg, SqlError};
+use crate::media::StreamSink;
 use crate::page::{self, Lsn, PAGE_SIZE};
 use crate::stream::{Chunk, FileMeta, Portion, SetMeta};
-use crate::vdi::DeviceWriter;
 use crate::BackupKind;
 
 /// SoftwareVersionMajor the engine records (SQL Server 2008 R2's numbering).
@@ -327,15 +327,15 @@ fn decode_ours(b: &[u8]) -> Option<(SetMeta, Vec<Chunk>, Vec<Chunk>)> {
 // Writer
 // ---------------------------------------------------------------------------
 
-struct Out<'a, 's> {
-    w: &'a mut DeviceWriter<'s>,
+struct Out<'a> {
+    w: &'a mut dyn StreamSink,
     pos: u64,
     /// Where FLB numbering starts (the SSET block); 0 before it.
     base: u64,
     cbid: u32,
 }
 
-impl Out<'_, '_> {
+impl Out<'_> {
     fn put(&mut self, mut b: &[u8]) -> Result<(), SqlError> {
         while !b.is_empty() {
             let n = self.w.fill_with(b.len(), &mut |dst: &mut [u8]| {
@@ -481,7 +481,7 @@ impl Out<'_, '_> {
 /// Write family `meta.family_number` of a backup: the envelope, the metadata, the
 /// data pages `data` and log pages `log` read from `files`.
 pub fn write_family(
-    w: &mut DeviceWriter<'_>,
+    w: &mut dyn StreamSink,
     meta: &SetMeta,
     data: &[Chunk],
     log: &[Chunk],
