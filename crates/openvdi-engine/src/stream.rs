@@ -1,7 +1,7 @@
 //! The engine's view of a backup stream: what a backup set records ([`SetMeta`]),
-//! what a media family carries ([`Chunk`]s of pages), and the events a reader
-//! yields ([`Event`]). The MTF encoding itself lives in `openvdi-mtf`; this module
-//! adapts between the two (see `mtf_io`).
+//! what a media family carries ([`Chunk`]s of pages) and which part of the backup a
+//! page belongs to ([`Portion`]). The MTF encoding of these lives in the engine's
+//! `mtf_io` module.
 
 use crate::catalog::FileKind;
 use crate::page::Lsn;
