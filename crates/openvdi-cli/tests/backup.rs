@@ -454,3 +454,28 @@ fn flags_beat_environment_beat_the_config_file() {
     std::fs::write(&conf, "compres = \"lz4\"\n").unwrap();
     e.expect(&["--config", c, "list"], 2);
 }
+
+#[test]
+fn json_progress_lines_on_stderr_and_one_result_on_stdout() {
+    let e = Env::new();
+    engine(&e).create_database("pj", 8 << 20).unwrap();
+    let o = e.run(&["--json", "backup", "pj", "--stripes", "2"]);
+    assert_eq!(o.status.code(), Some(0));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(result["ok"], true);
+    let events: Vec<serde_json::Value> = String::from_utf8(o.stderr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let last = events.last().expect("a final progress event");
+    assert_eq!(last["event"], "progress");
+    assert_eq!(last["final"], true);
+    let moved: u64 = last["stripes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["raw_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(moved, result["raw_size"].as_u64().unwrap());
+}

@@ -94,6 +94,7 @@ fn verify_finds_a_flipped_byte_in_any_stripe() {
             );
             let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             assert_eq!(r["ok"], false);
+            assert_eq!(e.run(&["verify", "--all"]).status.code(), Some(3));
         }
         std::fs::write(&path, &good).unwrap();
     }

@@ -133,8 +133,10 @@ fn server_restore(name: String, devices: u32) -> Result<Vec<Vec<u8>>, String> {
             .map(|dname| {
                 let s = s.clone();
                 sc.spawn(move || -> Result<Vec<u8>, String> {
-                    let d = s.open_device(dname).unwrap();
-                    let buf = s.allocate_buffer(mts(), 0).unwrap();
+                    // The client may abort the set at any point (that is what the
+                    // corruption test provokes): every step reports instead of panicking.
+                    let d = s.open_device(dname).map_err(|e| e.to_string())?;
+                    let buf = s.allocate_buffer(mts(), 0).map_err(|e| e.to_string())?;
                     let mut got = Vec::new();
                     for k in 0.. {
                         let size = mts() - 512 * (k % 5);
@@ -154,7 +156,7 @@ fn server_restore(name: String, devices: u32) -> Result<Vec<Vec<u8>>, String> {
                             other => return Err(format!("read failed: {other}")),
                         }
                     }
-                    d.close().unwrap();
+                    d.close().map_err(|e| e.to_string())?;
                     Ok(got)
                 })
             })
