@@ -275,14 +275,17 @@ impl Drop for FailOnPanic<'_> {
     }
 }
 
-/// Transfer sizes: full MAXTRANSFERSIZE, with every fourth transfer a different
-/// multiple of BLOCKSIZE (so a client never sees a fixed size); under the
-/// `short-reads` fault, one to eight blocks, irregularly.
+/// Transfer sizes: writes are full MAXTRANSFERSIZE (the last one shorter); reads
+/// are MAXTRANSFERSIZE with every fourth a different multiple of BLOCKSIZE, so a
+/// restore client never sees read sizes that mirror the writes; under the
+/// `short-reads` fault, both are one to eight blocks, irregularly.
 #[derive(Debug)]
 struct Sizes {
     block: u32,
     max: u32,
     short: bool,
+    /// Vary the sizes (reads); writes are full MAXTRANSFERSIZE, as SQL Server's.
+    vary: bool,
     n: u64,
     x: u64,
 }
@@ -296,7 +299,7 @@ impl Sizes {
         let blocks = self.max / self.block;
         let k = if self.short {
             1 + (self.x % 8) as u32
-        } else if self.n.is_multiple_of(4) {
+        } else if self.vary && self.n.is_multiple_of(4) {
             1 + (self.x % u64::from(blocks)) as u32
         } else {
             blocks
@@ -333,6 +336,7 @@ impl<'s> DeviceIo<'s> {
                 block: sh.cfg.block_size.max(512),
                 max: sh.cfg.max_transfer_size.max(sh.cfg.block_size).max(65536),
                 short: sh.plan.short_reads(),
+                vary: sh.cfg.features & openvdi::vdf::VDF_ReadMedia != 0,
                 n: 0,
                 x: 0x2545_F491_4F6C_DD1D ^ (dev.index() as u64 + 1),
             },
@@ -1007,6 +1011,7 @@ mod tests {
                 block: 512,
                 max: 1 << 20,
                 short,
+                vary: true,
                 n: 0,
                 x: 99,
             };

@@ -32,6 +32,10 @@ fn backup(engine: &Engine, db: &str, n: usize, with: &str) -> (Execution, Vec<Ve
                 Some(&vdc::VDC_Flush),
                 "a backup ends with VDC_Flush"
             );
+            // Writes are MAXTRANSFERSIZE (default 1 MiB), the last one shorter.
+            if let Some((_, head)) = l.sizes.split_last() {
+                assert!(head.iter().all(|&x| x == 1 << 20), "{:?}", l.sizes);
+            }
         }
     }
     (r, logs.into_iter().map(|l| l.data).collect())
