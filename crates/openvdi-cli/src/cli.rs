@@ -27,7 +27,8 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Repository: a directory, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix.
+    /// Repository: a directory, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix
+    /// [default: $XDG_DATA_HOME/openvdi-repo or ~/.local/share/openvdi-repo].
     #[arg(long, global = true, env = "OPENVDI_REPO")]
     pub repo: Option<String>,
     /// Optional TOML configuration file [default: ~/.config/openvdi/config.toml if present].
@@ -46,7 +47,7 @@ pub struct Global {
 /// Which engine runs the T-SQL, and which VDI library moves the bytes.
 #[derive(Debug, Args, Default)]
 pub struct EngineArgs {
-    /// Data directory of the embedded engine (the default engine) [default: ~/.local/share/openvdi/engine].
+    /// Data directory of the embedded engine (the default engine) [default: $XDG_DATA_HOME/openvdi or ~/.local/share/openvdi].
     #[arg(long, global = true, env = "OPENVDI_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Use an external sqlcmd-style command instead of the embedded engine; `{sql}` is

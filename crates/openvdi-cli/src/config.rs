@@ -38,9 +38,9 @@ fn home() -> PathBuf {
 
 fn data_home() -> PathBuf {
     std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| home().join(".local/share"))
-        .join("openvdi")
 }
 
 impl FileConfig {
@@ -114,7 +114,7 @@ impl Settings {
                 .repo
                 .clone()
                 .or(f.repo)
-                .unwrap_or_else(|| data_home().join("repo").display().to_string()),
+                .unwrap_or_else(|| data_home().join("openvdi-repo").display().to_string()),
             json: g.json,
             quiet: g.quiet,
             engine: EngineSettings {
@@ -122,7 +122,9 @@ impl Settings {
                     .data_dir
                     .clone()
                     .or(f.data_dir)
-                    .unwrap_or_else(|| data_home().join("engine")),
+                    // The engine's own default, so `openvdi-sqlcmd` and `openvdi`
+                    // see the same databases.
+                    .unwrap_or_else(openvdi_engine::db::default_data_dir),
                 engine_cmd: e.engine_cmd.clone().or(f.engine_cmd),
                 vdi_library: e.vdi_library.clone().or(f.vdi_library),
                 server: e.server.clone().or(f.server),

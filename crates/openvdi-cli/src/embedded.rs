@@ -22,7 +22,11 @@ pub struct Embedded {
     engine: openvdi_engine::Engine,
 }
 
-pub fn open(data_dir: &Path, server: Option<String>) -> Result<Arc<dyn Engine>> {
+pub fn open(
+    data_dir: &Path,
+    server: Option<String>,
+    mode: crate::progress::Mode,
+) -> Result<Arc<dyn Engine>> {
     let mut engine = openvdi_engine::Engine::open(data_dir)?;
     if let Some(s) = server {
         engine = engine.with_server_name(s);
@@ -31,11 +35,19 @@ pub fn open(data_dir: &Path, server: Option<String>) -> Result<Arc<dyn Engine>> 
         engine
             .create_database(DEMO_NAME, DEMO_SIZE)
             .with_context(|| format!("creating the sample database {DEMO_NAME}"))?;
-        eprintln!(
-            "openvdi: created the sample database `{DEMO_NAME}` ({} MiB) in {}",
-            DEMO_SIZE >> 20,
-            data_dir.display()
-        );
+        match mode {
+            crate::progress::Mode::Off => {}
+            crate::progress::Mode::Json => eprintln!(
+                "{}",
+                serde_json::json!({"event": "created_database", "database": DEMO_NAME,
+                    "bytes": DEMO_SIZE, "data_dir": data_dir})
+            ),
+            _ => eprintln!(
+                "openvdi: created the sample database `{DEMO_NAME}` ({} MiB) in {}",
+                DEMO_SIZE >> 20,
+                data_dir.display()
+            ),
+        }
     }
     Ok(Arc::new(Embedded { engine }))
 }

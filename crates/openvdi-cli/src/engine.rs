@@ -224,11 +224,12 @@ impl Engine for External {
     }
 }
 
-/// Picks the engine the settings ask for.
-pub fn open(s: &EngineSettings) -> Result<Arc<dyn Engine>> {
+/// Picks the engine the settings ask for; `mode` says how to announce what it does
+/// on its own (the embedded engine creating `demo`).
+pub fn open(s: &EngineSettings, mode: crate::progress::Mode) -> Result<Arc<dyn Engine>> {
     match &s.engine_cmd {
         Some(t) => Ok(Arc::new(External::new(t, s.server.clone())?)),
-        None => crate::embedded::open(&s.data_dir, s.server.clone())
+        None => crate::embedded::open(&s.data_dir, s.server.clone(), mode)
             .with_context(|| format!("opening the embedded engine in {}", s.data_dir.display())),
     }
 }

@@ -149,7 +149,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.init_if_missing()?;
     let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "backup")?;
-    let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine)?;
+    let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress)?;
     let server = ctx
         .settings
         .engine
