@@ -455,6 +455,7 @@ fn backup(
         last_lsn: end,
         checkpoint_lsn: ck,
         database_backup_lsn,
+        differential_base_lsn: (kind == BackupKind::Differential).then_some(database_backup_lsn),
         differential_base_guid: diff_base,
         files: file_pages,
         pages,

@@ -151,6 +151,9 @@ pub struct BackupReport {
     pub database_backup_lsn: Lsn,
     /// Differential base GUID (BackupSetGUID of the base full backup), if any.
     pub differential_base_guid: Option<String>,
+    /// Differential base LSN (the base full backup's CheckpointLSN), for a
+    /// differential.
+    pub differential_base_lsn: Option<Lsn>,
     /// Pages processed, per file: (logical name, pages).
     pub files: Vec<(String, u64)>,
     /// Total pages processed.

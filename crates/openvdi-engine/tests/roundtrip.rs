@@ -177,6 +177,10 @@ fn differential_and_log_chain_in_order() {
     let diff_rep = r.backups().next().unwrap().clone();
     assert_eq!(diff_rep.kind, BackupKind::Differential);
     assert_eq!(diff_rep.database_backup_lsn, full_rep.checkpoint_lsn);
+    assert_eq!(
+        diff_rep.differential_base_lsn,
+        Some(full_rep.checkpoint_lsn)
+    );
     e.modify("c", 5).unwrap();
     let (r, log2) = backup_log(&e, "c");
     assert!(r.error.is_none(), "{:?}", r.error);
