@@ -41,6 +41,14 @@ use crate::exit::Code;
 use crate::pipeline::{Stop, StopReason};
 
 fn main() {
+    // An empty OPENVDI_* variable means "not set" (as in most tools); clap would take
+    // it as an empty value. Still single-threaded here, so changing the environment
+    // cannot race with a reader.
+    for (k, v) in std::env::vars_os() {
+        if v.is_empty() && k.to_string_lossy().starts_with("OPENVDI_") {
+            std::env::remove_var(&k);
+        }
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
