@@ -479,3 +479,54 @@ fn json_progress_lines_on_stderr_and_one_result_on_stdout() {
         .sum();
     assert_eq!(moved, result["raw_size"].as_u64().unwrap());
 }
+
+/// openvdi's own libsqlvdi.so, built on demand (another package's cdylib).
+fn libsqlvdi() -> PathBuf {
+    let o = util::run({
+        let mut c = std::process::Command::new(env!("CARGO"));
+        c.args(["build", "-q", "-p", "openvdi-ffi", "--lib"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        c
+    });
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
+    let p = exe.with_file_name("libsqlvdi.so");
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+#[test]
+fn vdi_library_round_trip_with_openvdis_own_libsqlvdi() {
+    let e = Env::new();
+    engine(&e).create_database("vl", 16 << 20).unwrap();
+    let mdf = data_file(&e, "vl");
+    let before = std::fs::read(&mdf).unwrap();
+    let lib = libsqlvdi();
+    let l = lib.to_str().unwrap();
+    let b = e.json(&[
+        "--vdi-library",
+        l,
+        "backup",
+        "vl",
+        "--stripes",
+        "4",
+        "--compress",
+        "zstd:1",
+    ]);
+    assert!(
+        b["transport"].as_str().unwrap().contains("libsqlvdi.so"),
+        "{b}"
+    );
+    let id = b["id"].as_str().unwrap().to_string();
+    engine(&e).modify("vl", 32).unwrap();
+    e.json(&["--vdi-library", l, "restore", &id, "--replace"]);
+    assert!(std::fs::read(&mdf).unwrap() == before);
+    assert_eq!(
+        e.json(&["--vdi-library", l, "verify", &id, "--engine"])["ok"],
+        true
+    );
+    // A library without the C API is refused before anything happens.
+    let o = e.run(&["--vdi-library", "/nonexistent/libsqlvdi.so", "backup", "vl"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(e.backups().len(), 1);
+}

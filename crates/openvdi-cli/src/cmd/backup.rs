@@ -149,6 +149,8 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.init_if_missing()?;
     let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "backup")?;
+    // The transport first: a library that cannot be loaded fails before any side effect.
+    let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
     let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress)?;
     let server = ctx
         .settings
@@ -157,7 +159,6 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         .clone()
         .or_else(|| engine.server_name())
         .unwrap_or_else(lock::hostname);
-    let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
 
     let set_name = vdi::unique_set_name();
     let devices = vdi::device_names(&set_name, plan.stripes);

@@ -125,8 +125,8 @@ pub fn engine_session(
     op: &str,
     stmt: impl FnOnce(&[String]) -> String,
 ) -> Result<engine::Outcome> {
-    let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress)?;
     let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
+    let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress)?;
     let n = sources.len() as u32;
     let set_name = vdi::unique_set_name();
     let devices = vdi::device_names(&set_name, n);
