@@ -165,3 +165,39 @@ pub fn unique_set_name() -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Removes the shared-memory objects of sets this tool created in processes that no
+/// longer exist (a `kill -9` cannot unlink them). Set names carry the creator's pid
+/// (`openvdi-PID-…`); a pid that is alive counts as live whatever it now runs, so a
+/// reused pid at worst delays the cleanup. Returns how many objects were removed.
+pub fn remove_stale_sets() -> usize {
+    let Ok(rd) = std::fs::read_dir("/dev/shm") else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // openvdi-ctl.openvdi-PID-… / openvdi-bufN.openvdi-PID-…
+        let Some((kind, set)) = name.split_once('.') else {
+            continue;
+        };
+        if !kind.starts_with(openvdi::SHM_PREFIX) {
+            continue;
+        }
+        let Some(pid) = set
+            .strip_prefix("openvdi-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}

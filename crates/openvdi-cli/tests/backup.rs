@@ -293,6 +293,7 @@ fn kill_9_mid_backup_leaves_nothing_listed_and_the_next_run_succeeds() {
         partial_files(&repo) > 0
     });
     let child = g.0.as_mut().unwrap();
+    let pid = child.id();
     child.kill().unwrap(); // SIGKILL
     let st = child.wait().unwrap();
     assert_eq!(st.code(), None, "killed by a signal");
@@ -300,8 +301,22 @@ fn kill_9_mid_backup_leaves_nothing_listed_and_the_next_run_succeeds() {
         e.backups().is_empty(),
         "an interrupted backup is never listed"
     );
-    // The next run is not blocked (no stale lock) and succeeds.
+    let shm_of_killed = || {
+        std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .filter(|f| {
+                f.file_name()
+                    .to_string_lossy()
+                    .contains(&format!(".openvdi-{pid}-"))
+            })
+            .count()
+    };
+    assert!(shm_of_killed() > 0, "a killed client cannot unlink its set");
+    // The next run is not blocked (no stale lock), succeeds, and removes the dead
+    // process's shared memory.
     let b = e.json(&["backup", "big", "--compress", "lz4"]);
+    assert_eq!(shm_of_killed(), 0);
     assert_eq!(e.backups().len(), 1);
     assert_eq!(e.json(&["verify", b["id"].as_str().unwrap()])["ok"], true);
     // prune clears what the killed run left.

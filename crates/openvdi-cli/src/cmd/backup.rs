@@ -160,6 +160,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         .or_else(|| engine.server_name())
         .unwrap_or_else(lock::hostname);
 
+    vdi::remove_stale_sets();
     let set_name = vdi::unique_set_name();
     let devices = vdi::device_names(&set_name, plan.stripes);
     let cfg = VdConfig {

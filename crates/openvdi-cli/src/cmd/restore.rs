@@ -128,6 +128,7 @@ pub fn engine_session(
     let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
     let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress)?;
     let n = sources.len() as u32;
+    vdi::remove_stale_sets();
     let set_name = vdi::unique_set_name();
     let devices = vdi::device_names(&set_name, n);
     let cfg = VdConfig {
