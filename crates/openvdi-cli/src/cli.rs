@@ -54,6 +54,10 @@ pub struct EngineArgs {
     /// replaced by the statement, e.g. 'openvdi-sqlcmd -S . -Q {sql}'.
     #[arg(long, global = true, env = "OPENVDI_ENGINE_CMD")]
     pub engine_cmd: Option<String>,
+    /// Use a real SQL Server over TDS (builds with `--features tds`), e.g.
+    /// 'server=tcp:127.0.0.1,1433;user=sa;password=…;TrustServerCertificate=true'.
+    #[arg(long, global = true, env = "OPENVDI_TDS")]
+    pub tds: Option<String>,
     /// Load this libsqlvdi.so at run time instead of openvdi's own client half.
     #[arg(long, global = true, env = "OPENVDI_VDI_LIBRARY")]
     pub vdi_library: Option<PathBuf>,

@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub repo: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub engine_cmd: Option<String>,
+    pub tds: Option<String>,
     pub vdi_library: Option<PathBuf>,
     pub server: Option<String>,
     pub open_timeout: Option<u64>,
@@ -72,6 +73,7 @@ impl FileConfig {
 pub struct EngineSettings {
     pub data_dir: PathBuf,
     pub engine_cmd: Option<String>,
+    pub tds: Option<String>,
     pub vdi_library: Option<PathBuf>,
     pub server: Option<String>,
     pub open_timeout: std::time::Duration,
@@ -126,6 +128,7 @@ impl Settings {
                     // see the same databases.
                     .unwrap_or_else(openvdi_engine::db::default_data_dir),
                 engine_cmd: e.engine_cmd.clone().or(f.engine_cmd),
+                tds: e.tds.clone().or(f.tds),
                 vdi_library: e.vdi_library.clone().or(f.vdi_library),
                 server: e.server.clone().or(f.server),
                 open_timeout: std::time::Duration::from_secs(

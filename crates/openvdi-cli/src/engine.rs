@@ -227,11 +227,33 @@ impl Engine for External {
 /// Picks the engine the settings ask for; `mode` says how to announce what it does
 /// on its own (the embedded engine creating `demo`).
 pub fn open(s: &EngineSettings, mode: crate::progress::Mode) -> Result<Arc<dyn Engine>> {
+    if let Some(ado) = &s.tds {
+        if s.engine_cmd.is_some() {
+            return Err(crate::exit::err(
+                crate::exit::Code::Usage,
+                "--tds and --engine-cmd exclude each other",
+            ));
+        }
+        return tds_engine(ado, s.server.clone());
+    }
     match &s.engine_cmd {
         Some(t) => Ok(Arc::new(External::new(t, s.server.clone())?)),
         None => crate::embedded::open(&s.data_dir, s.server.clone(), mode)
             .with_context(|| format!("opening the embedded engine in {}", s.data_dir.display())),
     }
+}
+
+#[cfg(feature = "tds")]
+fn tds_engine(ado: &str, server: Option<String>) -> Result<Arc<dyn Engine>> {
+    Ok(Arc::new(crate::tds::Tds::new(ado, server)?))
+}
+
+#[cfg(not(feature = "tds"))]
+fn tds_engine(_ado: &str, _server: Option<String>) -> Result<Arc<dyn Engine>> {
+    Err(crate::exit::err(
+        crate::exit::Code::Usage,
+        "--tds needs a build with `--features tds` (cargo build -p openvdi-cli --features tds)",
+    ))
 }
 
 #[cfg(test)]

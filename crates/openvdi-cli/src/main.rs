@@ -34,6 +34,8 @@ mod pipeline;
 mod progress;
 mod repo;
 mod storage;
+#[cfg(feature = "tds")]
+mod tds;
 mod vdi;
 mod vdi_lib;
 

@@ -545,3 +545,25 @@ fn vdi_library_round_trip_with_openvdis_own_libsqlvdi() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(e.backups().len(), 1);
 }
+
+#[test]
+fn tds_engine_reports_an_unreachable_server_or_a_missing_feature() {
+    let e = Env::new();
+    // A loopback port nobody listens on: bind, read the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ado = format!("server=tcp:127.0.0.1,{port};user=sa;password=x;TrustServerCertificate=true");
+    let o = e.run(&["--tds", &ado, "backup", "db", "--open-timeout", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    if cfg!(feature = "tds") {
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.to_lowercase().contains("refused"), "{err}");
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("--features tds"), "{err}");
+    }
+    assert!(!Path::new(&e.repo).join("openvdi-repo.json").exists() || e.backups().is_empty());
+}

@@ -12,7 +12,7 @@
 //!   object store: a single PUT), which is how manifests are published last.
 
 mod local;
-mod object;
+pub(crate) mod object;
 
 use std::io::{self, Read};
 use std::sync::Arc;

@@ -23,7 +23,8 @@ const PART_SIZE: usize = 16 << 20;
 /// Parts uploaded at once per stripe.
 const PART_CONCURRENCY: usize = 4;
 
-fn runtime() -> &'static tokio::runtime::Runtime {
+/// The process's I/O runtime (object stores, and the TDS engine).
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
