@@ -51,7 +51,7 @@ pub struct EngineArgs {
     #[arg(long, global = true, env = "OPENVDI_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Use an external sqlcmd-style command instead of the embedded engine; `{sql}` is
-    /// replaced by the statement, e.g. 'openvdi-sqlcmd -S . -Q {sql}'.
+    /// replaced by the statement, e.g. 'openvdi-sqlcmd -S . -b -Q {sql}'.
     #[arg(long, global = true, env = "OPENVDI_ENGINE_CMD")]
     pub engine_cmd: Option<String>,
     /// Use a real SQL Server over TDS (builds with `--features tds`), e.g.
