@@ -299,8 +299,44 @@ pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> io
     match e.raw_os_error() {
         Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Woke::Recheck),
         Some(libc::ETIMEDOUT) => Ok(Woke::TimedOut),
+        Some(libc::ENOSYS) => futex_wait_fallback(words, deadline),
         _ => Err(e),
     }
+}
+
+/// Without futex_waitv (kernels before 5.16, or valgrind, which does not know the
+/// call): sleep on the first word only, for at most 1 ms, and let the caller re-check
+/// every condition. Peer death is then noticed within about a millisecond instead of
+/// at once.
+fn futex_wait_fallback(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> io::Result<Woke> {
+    let Some((w, val)) = words.first() else {
+        return Ok(Woke::Recheck);
+    };
+    let now = Instant::now();
+    let mut slice = std::time::Duration::from_millis(1);
+    if let Some(d) = deadline {
+        if d <= now {
+            return Ok(Woke::TimedOut);
+        }
+        slice = slice.min(d - now);
+    }
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: slice.as_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT on a live atomic with a relative timeout that outlives the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            w.as_ptr(),
+            libc::FUTEX_WAIT,
+            *val,
+            &ts as *const libc::timespec,
+            0,
+            0,
+        );
+    }
+    Ok(Woke::Recheck)
 }
 
 #[repr(C)]

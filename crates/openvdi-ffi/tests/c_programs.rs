@@ -1,0 +1,281 @@
+//! The C and C++ programs of tests/c, compiled against include/ and linked with
+//! -lsqlvdi, run against real separate processes. `OPENVDI_C_MODE=asan` builds them
+//! with AddressSanitizer; `OPENVDI_C_MODE=valgrind` runs them under valgrind
+//! (run-c-tests.sh does both).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openvdi::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// target/<profile>, where cargo put libsqlvdi.so next to the test's deps dir.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+fn mode() -> String {
+    std::env::var("OPENVDI_C_MODE").unwrap_or_default()
+}
+
+fn out_dir() -> PathBuf {
+    let m = mode();
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "c-{}",
+        if m.is_empty() { "plain" } else { m.as_str() }
+    ));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+/// Compile once per test process (tests run in parallel and share the outputs).
+fn compile(src: &str, out: &str, cpp: bool) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let map = built.get_or_insert_with(HashMap::new);
+    if let Some(p) = map.get(out) {
+        return p.clone();
+    }
+    let exe = compile_now(src, out, cpp);
+    map.insert(out.to_string(), exe.clone());
+    exe
+}
+
+fn compile_now(src: &str, out: &str, cpp: bool) -> PathBuf {
+    let exe = out_dir().join(out);
+    let mut c = Command::new(if cpp { "g++" } else { "gcc" });
+    if cpp {
+        c.arg("-std=c++11");
+    } else {
+        c.arg("-std=c11");
+    }
+    c.args(["-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .arg("-I")
+        .arg(root().join("include"));
+    if mode() == "asan" {
+        c.args(["-fsanitize=address", "-fno-omit-frame-pointer"]);
+    }
+    c.arg(root().join("crates/openvdi-ffi/tests/c").join(src))
+        .arg("-o")
+        .arg(&exe);
+    c.arg("-L").arg(lib_dir()).args(["-lsqlvdi", "-lpthread"]);
+    let st = c.status().expect("run the compiler");
+    assert!(st.success(), "compiling {src} failed");
+    exe
+}
+
+/// Run with LD_LIBRARY_PATH set, under valgrind in that mode; kill at the deadline.
+fn run(exe: &Path, args: &[&str], secs: u64) -> (bool, String) {
+    let mut cmd = if mode() == "valgrind" {
+        let mut c = Command::new("valgrind");
+        c.args([
+            "-q",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--trace-children=yes",
+        ])
+        .arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    cmd.args(args)
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .env("ASAN_OPTIONS", "detect_leaks=1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(_st) = child.try_wait().expect("wait") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{} timed out: {}{}",
+                exe.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn secs() -> u64 {
+    if mode() == "valgrind" {
+        600
+    } else {
+        120
+    }
+}
+
+fn uniq(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "c-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn round_trip(devices: &str, total: u64, mp: bool) {
+    let client = compile("client.cpp", "client", true);
+    let server = compile("server.c", "server", false);
+    let dir = out_dir().join(format!("data-{devices}-{mp}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let t = total.to_string();
+    let mut extra = vec![];
+    if mp {
+        extra.push("mp");
+    }
+    let set = uniq("bk");
+    let mut args = vec![
+        "backup",
+        set.as_str(),
+        devices,
+        dir.to_str().expect("utf-8"),
+        server.to_str().expect("utf-8"),
+        t.as_str(),
+        "7",
+    ];
+    args.extend(&extra);
+    let (ok, out) = run(&client, &args, secs());
+    assert!(ok && out.contains("client=OK"), "backup: {out}");
+    let n: usize = devices.parse().expect("devices");
+    for i in 0..n {
+        let data = std::fs::read(dir.join(format!("dev{i}.bin"))).expect("stored stream");
+        assert_eq!(data.len() as u64, total, "device {i} stored every byte");
+        for (k, b) in data.iter().enumerate() {
+            assert_eq!(
+                *b,
+                stream_byte(7, i as u64, k as u64),
+                "device {i} byte {k}"
+            );
+        }
+    }
+    let set = uniq("rs");
+    args[0] = "restore";
+    args[1] = set.as_str();
+    let (ok, out) = run(&client, &args, secs());
+    // The server checks every restored byte against the stream ("bad=0").
+    assert!(
+        ok && out.contains("client=OK") && out.contains("server=OK"),
+        "restore: {out}"
+    );
+    assert!(
+        !out.contains("bad=")
+            || out
+                .lines()
+                .filter(|l| l.contains("bad="))
+                .all(|l| l.ends_with("bad=0")),
+        "{out}"
+    );
+}
+
+fn stream_byte(seed: u64, dev: u64, i: u64) -> u8 {
+    let x =
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_add(dev.wrapping_mul(0x1234_5678));
+    ((x >> 29) as u8) ^ (i as u8)
+}
+
+#[test]
+fn layout_of_the_headers_is_microsofts() {
+    let exe = compile("layout.cpp", "layout", true);
+    let (ok, out) = run(&exe, &[], 60);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn cpp_client_one_device_backup_then_restore() {
+    round_trip("1", 1_000_000, false);
+}
+
+#[test]
+fn cpp_client_four_devices_one_thread_each() {
+    round_trip("4", 300_000, false);
+}
+
+#[test]
+fn cpp_client_secondary_process_moves_data_through_buffer_handles() {
+    round_trip("1", 400_000, true);
+}
+
+/// The C server (openvdi.h's server half) against the Rust client half.
+#[test]
+fn c_server_against_the_rust_client() {
+    let server = compile("server.c", "server", false);
+    let name = uniq("rc");
+    let total = 333_333u64;
+    let set = ClientSet::create(
+        &name,
+        &VdConfig {
+            device_count: 2,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    let srv = std::thread::spawn({
+        let server = server.clone();
+        let name = name.clone();
+        move || {
+            run(
+                &server,
+                &[&name, "backup", &total.to_string(), "2", "3"],
+                secs(),
+            )
+        }
+    });
+    set.get_configuration(Timeout::from_millis(60_000))
+        .expect("configuration");
+    for i in 0..2u64 {
+        let dn = if i == 0 {
+            name.clone()
+        } else {
+            format!("{name}{i}")
+        };
+        let d = set.open_device(&dn).expect("open");
+        let mut pos = 0u64;
+        loop {
+            match d.get_command(Timeout::from_millis(60_000)) {
+                Ok(c) => {
+                    if c.code() == vdc::VDC_Write {
+                        for (k, b) in c.buffer().iter().enumerate() {
+                            assert_eq!(*b, stream_byte(3, i, pos + k as u64));
+                        }
+                        pos += c.buffer().len() as u64;
+                    }
+                    d.complete_command(&c, 0, c.size(), 0).expect("complete");
+                }
+                Err(Error::Close) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(pos, total);
+    }
+    let (ok, out) = srv.join().expect("server thread");
+    assert!(ok && out.contains("server=OK"), "{out}");
+    set.close().expect("close");
+}
