@@ -961,9 +961,13 @@ impl ServerDevice {
             s.state.store(slot_state::FREE, Ordering::Relaxed);
             local.cmp_tail = local.cmp_tail.wrapping_add(1);
             self.finish_slot(local, idx);
-            self.set
-                .last_progress
-                .store(self.set.now_ns(), Ordering::Relaxed);
+            // Only the serverTimeOut rule reads the progress stamp: without it, no
+            // clock read per completion.
+            if sto != 0 {
+                self.set
+                    .last_progress
+                    .store(self.set.now_ns(), Ordering::Relaxed);
+            }
             // A client that reports more bytes than asked is wrong; clamp rather than
             // let the engine read past the command.
             return Some(Ok(c));
