@@ -242,7 +242,9 @@ pub fn block_on<T>(
     if let Some(r) = check() {
         return r;
     }
-    let spin_until = Instant::now() + spin_budget();
+    // The spin budget starts at the first clock read, 64 pauses in: a hand-off that
+    // lands within those (the busy-pipeline case) never reads the clock.
+    let mut spin_until: Option<Instant> = None;
     let mut n = 0u32;
     loop {
         // Re-check after every pause: a PAUSE costs ~40-140 cycles, so checking only
@@ -255,7 +257,8 @@ pub fn block_on<T>(
         n = n.wrapping_add(1);
         if n.is_multiple_of(64) {
             let now = Instant::now();
-            if now >= spin_until || deadline.is_some_and(|d| now >= d) {
+            let until = *spin_until.get_or_insert_with(|| now + spin_budget());
+            if now >= until || deadline.is_some_and(|d| now >= d) {
                 break;
             }
         }
