@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GIB=${1:-2}
 BASE=${OPENVDI_BASELINE:-../shared/bench/baseline}
-echo "# $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) $(uptime)"
 cargo build --release -q -p openvdi --example vdibench
 echo "## openvdi"
 ./target/release/examples/vdibench "$GIB"
@@ -16,7 +16,9 @@ if [[ -d $BASE ]]; then
   echo "## baseline (C, same run)"
   "$tmp"/xfer pipe total=${GIB}G chunk=1M pipesz=1M fill=memset consume=sum | tail -1
   "$tmp"/xfer shmring total=${GIB}G nbuf=8 chunk=1M fill=memset consume=sum sync=hybrid | tail -1
+  # Unpinned, like vdibench (whose processes are not pinned).
+  "$tmp"/xfer shmring total=${GIB}G nbuf=8 chunk=1M fill=memset consume=sum sync=hybrid place=free | tail -1
   "$tmp"/pingpong futexspin split 100000 | tail -1
   "$tmp"/pingpong futex split 20000 | tail -1
 fi
-echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# after: $(uptime)"

@@ -342,7 +342,19 @@ fn main() {
         if !run("throughput") {
             break;
         }
-        let (d, _, _) = client("throughput", devices, total);
+        let (d, sum, _) = client("throughput", devices, total);
+        // Every byte crossed: the client's sum of the buffers matches the fills the
+        // server made (each device thread fills with 1, 2, 3, ... wrapping).
+        let per_dev = total / devices as u64 / MIB as u64;
+        let expect = (0..per_dev).fold(0u64, |a, k| {
+            let b = u64::from((1 + k as u8 as u32) as u8) * 0x0101_0101_0101_0101;
+            a.wrapping_add(b.wrapping_mul((MIB / 8) as u64))
+        });
+        assert_eq!(
+            sum,
+            expect.wrapping_mul(devices as u64),
+            "the data read differs from the data written"
+        );
         println!("vdi throughput    devices={devices} 1 MiB x 8 buffers, memset -> sum: {:>7.2} GB/s  ({:.1}x pipe)", gbps(d), pipe.as_secs_f64() / d.as_secs_f64());
     }
     if run("round-trip") {
