@@ -234,12 +234,16 @@ fn server(a: &Args) {
     say(format!("server_close={}", code(&s.close())));
 }
 
-/// A client that is killed by the test: creates the set (or joins), takes commands
-/// and prints `took=N` lines; never completes after `take` commands.
+/// A client: creates the set, takes commands and prints `took=N code=C` lines;
+/// stops completing after `take` commands (the test kills it or the server), fails
+/// the `fail_at`-th command with ERROR_WRITE_FAULT (IO-ERROR tests), and with
+/// `wait_go=1` opens its device, says `opened=1` and waits for a line on stdin
+/// before taking anything (so the test can queue commands first).
 fn client(a: &Args) {
     let name = a.s("set", "");
     let devices = a.n("devices", 1) as u32;
     let take = a.n("take", u64::MAX);
+    let fail_at = a.n("fail_at", u64::MAX);
     let _mem = hold(a.n("hold_mib", 0) as usize);
     let set = match ClientSet::create(
         &name,
@@ -267,12 +271,16 @@ fn client(a: &Args) {
         .expect("configuration");
     say(format!("features={}", cfg.features));
     let d = set.open_device(&name).expect("open device");
+    if a.s("wait_go", "0") == "1" {
+        say("opened=1");
+        let _ = wait_stdin_line();
+    }
     let mut n = 0u64;
     loop {
         match d.get_command(Timeout::from_millis(60_000)) {
             Ok(cmd) => {
                 n += 1;
-                say(format!("took={n}"));
+                say(format!("took={n} code={}", cmd.code()));
                 if n >= take {
                     // Keep the command outstanding and block in GetCommand: the test
                     // kills the server (or us) while we are blocked here.
@@ -288,8 +296,15 @@ fn client(a: &Args) {
                     say(format!("shm_left={}", shm_left(&name)));
                     return;
                 }
-                d.complete_command(&cmd, 0, cmd.size(), 0)
-                    .expect("complete");
+                let (rc, bytes) = if n == fail_at {
+                    (win32::ERROR_WRITE_FAULT, 0)
+                } else {
+                    (win32::ERROR_SUCCESS, cmd.size())
+                };
+                if let Err(e) = d.complete_command(&cmd, rc, bytes, 0) {
+                    say(format!("end={}", e.hresult().name()));
+                    break;
+                }
             }
             Err(e) => {
                 say(format!("end={}", e.hresult().name()));
