@@ -211,6 +211,7 @@ impl ClientSet {
             event: &h.state.v,
             abort: &h.abort.v,
             peer_live: &h.server_live.v,
+            state: None,
             sleepers: None,
         };
         let cfg = block_on(deadline, &on, || {
@@ -631,6 +632,7 @@ impl ClientDevice {
             event: &d.sub_head.v,
             abort: &h.abort.v,
             peer_live: &h.server_live.v,
+            state: Some(&d.state.v),
             sleepers: Some(&d.client_waiting.v),
         };
         // The device lock is taken per attempt, never across a sleep, so another

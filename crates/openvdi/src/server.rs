@@ -896,6 +896,7 @@ impl ServerDevice {
             event: &d.cmp_head.v,
             abort: &h.abort.v,
             peer_live: &h.client_live.v,
+            state: None,
             sleepers: Some(&d.server_waiting.v),
         };
         loop {
@@ -1051,6 +1052,9 @@ impl ServerDevice {
         d.state
             .v
             .fetch_or(dev_state::SERVER_CLOSED, Ordering::AcqRel);
+        // The client also sleeps on the device state word, so this change cannot be
+        // missed between its last check and its sleep (the futex value check).
+        sys::futex_wake_all(&d.state.v);
         sys::futex_wake_all(&d.sub_head.v);
         Ok(())
     }

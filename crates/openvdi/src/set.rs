@@ -228,6 +228,11 @@ pub struct WaitOn<'a> {
     pub event: &'a AtomicU32,
     pub abort: &'a AtomicU32,
     pub peer_live: &'a AtomicU32,
+    /// A state word whose changes must also wake the waiter (the device state, whose
+    /// SERVER_CLOSED bit ends a GetCommand). Without it a flag set between the
+    /// waiter's last check and its sleep would be missed, because the event word's
+    /// value would not have changed.
+    pub state: Option<&'a AtomicU32>,
     pub sleepers: Option<&'a AtomicU32>,
 }
 
@@ -281,12 +286,12 @@ pub fn block_on<T>(
         let ev = on.event.load(Ordering::SeqCst);
         let ab = on.abort.load(Ordering::SeqCst);
         let lv = on.peer_live.load(Ordering::SeqCst);
+        let st = on.state.map(|w| (w, w.load(Ordering::SeqCst)));
         let ready = check();
         let woke = if ready.is_none() && ab == 0 {
-            sys::futex_waitv(
-                &[(on.event, ev), (on.abort, ab), (on.peer_live, lv)],
-                deadline,
-            )
+            let mut words = vec![(on.event, ev), (on.abort, ab), (on.peer_live, lv)];
+            words.extend(st);
+            sys::futex_waitv(&words, deadline)
         } else {
             Ok(Woke::Recheck)
         };
