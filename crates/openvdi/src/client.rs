@@ -286,9 +286,11 @@ impl ClientSet {
             return Err(Error::Protocol(format!("device {name:?} is already open")));
         }
         local.open[index] = true;
+        static NEXT_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(ClientDevice {
             set: self.inner.clone(),
             index,
+            token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
             name: name.to_string(),
             local: Mutex::new(DeviceLocal {
                 sub_tail: 0,
@@ -515,6 +517,10 @@ fn read_server_config(set: &SetShared) -> Result<VdConfig> {
 pub struct ClientDevice {
     set: Arc<ClientInner>,
     index: usize,
+    /// Unique in this process: commands carry it, so CompleteCommand can tell a
+    /// command of another device (or set) apart from its own. Slot and sequence
+    /// number alone cannot: every device numbers its commands from 1.
+    token: u64,
     name: String,
     local: Mutex<DeviceLocal>,
 }
@@ -544,6 +550,8 @@ pub struct CommandId {
 #[derive(Debug)]
 pub struct Command {
     id: CommandId,
+    /// The delivering device's [`ClientDevice`] token.
+    device: u64,
     code: u32,
     size: u32,
     position: u64,
@@ -771,6 +779,7 @@ impl ClientDevice {
                     slot: idx as u32,
                     seq,
                 },
+                device: self.token,
                 code,
                 size,
                 position,
@@ -806,10 +815,18 @@ impl ClientDevice {
         bytes_transferred: u32,
         position: u64,
     ) -> Result<()> {
+        // §10: another device's command → VD_E_INVALID. Its (slot, seq) may well
+        // match one outstanding here, so the id check in `complete_id` is not enough.
+        if cmd.device != self.token {
+            return Err(Error::Invalid(
+                "the command was delivered by another device".into(),
+            ));
+        }
         self.complete_id(cmd.id, completion_code, bytes_transferred, position)
     }
 
-    /// [`ClientDevice::complete_command`] by command id.
+    /// [`ClientDevice::complete_command`] by command id. Ids are per device (every
+    /// device numbers its commands from 1): pass only ids this device delivered.
     #[doc(alias = "CompleteCommand")]
     pub fn complete_id(
         &self,
