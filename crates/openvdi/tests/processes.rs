@@ -41,7 +41,14 @@ fn run_backup_client(
                         let mut held = Vec::new();
                         match d.get_command(Timeout::from_millis(T)) {
                             Ok(c) => held.push(c),
-                            Err(Error::Close) => break,
+                            Err(Error::Close) => {
+                                // §2.1: NormallyTerminated — GetCommand is now a protocol error.
+                                assert_eq!(
+                                    d.get_command(Timeout::POLL).unwrap_err().hresult(),
+                                    HResult::VD_E_PROTOCOL
+                                );
+                                break;
+                            }
                             Err(e) => panic!("device {di}: {e}"),
                         }
                         while held.len() < batch {
@@ -1051,4 +1058,125 @@ fn vdc_complete_negotiated_across_processes() {
     assert_eq!(kv(&l, "complete").as_deref(), Some("0"), "{l}");
     server.rest(30);
     set.close().expect("close");
+}
+
+/// The client state table (§2.1, §10) with the server in another process: the
+/// Configurable cells, GetConfiguration from a secondary process, OpenDevice cells,
+/// CompleteCommand with another device's or an already completed command, and Close
+/// with devices open (VD_E_OPEN; the server process sees the abort and gets 995 for
+/// the outstanding command).
+#[test]
+fn state_table_across_processes() {
+    let name = uniq("sx");
+    let set = ClientSet::create(
+        &name,
+        &VdConfig {
+            device_count: 2,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    // Configurable: no server yet.
+    for t in [Timeout::POLL, Timeout::from_millis(30), Timeout::POLL] {
+        assert_eq!(
+            set.get_configuration(t).unwrap_err().hresult(),
+            HResult::VD_E_TIMEOUT,
+            "a timeout leaves the state unchanged and can be repeated"
+        );
+    }
+    assert_eq!(
+        set.open_device(&name).unwrap_err().hresult(),
+        HResult::VD_E_PROTOCOL
+    );
+    let mut server = Peer::spawn(
+        "server",
+        &a(&[
+            ("set", name.clone()),
+            ("total", (64u64 << 20).to_string()),
+            ("xfer", "4096".into()),
+            ("depth", "2".into()),
+        ]),
+    );
+    let cfg = set
+        .get_configuration(Timeout::from_millis(T))
+        .expect("configuration");
+    assert_eq!(cfg.device_count, 2);
+    assert_eq!(
+        set.get_configuration(Timeout::POLL).expect("again"),
+        cfg,
+        "the same data again"
+    );
+    let mut sec = Peer::spawn("secondary", &a(&[("set", name.clone())]));
+    let l = sec.expect("secondary=", 30);
+    assert_eq!(
+        kv(&l, "config"),
+        Some(format!("{cfg:?}").replace(' ', "")),
+        "a secondary process reads the same configuration: {l}"
+    );
+    sec.send("exit");
+    sec.expect("secondary_close=OK", 30);
+    // OpenDevice cells.
+    assert_eq!(
+        set.open_device("no-such-device").unwrap_err().hresult(),
+        HResult::VD_E_INVALID
+    );
+    let d0 = set.open_device(&name).expect("open d0");
+    assert_eq!(
+        set.open_device(&name).unwrap_err().hresult(),
+        HResult::VD_E_PROTOCOL,
+        "the same device twice"
+    );
+    let d1 = set.open_device(&format!("{name}1")).expect("open d1");
+    assert_eq!(
+        set.open_device(&format!("{name}1")).unwrap_err().hresult(),
+        HResult::VD_E_OPEN,
+        "all devices open"
+    );
+    // CompleteCommand cells.
+    let c0 = d0.get_command(Timeout::from_millis(T)).expect("c0");
+    let c1 = d1.get_command(Timeout::from_millis(T)).expect("c1");
+    assert_eq!(
+        d0.complete_command(&c1, 0, c1.size(), 0)
+            .unwrap_err()
+            .hresult(),
+        HResult::VD_E_INVALID,
+        "another device's command"
+    );
+    d0.complete_command(&c0, 0, c0.size(), 0)
+        .expect("complete c0");
+    assert_eq!(
+        d0.complete_command(&c0, 0, c0.size(), 0)
+            .unwrap_err()
+            .hresult(),
+        HResult::VD_E_INVALID,
+        "a command completed already"
+    );
+    // Close with devices open: VD_E_OPEN, and the set is aborted for the server.
+    assert_eq!(set.close().unwrap_err().hresult(), HResult::VD_E_OPEN);
+    assert_eq!(
+        set.close().unwrap_err().hresult(),
+        HResult::VD_E_PROTOCOL,
+        "Close twice"
+    );
+    assert_eq!(
+        d1.get_command(Timeout::POLL).unwrap_err().hresult(),
+        HResult::VD_E_PROTOCOL,
+        "the set is closed"
+    );
+    let lines = server.rest(30);
+    let l1 = lines
+        .iter()
+        .find(|l| l.starts_with("dev=1 "))
+        .expect("device 1 line");
+    assert!(
+        ["wait", "flush", "send"]
+            .iter()
+            .any(|k| kv(l1, k).as_deref() == Some("VD_E_ABORT")),
+        "{lines:?}"
+    );
+    assert!(
+        kv(l1, "aborted995").unwrap().parse::<u32>().unwrap() >= 1,
+        "the command held by device 1 came back with 995: {l1}"
+    );
+    assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
 }

@@ -329,7 +329,11 @@ fn secondary(a: &Args) {
     let cfg = set
         .get_configuration(Timeout::from_millis(1000))
         .expect("configuration");
-    say(format!("secondary=OK features={}", cfg.features));
+    // Every field, so the test can check a secondary sees the primary's configuration.
+    say(format!(
+        "secondary=OK config={}",
+        format!("{cfg:?}").replace(' ', "")
+    ));
     loop {
         let line = wait_stdin_line();
         if line.is_empty() || line == "exit" {
