@@ -1180,3 +1180,44 @@ fn state_table_across_processes() {
     );
     assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
 }
+
+/// §10: the server process closes the set with devices still open: its Close
+/// returns VD_E_PROTOCOL and aborts the set; the client's GetCommand returns
+/// VD_E_ABORT (never VD_E_CLOSE), and the client's Close in Abort is OK.
+#[test]
+fn server_close_with_devices_open_aborts_the_client() {
+    let name = uniq("sc");
+    let set = ClientSet::create(
+        &name,
+        &VdConfig {
+            device_count: 1,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    let mut server = Peer::spawn(
+        "server",
+        &a(&[("set", name.clone()), ("close_early", "1".into())]),
+    );
+    set.get_configuration(Timeout::from_millis(T))
+        .expect("configuration");
+    let d = set.open_device(&name).expect("open");
+    server.expect("opened=1", 30);
+    assert_eq!(
+        d.get_command(Timeout::POLL).unwrap_err().hresult(),
+        HResult::VD_E_TIMEOUT
+    );
+    server.send("close");
+    assert_eq!(
+        d.get_command(Timeout::from_millis(T))
+            .unwrap_err()
+            .hresult(),
+        HResult::VD_E_ABORT
+    );
+    assert_eq!(
+        server.expect("server_close=", 30),
+        "server_close=VD_E_PROTOCOL"
+    );
+    set.close().expect("Close in Abort");
+    assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
+}

@@ -517,3 +517,32 @@ fn names_and_configurations_are_validated() {
     assert_eq!(code(s.close()), HResult::NOERROR);
     set.close().expect("close");
 }
+
+/// §2.1: SignalAbort is legal in Configurable (→ Abort); then GetConfiguration and
+/// OpenDevice return VD_E_ABORT, SignalAbort again is OK, Close is OK and removes
+/// the objects; a server arriving afterwards cannot use the set.
+#[test]
+fn signal_abort_before_configuration() {
+    let name = uniq("sb");
+    let set = ClientSet::create(&name, &cfg(1)).expect("create");
+    set.signal_abort().expect("SignalAbort in Configurable");
+    assert_eq!(
+        code(set.get_configuration(Timeout::from_millis(T))),
+        HResult::VD_E_ABORT,
+        "returns at once, not after the timeout"
+    );
+    assert_eq!(code(set.open_device(&name)), HResult::VD_E_ABORT);
+    assert_eq!(code(set.signal_abort()), HResult::NOERROR);
+    if let Ok(s) = ServerSet::open(&name, Timeout::POLL) {
+        assert_eq!(
+            code(s.begin_configuration(&server_cfg(vdf::VDF_WriteMedia))),
+            HResult::VD_E_ABORT
+        );
+        let _ = s.close();
+    }
+    set.close().expect("Close in Abort");
+    assert!(
+        std::fs::metadata(format!("/dev/shm/openvdi-ctl.{name}")).is_err(),
+        "the control object is gone"
+    );
+}

@@ -106,6 +106,18 @@ fn server(a: &Args) {
         .expect("request");
     s.end_configuration().expect("end");
     say("configured=1");
+    if a.s("close_early", "0") == "1" {
+        // §10 "Server Close with devices open": open every device, wait for the
+        // test's go, then Close without CloseDevice.
+        let devs: Vec<_> = (0..n)
+            .map(|i| s.open_device(&dev_name(&name, i)).expect("open device"))
+            .collect();
+        say("opened=1");
+        let _ = wait_stdin_line();
+        say(format!("server_close={}", code(&s.close())));
+        drop(devs);
+        return;
+    }
     let results: Vec<String> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..n)
             .map(|di| {
