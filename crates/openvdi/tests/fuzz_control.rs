@@ -161,13 +161,39 @@ fn one_round(rng: &mut Rng) {
 }
 
 fn fuzz_for(secs: u64, seed: u64) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     let mut rng = Rng(seed | 1);
     let end = Instant::now() + Duration::from_secs(secs);
+    // Watchdog: a round is a few milliseconds of calls with 2 ms timeouts, so one
+    // that makes no progress for 10 s is a hang. Fail loudly (abort the test
+    // process) instead of hanging the test run.
+    let progress = Arc::new(AtomicU64::new(0));
+    let p = progress.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let dog = std::thread::spawn(move || {
+        let mut last = (u64::MAX, Instant::now());
+        while !st.load(Ordering::Relaxed) {
+            let now = p.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(10) {
+                eprintln!("fuzz round {now} made no progress for 10 s (seed {seed}): a call hangs");
+                std::process::abort();
+            }
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+    });
     let mut rounds = 0;
     while Instant::now() < end {
         one_round(&mut rng);
         rounds += 1;
+        progress.store(rounds, Ordering::Relaxed);
     }
+    stop.store(true, Ordering::Relaxed);
+    dog.thread().unpark();
+    dog.join().expect("watchdog");
     rounds
 }
 
