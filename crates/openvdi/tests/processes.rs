@@ -1221,3 +1221,74 @@ fn server_close_with_devices_open_aborts_the_client() {
     set.close().expect("Close in Abort");
     assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
 }
+
+/// The other direction of §8: a restore where a secondary process writes the data
+/// into each VDC_Read buffer through MapBufferHandle, and the primary completes;
+/// the server process checks every byte.
+#[test]
+fn buffer_handle_restore_filled_by_a_secondary_process() {
+    let name = uniq("bf");
+    let total = 2 * 65536 + 1000u64;
+    let set = ClientSet::create(
+        &name,
+        &VdConfig {
+            device_count: 1,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    // The secondary fills with seed 7 (openvdi-peer's `fill`), so the server checks seed 7.
+    let mut server = Peer::spawn(
+        "server",
+        &a(&[
+            ("set", name.clone()),
+            ("mode", "restore".into()),
+            ("xfer", "65536".into()),
+            ("depth", "1".into()),
+            ("seed", "7".into()),
+        ]),
+    );
+    set.get_configuration(Timeout::from_millis(T))
+        .expect("configuration");
+    let mut sec = Peer::spawn("secondary", &a(&[("set", name.clone())]));
+    assert!(sec.expect("secondary=", 30).starts_with("secondary=OK"));
+    let d = set.open_device(&name).expect("open");
+    let mut pos = 0u64;
+    loop {
+        match d.get_command(Timeout::from_millis(T)) {
+            Ok(c) if c.code() == vdc::VDC_Read => {
+                let n = (total - pos).min(u64::from(c.size()));
+                let h = set.get_buffer_handle(c.buffer_ptr()).expect("handle");
+                sec.send(&format!("fill {h} {n} {pos}"));
+                assert_eq!(sec.expect("map=", 30), "map=OK filled=1");
+                // The primary sees what the secondary wrote: same memory.
+                assert!(c.buffer()[..n as usize]
+                    .iter()
+                    .enumerate()
+                    .all(|(k, b)| *b == stream_byte(7, 0, pos + k as u64)));
+                pos += n;
+                let code = if n < u64::from(c.size()) {
+                    win32::ERROR_HANDLE_EOF
+                } else {
+                    0
+                };
+                d.complete_command(&c, code, n as u32, 0)
+                    .expect("complete in the primary");
+            }
+            Ok(c) => d.complete_command(&c, 0, 0, 0).expect("complete"),
+            Err(Error::Close) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let lines = server.rest(30);
+    let l = lines
+        .iter()
+        .find(|l| l.starts_with("dev=0 "))
+        .expect("device line");
+    assert_eq!(kv(l, "bytes"), Some(total.to_string()), "{l}");
+    assert_eq!(kv(l, "mismatch").as_deref(), Some("0"), "{l}");
+    sec.send("exit");
+    sec.expect("secondary_close=OK", 30);
+    set.close().expect("close");
+    assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
+}
