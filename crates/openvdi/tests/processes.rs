@@ -1292,3 +1292,45 @@ fn buffer_handle_restore_filled_by_a_secondary_process() {
     set.close().expect("close");
     assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
 }
+
+/// The server process is SIGKILLed after opening the set, before configuring it:
+/// the client's GetConfiguration, blocked with a long timeout, returns VD_E_ABORT
+/// (not VD_E_TIMEOUT 20 s later), and /dev/shm is clean after the client's Close.
+#[test]
+fn sigkill_of_the_server_during_configuration() {
+    let name = uniq("kg");
+    let set = ClientSet::create(
+        &name,
+        &VdConfig {
+            device_count: 1,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    let mut server = Peer::spawn(
+        "server",
+        &a(&[
+            ("set", name.clone()),
+            ("stop_at", "open".into()),
+            ("hold_mib", "256".into()),
+        ]),
+    );
+    server.expect("set_open=1", 30);
+    let (r, dt) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            let r = set.get_configuration(Timeout::from_millis(T));
+            (r, monotonic_ns())
+        });
+        let t_kill = server.kill9();
+        let (r, t_ret) = h.join().expect("thread");
+        (r, t_ret.saturating_sub(t_kill))
+    });
+    eprintln!("server killed in configuration: GetConfiguration returned after {dt} ns");
+    assert_eq!(r.unwrap_err().hresult(), HResult::VD_E_ABORT);
+    assert_eq!(
+        set.get_configuration(Timeout::POLL).unwrap_err().hresult(),
+        HResult::VD_E_ABORT
+    );
+    set.close().expect("close");
+    assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
+}

@@ -83,6 +83,12 @@ fn server(a: &Args) {
             return;
         }
     };
+    if a.s("stop_at", "") == "open" {
+        // Die (the test kills us) before configuring: the client is in GetConfiguration.
+        say("set_open=1");
+        let _ = wait_stdin_line();
+        return;
+    }
     let client = s.get_configuration().expect("client config");
     let n = client.device_count as usize;
     let mut features = if mode == "backup" {
