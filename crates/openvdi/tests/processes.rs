@@ -181,7 +181,7 @@ fn backup_stream_sixty_four_devices() {
 
 /// Restore: the client serves the stream to VDC_Read; the last read is short,
 /// completed either with ERROR_HANDLE_EOF or with ERROR_SUCCESS.
-fn restore(eof_code: u32) {
+fn restore(eof_code: u32, depth: usize) {
     let name = uniq("rs");
     let total = 5 * 65536 + 12345u64;
     let set = ClientSet::create(
@@ -198,7 +198,7 @@ fn restore(eof_code: u32) {
             ("set", name.clone()),
             ("mode", "restore".into()),
             ("xfer", "65536".into()),
-            ("depth", "1".into()),
+            ("depth", depth.to_string()),
             ("seed", "9".into()),
         ]),
     );
@@ -238,12 +238,19 @@ fn restore(eof_code: u32) {
 
 #[test]
 fn restore_stream_ends_with_handle_eof() {
-    restore(win32::ERROR_HANDLE_EOF);
+    restore(win32::ERROR_HANDLE_EOF, 1);
+}
+
+/// Several reads outstanding when the stream ends: the ones past the end complete
+/// with EOF and 0 bytes, and the server still gets every byte exactly once.
+#[test]
+fn restore_stream_with_several_reads_outstanding() {
+    restore(win32::ERROR_HANDLE_EOF, 4);
 }
 
 #[test]
 fn restore_stream_ends_with_success_and_partial_count() {
-    restore(win32::ERROR_SUCCESS);
+    restore(win32::ERROR_SUCCESS, 1);
 }
 
 #[test]

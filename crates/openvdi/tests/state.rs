@@ -546,3 +546,24 @@ fn signal_abort_before_configuration() {
         "the control object is gone"
     );
 }
+
+/// §1.8: timeouts are milliseconds; 0 polls; a negative value and 0xFFFFFFFF wait
+/// forever; a poll of an unconfigured set returns VD_E_TIMEOUT at once.
+#[test]
+fn timeout_values() {
+    assert_eq!(Timeout::from_millis(0), Timeout::POLL);
+    assert_eq!(Timeout::from_millis(-1), Timeout::INFINITE);
+    assert_eq!(Timeout::from_millis(i64::from(i32::MIN)), Timeout::INFINITE);
+    assert_eq!(Timeout::from_millis(0xFFFF_FFFF), Timeout::INFINITE);
+    assert_eq!(
+        Timeout::from_millis(0xFFFF_FFFE).duration(),
+        Some(std::time::Duration::from_millis(0xFFFF_FFFE))
+    );
+    let name = uniq("tv");
+    let set = ClientSet::create(&name, &cfg(1)).expect("create");
+    assert_eq!(
+        code(set.get_configuration(Timeout::from_millis(0))),
+        HResult::VD_E_TIMEOUT
+    );
+    set.close().expect("close");
+}
