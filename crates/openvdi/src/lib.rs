@@ -47,6 +47,9 @@
 //! ```
 
 #![cfg(target_os = "linux")]
+// Unsafe code is denied everywhere except the two files that wrap the operating
+// system and view shared memory; each of their unsafe blocks has a SAFETY comment.
+#![deny(unsafe_code)]
 
 mod client;
 mod consts;
@@ -54,7 +57,9 @@ mod error;
 mod layout;
 mod server;
 mod set;
+#[allow(unsafe_code)]
 mod shm;
+#[allow(unsafe_code)]
 mod sys;
 
 use std::time::{Duration, Instant};

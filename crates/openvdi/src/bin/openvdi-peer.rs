@@ -5,6 +5,8 @@
 //!
 //! Stream content is deterministic: byte `i` of device `d` is [`stream_byte`].
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::time::Duration;
