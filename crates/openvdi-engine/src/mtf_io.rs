@@ -15,10 +15,10 @@
 //! each block on a 1 KiB format logical block (FLB). The writer streams pages from
 //! the database files straight into the device's shared buffers.
 //!
-//! Why here and not in `openvdi-mtf`: that crate had no API yet when the engine
-//! needed one. This module keeps the engine's own encoding (its MQCI metadata record
-//! is openvdi's, JSON inside an `OPENVDI` record) and walks any MTF stream's
-//! envelope; for real SQL Server streams it reads the SCIN record of MQCI for the
+//! The format-level encoding (header layouts, XOR checksums, packed dates, UTF-16)
+//! comes from `openvdi-mtf`; what is specific to the engine stays here: its own
+//! MQCI metadata record (openvdi's, JSON inside an `OPENVDI` record) and the walk
+//! of any MTF stream's envelope; for real SQL Server streams it reads the SCIN record of MQCI for the
 //! metadata.
 //!
 //! Integrity: CSUM streams (WITH CHECKSUM) hold the CRC-32C of the data stream;
@@ -39,6 +39,10 @@ use crate::media::StreamSink;
 use crate::page::{self, Lsn, PAGE_SIZE};
 use crate::stream::{Chunk, FileMeta, Portion, SetMeta};
 use crate::BackupKind;
+use openvdi_mtf::{
+    block_header, checksum as xor16, pack_date as mtf_date, stream_header, unpack_date,
+    utf16le as utf16,
+};
 
 /// SoftwareVersionMajor the engine records (SQL Server 2008 R2's numbering).
 pub const SOFTWARE_MAJOR: u32 = 10;
@@ -54,103 +58,13 @@ pub const FLB: u64 = 1024;
 /// Soft filemark block size.
 const SFMB_SIZE: u64 = 512;
 /// Bytes of a block header.
-const HDR: usize = 52;
+const HDR: usize = openvdi_mtf::BLOCK_HEADER_LEN;
 /// Bytes of a stream header.
-const SHDR: usize = 22;
+const SHDR: usize = openvdi_mtf::STREAM_HEADER_LEN;
 /// Magic of the engine's own metadata record inside MQCI.
 const OUR_MAGIC: &[u8; 8] = b"OPENVDI\x01";
 /// Pages read from a file per I/O while writing.
 const READ_PAGES: usize = 128;
-
-fn xor16(b: &[u8]) -> u16 {
-    b.chunks(2).fold(0u16, |a, w| {
-        a ^ u16::from_le_bytes([w[0], *w.get(1).unwrap_or(&0)])
-    })
-}
-
-/// A block header with its checksum.
-fn block_header(
-    ty: &[u8; 4],
-    attrs: u32,
-    fso: u16,
-    fla: u64,
-    cbid: u32,
-    str_type: u8,
-) -> [u8; HDR] {
-    let mut h = [0u8; HDR];
-    h[0..4].copy_from_slice(ty);
-    h[4..8].copy_from_slice(&attrs.to_le_bytes());
-    h[8..10].copy_from_slice(&fso.to_le_bytes());
-    h[10] = 14; // Windows NT
-    h[11] = 1;
-    h[20..28].copy_from_slice(&fla.to_le_bytes());
-    h[36..40].copy_from_slice(&cbid.to_le_bytes());
-    h[48] = str_type;
-    let c = xor16(&h[..50]);
-    h[50..52].copy_from_slice(&c.to_le_bytes());
-    h
-}
-
-/// A stream header with its checksum.
-fn stream_header(id: &[u8; 4], media_attr: u16, len: u64) -> [u8; SHDR] {
-    let mut h = [0u8; SHDR];
-    h[0..4].copy_from_slice(id);
-    h[6..8].copy_from_slice(&media_attr.to_le_bytes());
-    h[8..16].copy_from_slice(&len.to_le_bytes());
-    let c = xor16(&h[..20]);
-    h[20..22].copy_from_slice(&c.to_le_bytes());
-    h
-}
-
-/// MTF's 5-byte packed date: year 14 bits, month 4, day 5, hour 5, minute 6, second 6.
-fn mtf_date(unix: u64) -> [u8; 5] {
-    let days = (unix / 86400) as i64;
-    let secs = unix % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-    let y = (yoe + era * 400 + i64::from(mo <= 2)) as u64;
-    let v: u64 = ((y & 0x3fff) << 26)
-        | (mo << 22)
-        | (d << 17)
-        | ((secs / 3600) << 12)
-        | ((secs / 60 % 60) << 6)
-        | (secs % 60);
-    let b = v.to_be_bytes();
-    [b[3], b[4], b[5], b[6], b[7]]
-}
-
-/// The inverse of [`mtf_date`] (seconds since the epoch; 0 if out of range).
-fn unpack_date(b: [u8; 5]) -> u64 {
-    let v = u64::from_be_bytes([0, 0, 0, b[0], b[1], b[2], b[3], b[4]]);
-    let (y, mo, d) = (
-        (v >> 26) as i64,
-        ((v >> 22) & 0xf) as i64,
-        ((v >> 17) & 0x1f) as i64,
-    );
-    let (h, mi, s) = ((v >> 12) & 0x1f, (v >> 6) & 0x3f, v & 0x3f);
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return 0;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    (days.max(0) as u64) * 86400 + h * 3600 + mi * 60 + s
-}
-
-fn utf16(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
-}
 
 /// Parse a GUID in display form to Windows byte order.
 fn guid_bytes(g: &str) -> [u8; 16] {

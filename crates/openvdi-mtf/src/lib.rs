@@ -137,15 +137,11 @@ pub fn order_stripes(files: &[std::path::PathBuf]) -> Result<Vec<std::path::Path
 /// Descriptor blocks start on 512-byte boundaries (soft filemarks are 512 bytes; FLBs
 /// are multiples of 512).
 const ALIGN: u64 = 512;
-const DBLK_LEN: usize = 52;
-const STREAM_LEN: usize = 22;
-/// Soft filemark block size.
-const SFMB_LEN: u64 = 512;
+const DBLK_LEN: usize = BLOCK_HEADER_LEN;
+const STREAM_LEN: usize = STREAM_HEADER_LEN;
 
-/// XOR of the little-endian u16 words of `b`.
 fn xor_words(b: &[u8]) -> u16 {
-    b.chunks_exact(2)
-        .fold(0u16, |a, w| a ^ u16::from_le_bytes([w[0], w[1]]))
+    checksum(b)
 }
 
 fn is_tag(t: &[u8]) -> bool {
@@ -346,6 +342,112 @@ impl std::io::Write for Walker {
     }
 }
 
+// ---------------------------------------------------------------- encoding
+
+/// Bytes of a block header (`MTF_DB_HDR`).
+pub const BLOCK_HEADER_LEN: usize = 52;
+/// Bytes of a stream header (`MTF_STREAM_HDR`).
+pub const STREAM_HEADER_LEN: usize = 22;
+/// SQL Server's format logical block size.
+pub const FLB: u64 = 1024;
+/// Size of a soft filemark block (SFMB).
+pub const SFMB_LEN: u64 = 512;
+
+/// MTF's header checksum: the XOR of the little-endian 16-bit words of `b` (a
+/// block header's first 50 bytes, a stream header's first 20).
+pub fn checksum(b: &[u8]) -> u16 {
+    b.chunks(2).fold(0u16, |a, w| {
+        a ^ u16::from_le_bytes([w[0], *w.get(1).unwrap_or(&0)])
+    })
+}
+
+/// A 52-byte block header (`MTF_DB_HDR`) with its checksum: type, attributes, offset
+/// to the first stream, format logical address, control block id, string type (2 =
+/// UTF-16LE, as SQL Server writes); OS id 14 (Windows NT).
+pub fn block_header(
+    ty: &[u8; 4],
+    attrs: u32,
+    fso: u16,
+    fla: u64,
+    cbid: u32,
+    str_type: u8,
+) -> [u8; BLOCK_HEADER_LEN] {
+    let mut h = [0u8; BLOCK_HEADER_LEN];
+    h[0..4].copy_from_slice(ty);
+    h[4..8].copy_from_slice(&attrs.to_le_bytes());
+    h[8..10].copy_from_slice(&fso.to_le_bytes());
+    h[10] = 14; // Windows NT
+    h[11] = 1;
+    h[20..28].copy_from_slice(&fla.to_le_bytes());
+    h[36..40].copy_from_slice(&cbid.to_le_bytes());
+    h[48] = str_type;
+    let c = checksum(&h[..50]);
+    h[50..52].copy_from_slice(&c.to_le_bytes());
+    h
+}
+
+/// A 22-byte stream header (`MTF_STREAM_HDR`) with its checksum.
+pub fn stream_header(id: &[u8; 4], media_attr: u16, len: u64) -> [u8; STREAM_HEADER_LEN] {
+    let mut h = [0u8; STREAM_HEADER_LEN];
+    h[0..4].copy_from_slice(id);
+    h[6..8].copy_from_slice(&media_attr.to_le_bytes());
+    h[8..16].copy_from_slice(&len.to_le_bytes());
+    let c = checksum(&h[..20]);
+    h[20..22].copy_from_slice(&c.to_le_bytes());
+    h
+}
+
+/// MTF's 5-byte packed date: year 14 bits, month 4, day 5, hour 5, minute 6, second 6.
+pub fn pack_date(unix: u64) -> [u8; 5] {
+    let days = (unix / 86400) as i64;
+    let secs = unix % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let y = (yoe + era * 400 + i64::from(mo <= 2)) as u64;
+    let v: u64 = ((y & 0x3fff) << 26)
+        | (mo << 22)
+        | (d << 17)
+        | ((secs / 3600) << 12)
+        | ((secs / 60 % 60) << 6)
+        | (secs % 60);
+    let b = v.to_be_bytes();
+    [b[3], b[4], b[5], b[6], b[7]]
+}
+
+/// The inverse of [`pack_date`] (seconds since the epoch; 0 if out of range).
+pub fn unpack_date(b: [u8; 5]) -> u64 {
+    let v = u64::from_be_bytes([0, 0, 0, b[0], b[1], b[2], b[3], b[4]]);
+    let (y, mo, d) = (
+        (v >> 26) as i64,
+        ((v >> 22) & 0xf) as i64,
+        ((v >> 17) & 0x1f) as i64,
+    );
+    let (h, mi, s) = ((v >> 12) & 0x1f, (v >> 6) & 0x3f, v & 0x3f);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return 0;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days.max(0) as u64) * 86400 + h * 3600 + mi * 60 + s
+}
+
+/// A string as UTF-16LE bytes (MTF string type 2).
+pub fn utf16le(s: &str) -> Vec<u8> {
+    s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,5 +569,32 @@ mod fuzz {
             let _ = w.finish();
             let _ = family(&d);
         }
+    }
+}
+
+#[cfg(test)]
+mod encoding {
+    use super::*;
+
+    #[test]
+    fn headers_carry_valid_checksums() {
+        let b = block_header(b"SSET", 0, 52, 7, 1, 2);
+        assert_eq!(&b[..4], b"SSET");
+        assert_eq!(
+            checksum(&b),
+            0,
+            "XOR over all 26 words of a valid header is 0"
+        );
+        let s = stream_header(b"MQDA", 0, 123_456);
+        assert_eq!(checksum(&s), 0);
+        assert_eq!(u64::from_le_bytes(s[8..16].try_into().unwrap()), 123_456);
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        for t in [0u64, 1_000_000_000, 1_764_040_000, 4_102_444_799] {
+            assert_eq!(unpack_date(pack_date(t)), t);
+        }
+        assert_eq!(utf16le("db"), vec![b'd', 0, b'b', 0]);
     }
 }
