@@ -124,7 +124,10 @@ pub enum Error {
     /// `VD_E_MEMORY`: shared memory could not be obtained.
     #[error("{0} (VD_E_MEMORY)")]
     Memory(String),
-    /// `VD_E_BUSY`: the set name is held by a live owner.
+    /// `VD_E_BUSY`: the set name is held by a live owner (Create on a name another
+    /// live set holds). "Create twice on one object" (reference §2.1, VD_E_PROTOCOL)
+    /// cannot happen in this API, where Create makes a new [`ClientSet`](crate::ClientSet);
+    /// the C layer keeps that cell and returns VD_E_PROTOCOL itself.
     #[error("{0} (VD_E_BUSY)")]
     Busy(String),
     /// `VD_E_QUEUE_FULL`: SendCommand found the device queue full.
