@@ -673,6 +673,16 @@ impl ClientDevice {
         if let Some(e) = set.abort_error() {
             return Some(Err(e));
         }
+        // Read the end-of-stream flags *before* looking at the ring. The server sets
+        // them only after publishing its last command (device bit, then set state),
+        // so a flag seen here guarantees the ring check below sees every command, and
+        // a closed set seen here guarantees the device bit is seen too: no command is
+        // lost and a normal close is never mistaken for an abort.
+        // SYNC POINT: Acquire loads pairing with the server's AcqRel fetch_or of
+        // SERVER_CLOSED (CloseDevice) and Release store of the set state (Close).
+        let set_closed =
+            set.ctl.header().state.v.load(Ordering::Acquire) == set_state::SERVER_CLOSED;
+        let dev_closed = d.state.v.load(Ordering::Acquire) & dev_state::SERVER_CLOSED != 0;
         loop {
             // SYNC POINT: Acquire pairs with the server's Release store of sub_head in
             // `ServerDevice::send_command`: the slot fields it wrote are visible.
@@ -786,16 +796,16 @@ impl ClientDevice {
                 buf,
             }));
         }
-        let st = d.state.v.load(Ordering::Acquire);
-        if st & dev_state::SERVER_CLOSED != 0 {
+        if dev_closed {
             return Some(Err(Error::Close));
+        }
+        if set_closed {
+            // The server closed the set without closing this device.
+            set.abort(AbortReason::Server);
+            return set.abort_error().map(Err);
         }
         if let Some(e) = set.check_peer(&set.ctl.header().server_live.v, AbortReason::ServerDied) {
             return Some(Err(e));
-        }
-        if set.ctl.header().state.v.load(Ordering::Acquire) == set_state::SERVER_CLOSED {
-            set.abort(AbortReason::Server);
-            return set.abort_error().map(Err);
         }
         None
     }

@@ -921,6 +921,11 @@ impl ServerDevice {
         local: &mut ServerDeviceLocal,
         sto: u32,
     ) -> Option<Result<Completion>> {
+        // Read the client's Close flag before the ring: a client publishes its last
+        // completions before it closes, so if the flag is seen here the ring check
+        // below sees them too (SYNC POINT: Acquire pairing with the client's Release
+        // store of client_closed), and a normal end is not mistaken for an abort.
+        let client_closed = set.ctl.header().client_closed.v.load(Ordering::Acquire) != 0;
         // SYNC POINT: Acquire pairs with the client's Release store of cmp_head in
         // `publish_completion`: the completion fields are visible.
         let head = d.cmp_head.v.load(Ordering::Acquire);
@@ -1006,7 +1011,7 @@ impl ServerDevice {
         {
             return self.try_reap(set, d, local, 0);
         }
-        if h.client_closed.v.load(Ordering::Acquire) != 0 {
+        if client_closed {
             set.abort(AbortReason::Client);
             return self.try_reap(set, d, local, 0);
         }
