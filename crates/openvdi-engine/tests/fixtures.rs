@@ -1,4 +1,4 @@
-//! Real SQL Server backups (`shared/fixtures/mssql/`) through the virtual-device
+//! Real SQL Server backups (`tests/fixtures/mssql/`, copied from the shared fixtures) through the virtual-device
 //! path: HEADERONLY / FILELISTONLY report what the fixtures' README lists, every
 //! stream walks (VERIFYONLY), the full backups restore with every data page at its
 //! place, the two stripes restore together and one alone is refused.

@@ -454,7 +454,7 @@ mod tests {
 
     fn fx(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/mssql")
+            .join("../../tests/fixtures/mssql")
             .join(name)
     }
 
@@ -538,7 +538,7 @@ mod fuzz {
     fn random_and_mutated_input_never_panics() {
         let real = std::fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures/mssql/sql2008r2-db1-log.trn"),
+                .join("../../tests/fixtures/mssql/sql2008r2-db1-log.trn"),
         )
         .expect("fixture");
         let mut x = 0x9E37_79B9_7F4A_7C15u64;

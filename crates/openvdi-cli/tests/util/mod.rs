@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(240);
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/mssql")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mssql")
 }
 
 /// A scratch home, repository and engine data directory.

@@ -300,7 +300,7 @@ pub fn data_dir() -> tempfile::TempDir {
 
 /// The fixtures directory.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/mssql")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mssql")
 }
 
 /// The engine binary.
