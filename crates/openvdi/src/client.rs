@@ -213,6 +213,7 @@ impl ClientSet {
             peer_live: &h.server_live.v,
             state: None,
             sleepers: None,
+            health: Some((set, AbortReason::ServerDied)),
         };
         let cfg = block_on(deadline, &on, || {
             if let Some(e) = set.abort_error() {
@@ -444,6 +445,12 @@ fn decode_handle(h: u32) -> (usize, usize, u32) {
 }
 
 fn owner_alive(name: &str) -> Result<bool> {
+    // Another user's object under the name is never ours to reclaim, dead or alive.
+    if let Some((_, _, uid, ..)) = sys::lstat_path(&format!("/dev/shm{}", set::ctl_name(name))) {
+        if uid != sys::geteuid() {
+            return Ok(true);
+        }
+    }
     let Some(ctl) = set::map_control(name)? else {
         // Exists but not sized yet: its creator is mid-way; treat as alive unless it
         // vanished (then the retry simply succeeds).
@@ -499,14 +506,34 @@ fn read_server_config(set: &SetShared) -> Result<VdConfig> {
         *v = a.load(Ordering::Relaxed);
     }
     let cfg = VdConfig::from_words(w);
-    if cfg.device_count as usize != set.devices()
-        || cfg.features & !vdf::SERVER_BITS != 0
+    // The same rules the server library enforces at BeginConfiguration (reference
+    // §3.2): a server that breaks them is not a server this client can work with.
+    let bad = if cfg.device_count as usize != set.devices() {
+        Some(format!("device count {} for a set of {}", cfg.device_count, set.devices()))
+    } else if cfg.features & !vdf::SERVER_BITS != 0
         || (cfg.features & (vdf::VDF_ReadMedia | vdf::VDF_WriteMedia)) == 0
     {
+        Some(format!("features 0x{:x}", cfg.features))
+    } else if !cfg.block_size.is_power_of_two() || !(512..=65536).contains(&cfg.block_size) {
+        Some(format!("block size {}", cfg.block_size))
+    } else if !cfg.alignment.is_power_of_two()
+        || cfg.alignment < cfg.block_size
+        || cfg.alignment > 65536
+    {
+        Some(format!("alignment {}", cfg.alignment))
+    } else if cfg.max_transfer_size == 0
+        || !cfg.max_transfer_size.is_multiple_of(65536)
+        || cfg.max_transfer_size > 4 << 20
+    {
+        Some(format!("maximum transfer size {}", cfg.max_transfer_size))
+    } else {
+        None
+    };
+    if let Some(what) = bad {
         set.abort(AbortReason::Corrupt);
-        return Err(Error::Corrupt(
-            "the server's configuration is inconsistent".into(),
-        ));
+        return Err(Error::Corrupt(format!(
+            "the server's configuration is inconsistent: {what}"
+        )));
     }
     Ok(cfg)
 }
@@ -642,6 +669,7 @@ impl ClientDevice {
             peer_live: &h.server_live.v,
             state: Some(&d.state.v),
             sleepers: Some(&d.client_waiting.v),
+            health: Some((set, AbortReason::ServerDied)),
         };
         // The device lock is taken per attempt, never across a sleep, so another
         // thread may complete commands of this device while this one waits.

@@ -208,6 +208,11 @@ pub fn sweep_stale_sets() -> Vec<String> {
     let mut out = Vec::new();
     for n in sys::list_shm_names(&format!("{SHM_PREFIX}ctl.")) {
         let set = n[format!("{SHM_PREFIX}ctl.").len()..].to_string();
+        // Only this user's own leftovers: another user's objects are theirs to clean.
+        match sys::lstat_path(&format!("/dev/shm/{n}")) {
+            Some((_, _, uid, ..)) if uid == sys::geteuid() => {}
+            _ => continue,
+        }
         if let Ok(Some(ctl)) = set::map_control(&set) {
             let h = ctl.header();
             let pid = h.creator_pid.load(std::sync::atomic::Ordering::Relaxed);

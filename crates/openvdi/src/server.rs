@@ -38,6 +38,91 @@ pub struct ServerConfig {
     pub device_names: Vec<String>,
 }
 
+/// Whom a server serves, and how it shares the buffer objects it creates. Nothing
+/// here is taken from the peer: the set's header records the client's wishes, but a
+/// server that followed them would hand its data to whoever wrote that header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Users (besides this process's own) whose sets this server opens.
+    pub serve_uids: Vec<u32>,
+    /// Groups whose members' sets this server opens: a control object owned by such a
+    /// group with group read-write (0660), as Microsoft's Linux VDI requires the
+    /// client to share a group with the server (reference §9.3).
+    pub serve_gids: Vec<u32>,
+}
+
+impl ServerOptions {
+    /// From the environment: `OPENVDI_SERVE_UIDS` and `OPENVDI_SERVE_GIDS`, comma-
+    /// separated numeric ids. Unset: this process's own user only.
+    pub fn from_env() -> ServerOptions {
+        let ids = |k: &str| -> Vec<u32> {
+            std::env::var(k)
+                .ok()
+                .map(|v| {
+                    v.split(',')
+                        .filter_map(|x| x.trim().parse::<u32>().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ServerOptions {
+            serve_uids: ids("OPENVDI_SERVE_UIDS"),
+            serve_gids: ids("OPENVDI_SERVE_GIDS"),
+        }
+    }
+
+    /// How this server shares a set whose control object has owner `o`: `Ok(None)`
+    /// for a set of its own user (segments 0600), `Ok(Some((uid, gid)))` for
+    /// another's (segments owned by `uid` — chown needs root — or shared with group
+    /// `gid`, mode 0660), `Err` when this server does not serve that user.
+    fn sharing(&self, name: &str, o: &set::ObjectOwner) -> Result<Sharing> {
+        let me = sys::geteuid();
+        if o.mode & 0o007 != 0 {
+            return Err(Error::Security(format!(
+                "the control object of set {name:?} is accessible to every user (mode {:o}); refusing it",
+                o.mode & 0o777
+            )));
+        }
+        if o.uid == me {
+            return Ok(if o.mode & 0o060 == 0o060 && sys::own_groups().contains(&o.gid) {
+                Sharing::Group(o.gid)
+            } else {
+                Sharing::Private
+            });
+        }
+        if self.serve_uids.contains(&o.uid) {
+            return Ok(if me == 0 {
+                Sharing::User(o.uid)
+            } else if o.mode & 0o060 == 0o060 && sys::own_groups().contains(&o.gid) {
+                Sharing::Group(o.gid)
+            } else {
+                return Err(Error::Security(format!(
+                    "set {name:?} belongs to uid {}, whom this server serves, but it shares no group with this server (uid {me})",
+                    o.uid
+                )));
+            });
+        }
+        if o.mode & 0o060 == 0o060 && self.serve_gids.contains(&o.gid) {
+            return Ok(Sharing::Group(o.gid));
+        }
+        Err(Error::Security(format!(
+            "set {name:?} belongs to uid {} (group {}), which this server (uid {me}) is not configured to serve; see OPENVDI_SERVE_UIDS / OPENVDI_SERVE_GIDS",
+            o.uid, o.gid
+        )))
+    }
+}
+
+/// How the buffer objects of a set are shared (see [`ServerOptions`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sharing {
+    /// 0600, this process's user.
+    Private,
+    /// 0600, owned by that user (the server runs as root).
+    User(u32),
+    /// 0660 with that group.
+    Group(u32),
+}
+
 /// A completed command, as the server receives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {
@@ -113,6 +198,12 @@ pub struct ServerSet {
 #[derive(Debug)]
 struct ServerInner {
     set: Arc<SetShared>,
+    sharing: Sharing,
+    /// How long a client may take to open its devices after EndConfiguration.
+    open_timeout: Timeout,
+    /// EndConfiguration + `open_timeout`: a device the client has not opened by then
+    /// fails the set, so a client that never configures cannot hold the server.
+    open_deadline: OnceLock<Option<Instant>>,
     closed: AtomicBool,
     local: Mutex<ServerLocal>,
     cfg: OnceLock<VdConfig>,
@@ -153,17 +244,27 @@ impl ServerSet {
     /// it. Only one server may open a set.
     #[doc(alias = "Open")]
     pub fn open(name: &str, timeout: Timeout) -> Result<ServerSet> {
+        ServerSet::open_with(name, timeout, &ServerOptions::from_env())
+    }
+
+    /// [`ServerSet::open`] with explicit options: which users' sets to serve. The
+    /// same `timeout` bounds how long the client may take to open its devices after
+    /// EndConfiguration.
+    pub fn open_with(name: &str, timeout: Timeout, opts: &ServerOptions) -> Result<ServerSet> {
         set::validate_name("set", name)?;
         let deadline = timeout.deadline();
         let watch = ShmDirWatch::new().map_err(|e| Error::os("watching /dev/shm", e))?;
-        let ctl = loop {
-            if let Some(ctl) = set::map_control(name)? {
+        let (ctl, sharing, owner) = loop {
+            if let Some((ctl, owner)) = set::map_control_owned(name)? {
+                // Who owns the object decides whether we talk at all: before any byte
+                // of the header is believed.
+                let sharing = opts.sharing(name, &owner)?;
                 let h = ctl.header();
                 // SYNC POINT: Acquire pairs with the creator's Release store of magic.
                 if h.magic.load(Ordering::Acquire) == crate::layout::MAGIC {
                     let st = h.state.v.load(Ordering::Acquire);
                     if st >= set_state::CREATED {
-                        break set::validate_header(ctl, name)?;
+                        break (set::validate_header(ctl, name)?, sharing, owner);
                     }
                     // Magic written, CREATED not yet: wait on the state word briefly.
                     let short = Instant::now() + Duration::from_millis(5);
@@ -194,6 +295,7 @@ impl ServerSet {
             }
         };
         let shared = Arc::new(SetShared::new(name.to_string(), ctl));
+        shared.peer_uid.store(owner.uid, Ordering::Relaxed);
         let h = shared.ctl.header();
         if let Some(e) = shared.abort_error() {
             return Err(e);
@@ -223,6 +325,9 @@ impl ServerSet {
         Ok(ServerSet {
             inner: Arc::new(ServerInner {
                 set: shared,
+                sharing,
+                open_timeout: timeout,
+                open_deadline: OnceLock::new(),
                 closed: AtomicBool::new(false),
                 local: Mutex::new(ServerLocal {
                     phase: Phase::Connected,
@@ -465,15 +570,28 @@ impl ServerSet {
         }
         let bytes = round_up(bytes.max(4096), 4096);
         let h = self.inner.set.ctl.header();
-        let mode = h.mode.load(Ordering::Relaxed) & 0o660;
-        let gid = match h.gid.load(Ordering::Relaxed) {
-            u32::MAX => None,
-            g => Some(g),
+        // The mode comes from this server's own decision at Open, never from the
+        // header (whose mode and gid fields are the client's wishes, unchecked).
+        let (mode, gid) = match self.inner.sharing {
+            Sharing::Private | Sharing::User(_) => (0o600, None),
+            Sharing::Group(g) => (0o660, Some(g)),
         };
         let name = set::seg_name(self.name(), i);
-        let _ = sys::shm_unlink(&name);
+        // A leftover of this user's own (a server that died with the same set name)
+        // is replaced; anyone else's object under the name is not ours to delete.
+        if let Some((_, _, uid, ..)) = sys::lstat_path(&format!("/dev/shm{name}")) {
+            if uid == sys::geteuid() {
+                let _ = sys::shm_unlink(&name);
+            }
+        }
         let fd = sys::shm_create(&name, mode, gid)
             .map_err(|e| Error::os(format!("creating {name}"), e))?;
+        if let Sharing::User(uid) = self.inner.sharing {
+            if let Err(e) = sys::fchown(&fd, uid, u32::MAX) {
+                let _ = sys::shm_unlink(&name);
+                return Err(Error::os(format!("giving {name} to uid {uid}"), e));
+            }
+        }
         sys::ftruncate(&fd, bytes).map_err(|e| Error::os(format!("sizing {name}"), e))?;
         let map = Arc::new(
             Mapping::map(&fd, bytes as usize, true)
@@ -531,6 +649,7 @@ impl ServerSet {
         // server_cfg, device names and segment table are visible first.
         h.state.v.store(set_state::CONFIGURED, Ordering::Release);
         sys::futex_wake_all(&h.state.v);
+        let _ = self.inner.open_deadline.set(self.inner.open_timeout.deadline());
         Ok(())
     }
 
@@ -741,6 +860,7 @@ pub struct ServerDevice {
 struct Sent {
     tag: u64,
     code: u32,
+    size: u32,
     seq: u32,
 }
 
@@ -846,6 +966,7 @@ impl ServerDevice {
         local.slots[idx as usize] = Some(Sent {
             tag: cmd.tag,
             code: cmd.code,
+            size: cmd.size,
             seq,
         });
         d.sub_ring[(local.sub_head as usize) % SLOTS].store(idx, Ordering::Relaxed);
@@ -898,6 +1019,7 @@ impl ServerDevice {
             peer_live: &h.client_live.v,
             state: None,
             sleepers: Some(&d.server_waiting.v),
+            health: Some((set, AbortReason::ClientDied)),
         };
         loop {
             // The device lock is taken per attempt, never across a sleep, so another
@@ -964,6 +1086,18 @@ impl ServerDevice {
                 bytes_transferred: s.bytes.load(Ordering::Relaxed),
                 position: s.out_position.load(Ordering::Relaxed),
             };
+            // A client that reports more bytes than the command asked for is lying (or
+            // broken): the engine would take bytes past what it sent, or count data it
+            // never had. The set fails; nothing of it is believed.
+            if matches!(sent.code, vdc::VDC_Read | vdc::VDC_Write)
+                && c.bytes_transferred > sent.size
+            {
+                set.abort(AbortReason::Corrupt);
+                return Some(Err(Error::Corrupt(format!(
+                    "the client completed a command of {} bytes with {} bytes transferred",
+                    sent.size, c.bytes_transferred
+                ))));
+            }
             s.state.store(slot_state::FREE, Ordering::Relaxed);
             local.cmp_tail = local.cmp_tail.wrapping_add(1);
             self.finish_slot(local, idx);
@@ -974,8 +1108,6 @@ impl ServerDevice {
                     .last_progress
                     .store(self.set.now_ns(), Ordering::Relaxed);
             }
-            // A client that reports more bytes than asked is wrong; clamp rather than
-            // let the engine read past the command.
             return Some(Ok(c));
         }
         if set.aborted().is_some() {
@@ -984,6 +1116,7 @@ impl ServerDevice {
                 let sent = local.slots[idx].unwrap_or(Sent {
                     tag: 0,
                     code: 0,
+                    size: 0,
                     seq: 0,
                 });
                 self.finish_slot(local, idx);
@@ -1014,6 +1147,17 @@ impl ServerDevice {
         if client_closed {
             set.abort(AbortReason::Client);
             return self.try_reap(set, d, local, 0);
+        }
+        // A client that never opens this device (never configured, or stalled before
+        // OpenDevice) gets the open timeout and no more: SQL Server fails such a
+        // BACKUP/RESTORE instead of waiting for ever.
+        if d.state.v.load(Ordering::Acquire) & dev_state::CLIENT_OPEN == 0 {
+            if let Some(Some(limit)) = self.set.open_deadline.get() {
+                if Instant::now() >= *limit {
+                    set.abort(AbortReason::Server);
+                    return Some(Err(Error::Timeout));
+                }
+            }
         }
         if sto != 0 && self.set.outstanding.load(Ordering::Acquire) > 0 {
             let idle = self

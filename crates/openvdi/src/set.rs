@@ -63,7 +63,20 @@ pub struct SetShared {
     pub name: String,
     pub ctl: Control,
     segs: RwLock<Vec<Option<Arc<Mapping>>>>,
+    /// The peer's process (thread) id, remembered the first time it was seen alive,
+    /// so its death is noticed even when its liveness word can no longer be trusted
+    /// (a peer that zeroed it, or an object pulled away before the kernel could mark it).
+    peer_tid: AtomicU32,
+    /// The uid this process expects the peer's objects to belong to (besides its own
+    /// and root): the control object's owner, for a server; the server's, for a client.
+    pub peer_uid: AtomicU32,
 }
+
+/// How long a blocked call sleeps at most before it re-checks, with system calls,
+/// what no futex can report: that an object of the set was shrunk under it, or that
+/// the peer died without its liveness word saying so. Idle waits only; the hand-off
+/// path never reaches it.
+const HEALTH_SLICE: Duration = Duration::from_millis(200);
 
 impl SetShared {
     pub fn new(name: String, ctl: Control) -> SetShared {
@@ -71,7 +84,74 @@ impl SetShared {
             name,
             ctl,
             segs: RwLock::new(vec![None; MAX_SEGMENTS]),
+            peer_tid: AtomicU32::new(0),
+            peer_uid: AtomicU32::new(sys::geteuid()),
         }
+    }
+
+    /// If a SIGBUS on one of this set's mappings was absorbed by the guard, why.
+    /// One relaxed load when nothing ever faulted in this process.
+    fn faulted(&self) -> Option<String> {
+        if sys::GUARD_FAULTS.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        if self.ctl.mapping().faulted() {
+            return Some(format!(
+                "the control object of set {:?} was shrunk by another process while in use",
+                self.name
+            ));
+        }
+        let segs = self.segs.read().ok()?;
+        segs.iter().enumerate().find_map(|(i, m)| {
+            m.as_ref().filter(|m| m.faulted()).map(|_| {
+                format!(
+                    "buffer segment {i} of set {:?} was shrunk by another process while in use",
+                    self.name
+                )
+            })
+        })
+    }
+
+    /// The checks that need system calls, made once per [`HEALTH_SLICE`] of an idle
+    /// wait: every mapped object still as large as its mapping, and the peer alive.
+    /// Aborts the set and returns the error when one fails.
+    pub fn health(&self, peer_live: &AtomicU32, peer_died: AbortReason) -> Option<Error> {
+        let mut why = None;
+        if !self.ctl.mapping().intact() {
+            why = Some(format!(
+                "the control object of set {:?} was shrunk by another process",
+                self.name
+            ));
+        } else if let Ok(segs) = self.segs.read() {
+            for (i, m) in segs.iter().enumerate() {
+                if m.as_ref().is_some_and(|m| !m.intact()) {
+                    why = Some(format!(
+                        "buffer segment {i} of set {:?} was shrunk by another process",
+                        self.name
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = why {
+            self.abort(AbortReason::Corrupt);
+            return Some(Error::Corrupt(why));
+        }
+        let v = peer_live.load(Ordering::Acquire);
+        if word_alive(v) {
+            let _ = self.peer_tid.compare_exchange(
+                0,
+                v & FUTEX_TID_MASK,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        let tid = self.peer_tid.load(Ordering::Relaxed);
+        if tid != 0 && !sys::process_exists(tid) && self.aborted().is_none() {
+            self.abort(peer_died);
+            return self.abort_error();
+        }
+        None
     }
 
     pub fn devices(&self) -> usize {
@@ -80,7 +160,12 @@ impl SetShared {
 
     /// The abort reason, if the set is aborted. SYNC POINT: Acquire pairs with the
     /// AcqRel compare-exchange in `abort`.
+    /// A set whose memory was pulled away (see `faulted`) counts as aborted for
+    /// corrupt memory, whatever its (now private, zeroed) abort word says.
     pub fn aborted(&self) -> Option<AbortReason> {
+        if self.faulted().is_some() {
+            return Some(AbortReason::Corrupt);
+        }
         match self.ctl.header().abort.v.load(Ordering::Acquire) {
             0 => None,
             r => Some(AbortReason::from_raw(r)),
@@ -88,6 +173,10 @@ impl SetShared {
     }
 
     pub fn abort_error(&self) -> Option<Error> {
+        if let Some(why) = self.faulted() {
+            self.abort(AbortReason::Corrupt);
+            return Some(Error::Corrupt(why));
+        }
         self.aborted().map(Error::Abort)
     }
 
@@ -149,8 +238,27 @@ impl SetShared {
         let name = seg_name(&self.name, i);
         let fd = sys::shm_open_existing(&name)
             .map_err(|e| Error::os(format!("opening buffer segment {name}"), e))?;
-        let (actual, ..) =
+        let (actual, mode, uid, _) =
             sys::fstat(&fd).map_err(|e| Error::os("fstat of a buffer segment", e))?;
+        // Only the server may have made it: an object another user slipped in under
+        // the name (after unlinking ours, or before the server created it) would
+        // receive the data. Nobody but owner and group may have access.
+        let mut peer = self.peer_uid.load(Ordering::Relaxed);
+        if uid != peer {
+            // The server's user: the owner of its process, found through the thread id
+            // its liveness word holds (kernel facts; the header is only a pointer to them).
+            let tid = self.ctl.header().server_live.v.load(Ordering::Acquire) & FUTEX_TID_MASK;
+            if let Some((_, _, u, ..)) = sys::lstat_path(&format!("/proc/{tid}")) {
+                peer = u;
+            }
+        }
+        if (uid != peer && uid != sys::geteuid() && uid != 0) || mode & 0o007 != 0 {
+            self.abort(AbortReason::Corrupt);
+            return Err(Error::Security(format!(
+                "buffer segment {name} belongs to uid {uid} with mode {:o}; expected the server's (uid {peer}) without access for others",
+                mode & 0o777
+            )));
+        }
         if actual < size {
             return Err(Error::Corrupt(format!(
                 "buffer segment {name} is {actual} bytes, {size} published"
@@ -188,9 +296,34 @@ impl SetShared {
         None
     }
 
-    /// Remove every object of this set from /dev/shm (idempotent).
+    /// Remove every object of this set from /dev/shm (idempotent). A name that now
+    /// holds another object than the one this process mapped (someone replaced it)
+    /// or one that belongs to neither side's user is left alone: it is not ours.
     pub fn unlink_all(&self) {
-        unlink_set_objects(&self.name);
+        let me = sys::geteuid();
+        let peer = self.peer_uid.load(Ordering::Relaxed);
+        let ours = |path_name: &str, mapped: Option<&Mapping>| -> bool {
+            let Some((_, _, uid, _, dev, ino)) = sys::lstat_path(&format!("/dev/shm{path_name}"))
+            else {
+                return false;
+            };
+            match mapped.and_then(|m| m.identity()) {
+                Some(id) => id == (dev, ino),
+                None => uid == me || uid == peer,
+            }
+        };
+        let cn = ctl_name(&self.name);
+        if ours(&cn, Some(self.ctl.mapping())) {
+            let _ = sys::shm_unlink(&cn);
+        }
+        let segs = self.segs.read().ok();
+        for i in 0..MAX_SEGMENTS {
+            let sn = seg_name(&self.name, i);
+            let m = segs.as_ref().and_then(|v| v[i].clone());
+            if ours(&sn, m.as_deref()) {
+                let _ = sys::shm_unlink(&sn);
+            }
+        }
     }
 }
 
@@ -234,6 +367,9 @@ pub struct WaitOn<'a> {
     /// value would not have changed.
     pub state: Option<&'a AtomicU32>,
     pub sleepers: Option<&'a AtomicU32>,
+    /// The set, for the periodic [`SetShared::health`] checks, and the reason to
+    /// abort with if the peer turns out to be dead.
+    pub health: Option<(&'a SetShared, AbortReason)>,
 }
 
 /// Block until `check` returns `Some`, spinning first, then sleeping on the futex
@@ -291,7 +427,13 @@ pub fn block_on<T>(
         let woke = if ready.is_none() && ab == 0 {
             let mut words = vec![(on.event, ev), (on.abort, ab), (on.peer_live, lv)];
             words.extend(st);
-            sys::futex_waitv(&words, deadline)
+            match on.health {
+                Some(_) => {
+                    let slice = Instant::now() + HEALTH_SLICE;
+                    sys::futex_waitv(&words, Some(deadline.map_or(slice, |d| d.min(slice))))
+                }
+                None => sys::futex_waitv(&words, deadline),
+            }
         } else {
             Ok(Woke::Recheck)
         };
@@ -302,6 +444,14 @@ pub fn block_on<T>(
             return r;
         }
         match woke {
+            Ok(Woke::TimedOut) => {
+                if let Some((set, reason)) = on.health {
+                    if let Some(e) = set.health(on.peer_live, reason) {
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
             Ok(_) => continue,
             Err(e) => return Err(Error::os("futex_waitv", e)),
         }
@@ -393,6 +543,19 @@ impl Drop for Sentinel {
 
 /// Map the control object of `name` for reading its header; `None` if absent.
 pub fn map_control(name: &str) -> Result<Option<Control>> {
+    Ok(map_control_owned(name)?.map(|(c, _)| c))
+}
+
+/// Owner and permission bits of a control object, as the kernel reports them.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// [`map_control`], with the object's owner from fstat(2) (never from the header).
+pub fn map_control_owned(name: &str) -> Result<Option<(Control, ObjectOwner)>> {
     let cname = ctl_name(name);
     let fd = match sys::shm_open_existing(&cname) {
         Ok(fd) => fd,
@@ -404,9 +567,21 @@ pub fn map_control(name: &str) -> Result<Option<Control>> {
         // Still being sized by its creator (or garbage): treat as not ready.
         return Ok(None);
     }
+    // Never map more than the largest set needs, whatever size the object claims.
+    let size = size.min(layout::region_size(crate::MAX_DEVICES) as u64);
+    let (_, mode, uid, gid) = sys::fstat(&fd).map_err(|e| Error::os("fstat", e))?;
     let map = Mapping::map(&fd, size as usize, false)
         .map_err(|e| Error::os(format!("mapping {cname}"), e))?;
-    Ok(Control::header_only(map))
+    Ok(Control::header_only(map).map(|c| {
+        (
+            c,
+            ObjectOwner {
+                uid,
+                gid,
+                mode: mode & 0o7777,
+            },
+        )
+    }))
 }
 
 /// Validate a mapped header and re-wrap the control object with its device count.

@@ -68,6 +68,11 @@ impl Control {
     pub fn devices(&self) -> usize {
         self.devices
     }
+
+    /// The mapping itself (for the SIGBUS guard's and the size checks).
+    pub fn mapping(&self) -> &Mapping {
+        &self.map
+    }
 }
 
 /// Read a name field: `len` is the peer's claim, clamped and checked here.

@@ -7,7 +7,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// `FUTEX_WAITERS`: set in a robust word by a waiter, so that the kernel's
@@ -109,10 +109,17 @@ pub fn fstat(fd: &OwnedFd) -> io::Result<(u64, u32, u32, u32)> {
 /// A shared, read-write mapping of a whole shared-memory object (mmap(2)).
 /// Unmapped on drop. The memory may be changed at any time by another process, so
 /// it is only ever accessed through atomics or raw byte copies (see `shm.rs`).
+///
+/// Every mapping is registered with the SIGBUS guard ([`install_sigbus_guard`]): a
+/// peer that shrinks the object under it cannot crash this process.
 #[derive(Debug)]
 pub struct Mapping {
     ptr: *mut u8,
     len: usize,
+    /// The object, kept open so its size can be re-checked (`intact`).
+    fd: Option<OwnedFd>,
+    /// Index in the guard table.
+    guard: usize,
 }
 
 // SAFETY: the mapping is plain shared memory; all accesses go through atomics or
@@ -143,7 +150,43 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mapping { ptr: p.cast(), len })
+        let guard = match guard_register(p as usize, len) {
+            Some(g) => g,
+            None => {
+                // SAFETY: unmapping exactly what mmap just returned; nothing refers to it.
+                unsafe { libc::munmap(p, len) };
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+        };
+        Ok(Mapping {
+            ptr: p.cast(),
+            len,
+            fd: fd.try_clone().ok(),
+            guard,
+        })
+    }
+
+    /// Whether the peer pulled the object away under this mapping: a SIGBUS on it
+    /// was caught (its pages are now private zeros), or the object is now shorter
+    /// than the mapping (the next access would fault).
+    pub fn intact(&self) -> bool {
+        if GUARDS[self.guard].hit.load(Ordering::Acquire) {
+            return false;
+        }
+        match &self.fd {
+            Some(fd) => fstat(fd).map(|(size, ..)| size >= self.len as u64).unwrap_or(false),
+            None => true,
+        }
+    }
+
+    /// Whether a SIGBUS on this mapping was caught (no system call).
+    pub fn faulted(&self) -> bool {
+        GUARDS[self.guard].hit.load(Ordering::Acquire)
+    }
+
+    /// (device, inode) of the mapped object, if it is still open.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.fd.as_ref().and_then(|fd| fstat_id(fd).ok())
     }
 
     /// The first byte of the mapping.
@@ -166,11 +209,213 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned, and every reference into the
-        // mapping borrows the `Mapping` (or an `Arc` of it), so none outlives this call.
+        guard_unregister(self.guard);
+        // SAFETY: `ptr`/`len` are exactly what mmap returned (or the anonymous pages the
+        // SIGBUS guard put at the same place), and every reference into the mapping
+        // borrows the `Mapping` (or an `Arc` of it), so none outlives this call.
         unsafe {
             libc::munmap(self.ptr.cast(), self.len);
         }
+    }
+}
+
+/// fstat(2): (st_dev, st_ino) of a descriptor, to tell one object from another of
+/// the same name.
+pub fn fstat_id(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is valid for writes of one `stat`; the descriptor is ours.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// stat(2) of a path: (size, mode, uid, gid, dev, ino); `None` if it does not exist.
+/// Does not follow a final symlink (lstat), so a planted link is seen as such.
+pub fn lstat_path(path: &str) -> Option<(u64, u32, u32, u32, u64, u64)> {
+    let c = cstr(path).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid NUL-terminated path; `st` is valid for writes of one `stat`.
+    if unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: lstat succeeded, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Some((
+        st.st_size as u64,
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        st.st_dev,
+        st.st_ino,
+    ))
+}
+
+/// geteuid(2).
+pub fn geteuid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// getegid(2) and getgroups(2): every group this process acts with.
+pub fn own_groups() -> Vec<u32> {
+    // SAFETY: no preconditions.
+    let mut v = vec![unsafe { libc::getegid() }];
+    let mut buf = [0 as libc::gid_t; 256];
+    // SAFETY: `buf` is valid for writes of 256 gids.
+    let n = unsafe { libc::getgroups(buf.len() as libc::c_int, buf.as_mut_ptr()) };
+    if n > 0 {
+        v.extend_from_slice(&buf[..n as usize]);
+    }
+    v
+}
+
+/// fchown(2) of a descriptor we own to `uid` (and/or `gid`; `u32::MAX` keeps it).
+pub fn fchown(fd: &OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: fchown on a descriptor we own.
+    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The SIGBUS guard.
+//
+// A shared-memory object can be shrunk by anyone who may write it (ftruncate):
+// the peer, or another process of the same user. An access to a mapped page past
+// the new end raises SIGBUS, which would kill this process. The guard is a SIGBUS
+// handler that looks the faulting address up in a table of openvdi's mappings; if
+// it is one of them, it puts anonymous zero pages over the whole mapping
+// (mmap MAP_FIXED, a plain system call) and marks it faulted, and the faulting
+// access is restarted on those pages. The library checks the mark wherever it
+// checks for an abort, and aborts the set (VD_E_UNEXPECTED/VD_E_ABORT). Faults at
+// other addresses go to the handler that was installed before (Rust's own
+// stack-overflow handler, or the host program's), or to the default action. The
+// fast path pays nothing: no check per access, no extra system call.
+// ---------------------------------------------------------------------------
+
+/// Mappings the guard can hold at once (a set uses at most 17).
+const MAX_GUARDS: usize = 4096;
+
+struct Guard {
+    start: AtomicUsize,
+    len: AtomicUsize,
+    hit: AtomicBool,
+}
+
+static GUARDS: [Guard; MAX_GUARDS] = [const {
+    Guard {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        hit: AtomicBool::new(false),
+    }
+}; MAX_GUARDS];
+
+/// How many SIGBUS faults the guard has absorbed in this process: a single load
+/// tells the hot path that nothing ever happened.
+pub static GUARD_FAULTS: AtomicU32 = AtomicU32::new(0);
+
+struct OldAction(std::cell::UnsafeCell<std::mem::MaybeUninit<libc::sigaction>>);
+// SAFETY: written once inside `Once::call_once` before the handler that reads it is
+// installed, and never written again.
+unsafe impl Sync for OldAction {}
+static OLD_SIGBUS: OldAction = OldAction(std::cell::UnsafeCell::new(std::mem::MaybeUninit::zeroed()));
+static GUARD_INSTALLED: std::sync::Once = std::sync::Once::new();
+
+/// Install the SIGBUS handler once per process (done by the first mapping).
+pub fn install_sigbus_guard() {
+    GUARD_INSTALLED.call_once(|| {
+        // SAFETY: a zeroed sigaction is a valid starting value; the handler has the
+        // SA_SIGINFO signature; OLD_SIGBUS is written here, before the handler can run.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigbus as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGBUS, &sa, (*OLD_SIGBUS.0.get()).as_mut_ptr());
+        }
+    });
+}
+
+fn guard_register(start: usize, len: usize) -> Option<usize> {
+    install_sigbus_guard();
+    for (i, g) in GUARDS.iter().enumerate() {
+        if g.start.load(Ordering::Relaxed) == 0
+            && g
+                .start
+                .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            g.len.store(len, Ordering::Relaxed);
+            g.hit.store(false, Ordering::Relaxed);
+            // SYNC POINT: Release pairs with the handler's Acquire load of `start`.
+            g.start.store(start, Ordering::Release);
+            return Some(i);
+        }
+    }
+    None
+}
+
+fn guard_unregister(i: usize) {
+    GUARDS[i].start.store(0, Ordering::Release);
+}
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    for g in GUARDS.iter() {
+        let start = g.start.load(Ordering::Acquire);
+        if start == 0 || start == usize::MAX {
+            continue;
+        }
+        let len = g.len.load(Ordering::Relaxed);
+        if addr >= start && addr < start + len {
+            // SAFETY: the range is one of our own live mappings (registered until just
+            // before munmap); replacing it with anonymous pages keeps every pointer into
+            // it valid. mmap is a plain system call, safe to make in a handler.
+            let r = unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if r != libc::MAP_FAILED {
+                g.hit.store(true, Ordering::Release);
+                GUARD_FAULTS.fetch_add(1, Ordering::Release);
+                return;
+            }
+        }
+    }
+    // Not ours: hand over to whoever handled SIGBUS before us.
+    // SAFETY: OLD_SIGBUS was filled by sigaction before this handler was installed.
+    let old = unsafe { (*OLD_SIGBUS.0.get()).assume_init_ref() };
+    let h = old.sa_sigaction;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        // SAFETY: restoring the default action; returning re-executes the faulting
+        // instruction, which now terminates the process as it would have without us.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+        return;
+    }
+    if old.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed with the SA_SIGINFO signature.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(h) };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: the previous handler was installed with the one-argument signature.
+        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+        f(sig);
     }
 }
 
