@@ -509,7 +509,11 @@ fn read_server_config(set: &SetShared) -> Result<VdConfig> {
     // The same rules the server library enforces at BeginConfiguration (reference
     // §3.2): a server that breaks them is not a server this client can work with.
     let bad = if cfg.device_count as usize != set.devices() {
-        Some(format!("device count {} for a set of {}", cfg.device_count, set.devices()))
+        Some(format!(
+            "device count {} for a set of {}",
+            cfg.device_count,
+            set.devices()
+        ))
     } else if cfg.features & !vdf::SERVER_BITS != 0
         || (cfg.features & (vdf::VDF_ReadMedia | vdf::VDF_WriteMedia)) == 0
     {

@@ -84,11 +84,13 @@ impl ServerOptions {
             )));
         }
         if o.uid == me {
-            return Ok(if o.mode & 0o060 == 0o060 && sys::own_groups().contains(&o.gid) {
-                Sharing::Group(o.gid)
-            } else {
-                Sharing::Private
-            });
+            return Ok(
+                if o.mode & 0o060 == 0o060 && sys::own_groups().contains(&o.gid) {
+                    Sharing::Group(o.gid)
+                } else {
+                    Sharing::Private
+                },
+            );
         }
         if self.serve_uids.contains(&o.uid) {
             return Ok(if me == 0 {
@@ -649,7 +651,10 @@ impl ServerSet {
         // server_cfg, device names and segment table are visible first.
         h.state.v.store(set_state::CONFIGURED, Ordering::Release);
         sys::futex_wake_all(&h.state.v);
-        let _ = self.inner.open_deadline.set(self.inner.open_timeout.deadline());
+        let _ = self
+            .inner
+            .open_deadline
+            .set(self.inner.open_timeout.deadline());
         Ok(())
     }
 

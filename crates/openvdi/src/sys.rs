@@ -174,7 +174,9 @@ impl Mapping {
             return false;
         }
         match &self.fd {
-            Some(fd) => fstat(fd).map(|(size, ..)| size >= self.len as u64).unwrap_or(false),
+            Some(fd) => fstat(fd)
+                .map(|(size, ..)| size >= self.len as u64)
+                .unwrap_or(false),
             None => true,
         }
     }
@@ -322,7 +324,8 @@ struct OldAction(std::cell::UnsafeCell<std::mem::MaybeUninit<libc::sigaction>>);
 // SAFETY: written once inside `Once::call_once` before the handler that reads it is
 // installed, and never written again.
 unsafe impl Sync for OldAction {}
-static OLD_SIGBUS: OldAction = OldAction(std::cell::UnsafeCell::new(std::mem::MaybeUninit::zeroed()));
+static OLD_SIGBUS: OldAction =
+    OldAction(std::cell::UnsafeCell::new(std::mem::MaybeUninit::zeroed()));
 static GUARD_INSTALLED: std::sync::Once = std::sync::Once::new();
 
 /// Install the SIGBUS handler once per process (done by the first mapping).
@@ -344,8 +347,7 @@ fn guard_register(start: usize, len: usize) -> Option<usize> {
     install_sigbus_guard();
     for (i, g) in GUARDS.iter().enumerate() {
         if g.start.load(Ordering::Relaxed) == 0
-            && g
-                .start
+            && g.start
                 .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {

@@ -78,7 +78,7 @@ fn server(a: &Args) {
     // Send at most this many commands per device, then wait (kill tests).
     let stall_after = a.n("stall_after", u64::MAX);
     let _mem = hold(a.n("hold_mib", 0) as usize);
-    let s = match ServerSet::open(&name, Timeout::from_millis(10_000)) {
+    let s = match ServerSet::open(&name, Timeout::from_millis(a.n("open_ms", 10_000) as i64)) {
         Ok(s) => s,
         Err(e) => {
             say(format!("open={}", e.hresult().name()));
@@ -286,11 +286,25 @@ fn client(a: &Args) {
         let _ = wait_stdin_line();
         std::process::abort();
     }
-    let cfg = set
-        .get_configuration(Timeout::from_millis(10_000))
-        .expect("configuration");
+    let cfg = match set.get_configuration(Timeout::from_millis(a.n("config_ms", 10_000) as i64)) {
+        Ok(c) => c,
+        Err(e) => {
+            say(format!(
+                "config={} why={}",
+                e.hresult().name(),
+                e.to_string().replace(' ', "_")
+            ));
+            say(format!("close={}", code(&set.close())));
+            return;
+        }
+    };
     say(format!("features={}", cfg.features));
     let d = set.open_device(&name).expect("open device");
+    // A hostile client: completes command `lie_at` claiming this many bytes.
+    let lie_at = a.n("lie_at", u64::MAX);
+    let lie_bytes = a.n("lie_bytes", u64::from(u32::MAX)) as u32;
+    // Restore streams end here: reads from this command on return end of data.
+    let eof_after = a.n("eof_after", u64::MAX);
     if a.s("wait_go", "0") == "1" {
         say("opened=1");
         let _ = wait_stdin_line();
@@ -318,6 +332,10 @@ fn client(a: &Args) {
                 }
                 let (rc, bytes) = if n == fail_at {
                     (win32::ERROR_WRITE_FAULT, 0)
+                } else if n == lie_at {
+                    (win32::ERROR_SUCCESS, lie_bytes)
+                } else if n >= eof_after && cmd.code() == vdc::VDC_Read {
+                    (win32::ERROR_HANDLE_EOF, 0)
                 } else {
                     (win32::ERROR_SUCCESS, cmd.size())
                 };

@@ -16,13 +16,23 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(role: &str, args: &[String]) -> Peer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_openvdi-peer"))
-            .arg(role)
+        Peer::spawn_env(role, args, &[])
+    }
+
+    /// [`Peer::spawn`] with extra environment variables.
+    pub fn spawn_env(role: &str, args: &[String], env: &[(&str, String)]) -> Peer {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_openvdi-peer"));
+        cmd.arg(role)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn openvdi-peer");
+            .stdout(Stdio::piped());
+        Peer::from_command(cmd)
+    }
+
+    /// Spawn a prepared command (stdin and stdout piped).
+    pub fn from_command(mut cmd: Command) -> Peer {
+        let mut child = cmd.spawn().expect("spawn openvdi-peer");
         let out = child.stdout.take().expect("stdout");
         let stdin = child.stdin.take();
         let (tx, rx) = channel();
