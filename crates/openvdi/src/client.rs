@@ -58,6 +58,9 @@ impl ClientSet {
     pub fn create_with(name: &str, cfg: &VdConfig, opts: &SetOptions) -> Result<ClientSet> {
         set::validate_name("set", name)?;
         validate_client_config(cfg)?;
+        // Leftovers of this user's dead sets go first, whatever their names (clients
+        // that use fresh names never meet their own leftovers again).
+        crate::sweep_stale_sets_bounded(crate::AUTO_SWEEP_LIMIT);
         let mode = if opts.group.is_some() { 0o660 } else { 0o600 };
         let dc = cfg.device_count as usize;
         let size = layout::region_size(dc);

@@ -205,8 +205,20 @@ pub struct SetOptions {
 /// names of the sets reclaimed. Creating a set reclaims its own name's leftovers on
 /// its own; this sweeps every name.
 pub fn sweep_stale_sets() -> Vec<String> {
+    sweep_stale_sets_bounded(usize::MAX)
+}
+
+/// At most this many control objects are looked at by the sweep that every Create
+/// and server Open runs, so a /dev/shm full of names cannot make them slow.
+pub(crate) const AUTO_SWEEP_LIMIT: usize = 256;
+
+/// [`sweep_stale_sets`], looking at no more than `limit` control objects.
+pub(crate) fn sweep_stale_sets_bounded(limit: usize) -> Vec<String> {
     let mut out = Vec::new();
-    for n in sys::list_shm_names(&format!("{SHM_PREFIX}ctl.")) {
+    for n in sys::list_shm_names(&format!("{SHM_PREFIX}ctl."))
+        .into_iter()
+        .take(limit)
+    {
         let set = n[format!("{SHM_PREFIX}ctl.").len()..].to_string();
         // Only this user's own leftovers: another user's objects are theirs to clean.
         match sys::lstat_path(&format!("/dev/shm/{n}")) {
@@ -217,8 +229,17 @@ pub fn sweep_stale_sets() -> Vec<String> {
             let h = ctl.header();
             let pid = h.creator_pid.load(std::sync::atomic::Ordering::Relaxed);
             let client = h.client_live.v.load(std::sync::atomic::Ordering::Acquire);
+            // A header still being written (no pid yet) belongs to a Create in progress.
+            if pid == 0 && client & sys::FUTEX_OWNER_DIED == 0 {
+                continue;
+            }
             let server = h.server_live.v.load(std::sync::atomic::Ordering::Acquire);
-            let client_gone = !set::word_alive(client) || !sys::process_exists(pid);
+            // Gone: the kernel marked its liveness word, or its process is no more,
+            // or it closed the set. A word still 0 with a live creator is a Create
+            // that has not started its sentinel yet, not a departure.
+            let closed = h.client_closed.v.load(std::sync::atomic::Ordering::Acquire) != 0;
+            let client_gone =
+                client & sys::FUTEX_OWNER_DIED != 0 || !sys::process_exists(pid) || closed;
             if client_gone && !set::word_alive(server) {
                 set::unlink_set_objects(&set);
                 out.push(set);

@@ -254,6 +254,7 @@ impl ServerSet {
     /// EndConfiguration.
     pub fn open_with(name: &str, timeout: Timeout, opts: &ServerOptions) -> Result<ServerSet> {
         set::validate_name("set", name)?;
+        crate::sweep_stale_sets_bounded(crate::AUTO_SWEEP_LIMIT);
         let deadline = timeout.deadline();
         let watch = ShmDirWatch::new().map_err(|e| Error::os("watching /dev/shm", e))?;
         let (ctl, sharing, owner) = loop {

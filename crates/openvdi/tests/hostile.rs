@@ -390,3 +390,67 @@ fn openvdi_euid() -> u32 {
         .map(|m| m.uid())
         .unwrap_or(1)
 }
+
+/// 100 clients SIGKILLed at random points — right after Create with no server,
+/// with a server that opened the set and died too, and mid-stream — leave nothing
+/// in /dev/shm once the next openvdi call (a Create of an unrelated name) ran.
+#[test]
+fn killed_clients_leave_no_object_after_the_next_call() {
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut names = Vec::new();
+    for round in 0..100 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let name = uniq("k100");
+        let mut client = Peer::spawn(
+            "client",
+            &a(&[("set", name.clone()), ("eof_after", "1000000".into())]),
+        );
+        client.expect("created=1", 30);
+        match rng % 3 {
+            0 => {
+                client.kill9();
+                client.wait_exit(30);
+            }
+            1 => {
+                let mut server = Peer::spawn(
+                    "server",
+                    &a(&[("set", name.clone()), ("stop_at", "open".into())]),
+                );
+                server.expect("set_open=1", 30);
+                client.kill9();
+                client.wait_exit(30);
+                server.kill9();
+                server.wait_exit(30);
+            }
+            _ => {
+                let mut server = Peer::spawn(
+                    "server",
+                    &a(&[("set", name.clone()), ("total", (1u64 << 30).to_string())]),
+                );
+                client.expect(&format!("took={} ", 1 + (rng >> 8) % 50), 60);
+                client.kill9();
+                client.wait_exit(30);
+                // The server notices, aborts and removes the objects as it closes.
+                server.rest(60);
+            }
+        }
+        names.push((round, name));
+    }
+    let probe = uniq("probe");
+    let set = openvdi::ClientSet::create(
+        &probe,
+        &openvdi::VdConfig {
+            device_count: 1,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    set.close().expect("close");
+    let left: Vec<_> = names
+        .iter()
+        .filter(|(_, n)| !shm_objects(n).is_empty())
+        .collect();
+    assert!(left.is_empty(), "objects left by killed clients: {left:?}");
+}
