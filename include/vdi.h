@@ -12,8 +12,12 @@
  * Written for openvdi from the published description of the interface; see
  * crates/openvdi-ffi/README.md for linking and openvdi.h for a plain C API.
  */
+/* Both guards: openvdi's own, and the one Microsoft's vdi.h uses, so that code
+ * which tests for (or defines, to keep a header out) __vdi_h__ behaves the same. */
 #ifndef VDI_H_
 #define VDI_H_
+#ifndef __vdi_h__
+#define __vdi_h__
 
 #include <stdint.h>
 #include <time.h>
@@ -53,7 +57,7 @@ enum VDFeatures {
     VDF_WriteMedia      = 0x10000,
     VDF_ReadMedia       = 0x20000,
     VDF_CompleteEnabled = 0x40000,
-    VDF_LatchStats      = (int)0x80000000,
+    VDF_LatchStats      = 0x80000000,
     VDF_LikePipe        = 0,
     VDF_LikeTape        = VDF_FileMarks | VDF_Removable | VDF_Rewind | VDF_Position |
                           VDF_SkipBlocks | VDF_ReversePosition,
@@ -111,14 +115,15 @@ struct VDS_Command {
     int32_t  bytesTransferred;
 };
 
-/* Win32 completion codes for CompleteCommand. */
-#define ERROR_SUCCESS           0
-#define ERROR_ARENA_TRASHED     7
-#define ERROR_HANDLE_EOF        38
-#define ERROR_HANDLE_DISK_FULL  39
-#define ERROR_NOT_SUPPORTED     50
-#define ERROR_DISK_FULL         112
-#define ERROR_OPERATION_ABORTED 995
+/* Win32 completion codes for CompleteCommand: long constants, as in Microsoft's
+ * header (code like std::max(long, ERROR_HANDLE_EOF) depends on the type). */
+#define ERROR_SUCCESS           0L
+#define ERROR_ARENA_TRASHED     7L
+#define ERROR_HANDLE_EOF        38L
+#define ERROR_HANDLE_DISK_FULL  39L
+#define ERROR_NOT_SUPPORTED     50L
+#define ERROR_DISK_FULL         112L
+#define ERROR_OPERATION_ABORTED 995L
 
 #pragma pack(pop)
 
@@ -170,4 +175,5 @@ private:
 } /* extern "C" */
 #endif /* __cplusplus */
 
+#endif /* __vdi_h__ */
 #endif /* VDI_H_ */

@@ -201,6 +201,15 @@ fn stream_byte(seed: u64, dev: u64, i: u64) -> u8 {
     ((x >> 29) as u8) ^ (i as u8)
 }
 
+/// Source compatibility with Microsoft's vdi.h: long ERROR_* codes, the value of
+/// VDF_LatchStats once widened, both include guards (compiled -Wall -Wextra -Werror).
+#[test]
+fn vdi_h_probes_compile_and_run() {
+    let exe = compile("probes.cpp", "probes", true);
+    let (ok, out) = run(&exe, &[], 60);
+    assert!(ok, "{out}");
+}
+
 #[test]
 fn layout_of_the_headers_is_microsofts() {
     let exe = compile("layout.cpp", "layout", true);
