@@ -3,6 +3,20 @@
 //! A backup exists for `list`, `restore` and `prune` only once its manifest exists;
 //! the stripes are published before it, so a crash at any point leaves at worst
 //! unreferenced stripe objects (`prune` removes them), never a listed partial backup.
+//!
+//! A manifest is *data read from storage*, never trusted: it decides which objects
+//! are read (verify, restore, inspect, export) and deleted (prune). [`Manifest::parse`]
+//! is the only way in: it checks the envelope checksum, then [`Manifest::validate`]
+//! checks that the id is a [`BackupId`], the names are plain, and every stripe key is
+//! exactly `<the backup's own folder>/<plain name>` — the folder the manifest itself
+//! was found in. Anything else is a *damaged* manifest: that backup fails with exit 3,
+//! every other backup is still served.
+//!
+//! File format 2: the pretty JSON body, with a first member
+//! `"checksum": "blake3:HEX"` whose HEX is the blake3 of the exact bytes of the body
+//! without that line (`{` + newline + everything after the checksum line). Format 1
+//! (no checksum, written by earlier versions) is still read, with the same path and
+//! name checks; a format-2 (or later) manifest without a valid checksum is damaged.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,7 +24,138 @@ use serde::{Deserialize, Serialize};
 use crate::codec::Codec;
 
 pub const FILE_NAME: &str = "manifest.json";
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
+/// Manifests older than this carry no checksum (read, path-checked, not summed).
+pub const FIRST_CHECKSUMMED_FORMAT: u32 = 2;
+/// Longest object key a manifest may name (bytes).
+pub const MAX_KEY: usize = 1024;
+/// Longest path segment (a typical file-system name limit).
+pub const MAX_SEGMENT: usize = 255;
+/// Longest database or server name (SQL Server's sysname is 128 characters).
+pub const MAX_NAME: usize = 128;
+/// Most stripes a backup can have (one device per stripe).
+pub const MAX_STRIPES: usize = 64;
+
+const CHECKSUM_HEAD: &str = "{\n  \"checksum\": \"blake3:";
+
+/// A backup id: one plain path segment (`[A-Za-z0-9_.$-]`, not starting with `.`,
+/// 1..=200 bytes). Parsing is validation: a manifest whose id is anything else does
+/// not deserialise, so an id can always be used as a folder or file name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId(String);
+
+impl BackupId {
+    pub const MAX_LEN: usize = 200;
+
+    pub fn new(s: impl Into<String>) -> Result<BackupId, String> {
+        let s = s.into();
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(format!(
+                "backup id of {} bytes (must be 1..={})",
+                s.len(),
+                Self::MAX_LEN
+            ));
+        }
+        if s.starts_with('.') {
+            return Err(format!("backup id {s:?} starts with '.'"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$')))
+        {
+            return Err(format!("backup id {s:?} contains {c:?}"));
+        }
+        Ok(BackupId(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = String;
+    fn try_from(s: String) -> Result<BackupId, String> {
+        BackupId::new(s)
+    }
+}
+
+impl From<BackupId> for String {
+    fn from(id: BackupId) -> String {
+        id.0
+    }
+}
+
+impl std::ops::Deref for BackupId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BackupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for BackupId {
+    fn eq(&self, o: &str) -> bool {
+        self.0 == o
+    }
+}
+
+impl PartialEq<&str> for BackupId {
+    fn eq(&self, o: &&str) -> bool {
+        self.0 == *o
+    }
+}
+
+/// Checks a database or server name: 1..=128 characters, no control characters
+/// (NUL included). Path safety does not depend on it (`naming::segment` maps every
+/// name to a plain segment); it keeps names printable and usable in T-SQL.
+pub fn check_name(what: &str, s: &str) -> Result<(), String> {
+    let n = s.chars().count();
+    if n == 0 || n > MAX_NAME {
+        return Err(format!(
+            "{what} name of {n} characters (must be 1..={MAX_NAME})"
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(format!("{what} name {s:?} contains a control character"));
+    }
+    Ok(())
+}
+
+/// Checks an object key: relative, `/`-separated, no empty, `.` or `..` segment, no
+/// backslash or control character, at most [`MAX_KEY`] bytes and [`MAX_SEGMENT`] per
+/// segment.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(format!(
+            "key of {} bytes (must be 1..={MAX_KEY})",
+            key.len()
+        ));
+    }
+    if key.starts_with('/') {
+        return Err(format!("key {key:?} is absolute"));
+    }
+    if key.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(format!("key {key:?} contains a control character or '\\'"));
+    }
+    for seg in key.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!("key {key:?} has an empty, '.' or '..' segment"));
+        }
+        if seg.len() > MAX_SEGMENT {
+            return Err(format!(
+                "key {key:?} has a segment over {MAX_SEGMENT} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -108,7 +253,7 @@ pub struct Timings {
 pub struct Manifest {
     pub format: u32,
     /// `SERVER_DATABASE_TYPE_YYYYMMDD_HHMMSS`, unique in the repository.
-    pub id: String,
+    pub id: BackupId,
     pub server: String,
     pub database: String,
     #[serde(rename = "type")]
@@ -132,9 +277,119 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn to_json(&self) -> Vec<u8> {
+    /// The pretty JSON body, without the checksum.
+    fn body(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
         v.push(b'\n');
         v
+    }
+
+    /// The stored file: the body with its checksum as first member (format 2).
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = self.body();
+        debug_assert!(body.starts_with(b"{\n"));
+        let sum = blake3::hash(&body).to_hex();
+        let mut v = Vec::with_capacity(body.len() + 100);
+        v.extend_from_slice(CHECKSUM_HEAD.as_bytes());
+        v.extend_from_slice(sum.as_bytes());
+        v.extend_from_slice(b"\",\n");
+        v.extend_from_slice(&body[2..]);
+        v
+    }
+
+    /// The folder (key prefix) this manifest's objects must live in.
+    pub fn dir(&self) -> String {
+        crate::naming::backup_dir(&self.server, &self.database, self.kind, &self.id)
+    }
+
+    /// Parses and validates the manifest stored at `key`. Err: why it is damaged.
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<Manifest, String> {
+        let checked = if let Some(rest) = bytes.strip_prefix(CHECKSUM_HEAD.as_bytes()) {
+            let hex = rest
+                .get(..64)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .ok_or("malformed checksum")?;
+            let rest = rest[64..]
+                .strip_prefix(b"\",\n")
+                .ok_or("malformed checksum")?;
+            let mut body = Vec::with_capacity(rest.len() + 2);
+            body.extend_from_slice(b"{\n");
+            body.extend_from_slice(rest);
+            if blake3::hash(&body).to_hex().as_str() != hex {
+                return Err("the manifest does not match its checksum (edited or damaged)".into());
+            }
+            Some(body)
+        } else {
+            None
+        };
+        let m: Manifest = serde_json::from_slice(checked.as_deref().unwrap_or(bytes))
+            .map_err(|e| format!("unreadable manifest: {e}"))?;
+        match (&checked, m.format) {
+            (_, f) if f == 0 || f > FORMAT => {
+                return Err(format!(
+                    "manifest format {f} (this openvdi reads 1..={FORMAT})"
+                ))
+            }
+            (None, f) if f >= FIRST_CHECKSUMMED_FORMAT => {
+                return Err(format!("manifest format {f} without its checksum"))
+            }
+            (Some(_), f) if f < FIRST_CHECKSUMMED_FORMAT => {
+                return Err(format!("manifest format {f} with a checksum"))
+            }
+            _ => {}
+        }
+        m.validate(key)?;
+        Ok(m)
+    }
+
+    /// Checks everything the tool will use as a path or a name. `key` is where the
+    /// manifest was found: it must be `<m.dir()>/manifest.json`, and every stripe key
+    /// `<m.dir()>/<plain name>`.
+    pub fn validate(&self, key: &str) -> Result<(), String> {
+        check_name("server", &self.server)?;
+        check_name("database", &self.database)?;
+        if let Some(p) = &self.chain.parent {
+            BackupId::new(p.clone()).map_err(|e| format!("parent: {e}"))?;
+        }
+        let dir = self.dir();
+        check_key(key)?;
+        if key != format!("{dir}/{FILE_NAME}") {
+            return Err(format!(
+                "manifest found at {key:?} but its id, server, database and type place it in {dir:?}"
+            ));
+        }
+        if self.stripes.is_empty() || self.stripes.len() > MAX_STRIPES {
+            return Err(format!(
+                "{} stripes (must be 1..={MAX_STRIPES})",
+                self.stripes.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.stripes.iter().enumerate() {
+            if s.index as usize != i + 1 {
+                return Err(format!("stripe {} listed at position {}", s.index, i + 1));
+            }
+            check_key(&s.key).map_err(|e| format!("stripe {}: {e}", s.index))?;
+            let name = s
+                .key
+                .strip_prefix(&dir)
+                .and_then(|r| r.strip_prefix('/'))
+                .ok_or_else(|| {
+                    format!(
+                        "stripe {}: key {:?} is outside the backup's folder {dir:?}",
+                        s.index, s.key
+                    )
+                })?;
+            if name.contains('/') || name.starts_with('.') || name == FILE_NAME {
+                return Err(format!(
+                    "stripe {}: key {:?} is not a plain stripe name in {dir:?}",
+                    s.index, s.key
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(format!("stripe key {:?} listed twice", s.key));
+            }
+        }
+        Ok(())
     }
 }

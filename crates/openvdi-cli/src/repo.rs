@@ -20,6 +20,26 @@ struct Marker {
     tool_version: String,
 }
 
+/// A manifest larger than this is damaged (a real one is a few KiB).
+pub const MAX_MANIFEST: u64 = 1 << 20;
+
+/// A manifest that cannot be trusted: its backup is reported, never read or deleted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Damaged {
+    /// Where it was found (a key from the repository's own listing).
+    pub key: String,
+    /// The name of the folder holding it (what the backup's id should be).
+    pub folder: String,
+    pub error: String,
+}
+
+/// What [`Repo::scan`] found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub backups: Vec<Manifest>,
+    pub damaged: Vec<Damaged>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Repo {
     pub store: Arc<dyn Store>,
@@ -70,12 +90,35 @@ impl Repo {
             .with_context(|| format!("creating the repository at {}", self.location()))
     }
 
-    /// Every complete backup (one with a manifest), oldest first.
+    /// Every complete backup (one with a valid manifest), oldest first. Damaged
+    /// manifests are left out (see [`Repo::scan`]): one bad manifest never stops
+    /// the others from being served.
     pub fn backups(&self) -> Result<Vec<Manifest>> {
+        Ok(self.scan()?.backups)
+    }
+
+    /// Every manifest in the repository: the valid ones, oldest first, and the
+    /// damaged ones (unreadable, checksum mismatch, or naming paths outside their
+    /// own folder), by key.
+    pub fn scan(&self) -> Result<Scan> {
         let suffix = format!("/{}", manifest::FILE_NAME);
-        let mut out = Vec::new();
+        let mut out = Scan::default();
         for e in self.store.list("")? {
             if !e.key.ends_with(&suffix) {
+                continue;
+            }
+            let damaged = |error: String| Damaged {
+                folder: e.key[..e.key.len() - suffix.len()]
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                key: e.key.clone(),
+                error,
+            };
+            if e.size > MAX_MANIFEST {
+                out.damaged
+                    .push(damaged(format!("manifest of {} bytes", e.size)));
                 continue;
             }
             let bytes = match self.store.get(&e.key) {
@@ -83,22 +126,28 @@ impl Repo {
                 Err(StoreError::NotFound(_)) => continue, // pruned meanwhile
                 Err(e) => return Err(e.into()),
             };
-            let m: Manifest = serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading manifest {}", e.key))?;
-            out.push(m);
+            match Manifest::parse(&e.key, &bytes) {
+                Ok(m) => out.backups.push(m),
+                Err(why) => out.damaged.push(damaged(why)),
+            }
         }
-        out.sort_by(|a, b| {
+        out.backups.sort_by(|a, b| {
             a.timings
                 .started
                 .cmp(&b.timings.started)
                 .then_with(|| a.id.cmp(&b.id))
         });
+        out.damaged.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
-    /// Resolves a backup by id, `latest`, or `latest:DATABASE`. Exit 10 if none.
+    /// Resolves a backup by id, `latest`, or `latest:DATABASE`. Exit 10 if none;
+    /// exit 3 if the id names a backup whose manifest is damaged.
     pub fn find(&self, sel: &str) -> Result<Manifest> {
-        let all = self.backups()?;
+        let Scan {
+            backups: all,
+            damaged,
+        } = self.scan()?;
         let found = if sel == "latest" {
             all.into_iter().next_back()
         } else if let Some(db) = sel.strip_prefix("latest:") {
@@ -106,6 +155,12 @@ impl Repo {
                 .rev()
                 .find(|m| m.database.eq_ignore_ascii_case(db))
         } else {
+            if let Some(d) = damaged.iter().find(|d| d.folder == sel) {
+                return Err(err(
+                    Code::Verify,
+                    format!("backup {sel} is damaged: {}: {}", d.key, d.error),
+                ));
+            }
             all.into_iter().find(|m| m.id == sel)
         };
         found.ok_or_else(|| {
@@ -124,16 +179,30 @@ impl Repo {
         format!("{dir}/{}", manifest::FILE_NAME)
     }
 
-    /// Publishes a manifest: the last write of a backup.
+    /// Publishes a manifest: the last write of a backup. It is validated exactly as
+    /// a reader will (so the tool never writes a manifest it would call damaged),
+    /// then stored with `put_atomic` (local: temp file, fsync, rename, fsync of the
+    /// directory; object store: one PUT).
     pub fn publish(&self, dir: &str, m: &Manifest) -> Result<()> {
+        let key = Self::manifest_key(dir);
+        let bytes = m.to_json();
+        Manifest::parse(&key, &bytes).map_err(|e| {
+            anyhow::anyhow!("refusing to write an invalid manifest for {}: {e}", m.id)
+        })?;
+        if let Ok(fail) = std::env::var("OPENVDI_TEST_FAIL_MANIFEST") {
+            // Test hook: a storage failure at the manifest write.
+            if fail == "1" {
+                anyhow::bail!("writing the manifest of {}: injected failure", m.id);
+            }
+        }
         self.store
-            .put_atomic(&Self::manifest_key(dir), &m.to_json())
+            .put_atomic(&key, &bytes)
             .with_context(|| format!("writing the manifest of {}", m.id))
     }
 
-    /// The folder of a backup, from its first stripe's key.
+    /// The folder of a backup (validated manifests name only keys inside it).
     pub fn dir_of(m: &Manifest) -> String {
-        crate::naming::backup_dir(&m.server, &m.database, m.kind, &m.id)
+        m.dir()
     }
 
     /// A backup id not yet used (a second backup in the same second gets `_2`, …).

@@ -57,9 +57,7 @@ fn validate(ctx: &Ctx, a: BackupArgs) -> Result<Plan> {
     if buffercount == Some(0) {
         return Err(usage("--buffercount must be at least 1".into()));
     }
-    if a.database.is_empty() {
-        return Err(usage("the database name is empty".into()));
-    }
+    manifest::check_name("database", &a.database).map_err(usage)?;
     Ok(Plan {
         database: a.database,
         kind: a.kind,
@@ -141,7 +139,7 @@ pub fn find_parent(all: &[Manifest], database: &str, kind: Kind, chain: &Chain) 
         });
     by_lsn
         .or_else(|| all.iter().rev().filter(same_db).find(eligible))
-        .map(|m| m.id.clone())
+        .map(|m| m.id.to_string())
 }
 
 pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
@@ -159,6 +157,8 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         .clone()
         .or_else(|| engine.server_name())
         .unwrap_or_else(lock::hostname);
+
+    manifest::check_name("server", &server).map_err(|e| err(Code::Usage, e))?;
 
     vdi::remove_stale_sets();
     let set_name = vdi::unique_set_name();
@@ -262,7 +262,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let raw_size: u64 = stripes.iter().map(|s| s.raw_size).sum();
     let m = Manifest {
         format: manifest::FORMAT,
-        id: id.clone(),
+        id: manifest::BackupId::new(id.clone()).map_err(anyhow::Error::msg)?,
         server,
         database: plan.database.clone(),
         kind: plan.kind,

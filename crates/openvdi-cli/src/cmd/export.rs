@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -17,7 +18,8 @@ use crate::output;
 use crate::repo::Repo;
 use crate::storage::Store;
 
-/// The file name of stripe `s` of `m`.
+/// The file name of stripe `s` of `m`: a [`BackupId`](crate::manifest::BackupId) is
+/// one plain path segment, so this never names anything outside the target folder.
 pub fn file_name(m: &Manifest, s: &Stripe) -> String {
     if m.stripes.len() == 1 {
         format!("{}.bak", m.id)
@@ -60,7 +62,14 @@ fn export_one(store: &dyn Store, m: &Manifest, s: &Stripe, dir: &Path) -> Result
         std::process::id()
     ));
     let r = (|| -> Result<()> {
-        let f = fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
+        // create_new + O_NOFOLLOW: never write through a file or symlink planted at
+        // the temporary name; the rename then replaces only a directory entry of `dir`.
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&temp)
+            .with_context(|| format!("creating {}", temp.display()))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
         decode_stripe(store, s, &mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;

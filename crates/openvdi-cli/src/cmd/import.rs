@@ -82,6 +82,9 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         .or(info.server.clone())
         .unwrap_or_else(lock::hostname);
 
+    // Names from the files' headers are data from outside: checked like a manifest's.
+    manifest::check_name("database", &database).map_err(|e| err(Code::Usage, e))?;
+    manifest::check_name("server", &server).map_err(|e| err(Code::Usage, e))?;
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.init_if_missing()?;
     let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "import")?;
@@ -147,7 +150,7 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let m = Manifest {
         format: manifest::FORMAT,
-        id: id.clone(),
+        id: manifest::BackupId::new(id.clone()).map_err(anyhow::Error::msg)?,
         server,
         database,
         kind,

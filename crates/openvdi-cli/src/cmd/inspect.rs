@@ -212,7 +212,7 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
                 })
                 .collect(),
             block_size: m.block_size,
-            label: m.id.clone(),
+            label: m.id.to_string(),
         }
     } else {
         return Err(err(

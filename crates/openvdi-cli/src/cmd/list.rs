@@ -11,8 +11,10 @@ use crate::repo::Repo;
 pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.require()?;
-    let all: Vec<_> = repo
-        .backups()?
+    let scan = repo.scan()?;
+    let damaged = scan.damaged;
+    let all: Vec<_> = scan
+        .backups
         .into_iter()
         .filter(|m| {
             a.database
@@ -21,13 +23,17 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
         })
         .collect();
     if ctx.settings.json {
-        output::json(
-            &serde_json::json!({ "ok": true, "repository": repo.location(), "backups": all }),
-        );
+        output::json(&serde_json::json!({
+            "ok": true, "repository": repo.location(), "backups": all, "damaged": damaged,
+        }));
         return Ok(());
     }
+    let mut warn = String::new();
+    for d in &damaged {
+        warn.push_str(&format!("DAMAGED {} ({}): {}\n", d.folder, d.key, d.error));
+    }
     if all.is_empty() {
-        output::text(&format!("no backups in {}", repo.location()));
+        output::text(&format!("{warn}no backups in {}", repo.location()));
         return Ok(());
     }
     let mut s = format!(
@@ -48,6 +54,7 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
             m.chain.parent.as_deref().unwrap_or("-"),
         ));
     }
+    s.push_str(&warn);
     output::text(&s);
     Ok(())
 }

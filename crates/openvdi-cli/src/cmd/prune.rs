@@ -49,7 +49,22 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.require()?;
     let _lock = lock::acquire(&repo.store, lock::Mode::Exclusive, "prune")?;
-    let all = repo.backups()?;
+    let scan = repo.scan()?;
+    let all = scan.backups;
+    // The folders of damaged manifests are never touched: their objects are not
+    // orphans (a damaged manifest may be repairable, its stripes are still the
+    // backup), and their keys are not trusted for deletion either.
+    let protected: Vec<String> = scan
+        .damaged
+        .iter()
+        .map(|d| {
+            let dir = d
+                .key
+                .strip_suffix(crate::manifest::FILE_NAME)
+                .unwrap_or(&d.key);
+            dir.to_string()
+        })
+        .collect();
     let doomed = select(&all, a.keep_last, a.database.as_deref());
     let doomed_ids: HashSet<&str> = doomed.iter().map(|m| m.id.as_str()).collect();
     // Objects referenced by kept manifests; everything else under a backup folder is
@@ -68,7 +83,8 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
             let in_doomed = doomed
                 .iter()
                 .any(|m| e.key.starts_with(&format!("{}/", Repo::dir_of(m))));
-            if !referenced.contains(&e.key) && !in_doomed {
+            let in_damaged = protected.iter().any(|p| e.key.starts_with(p.as_str()));
+            if !referenced.contains(&e.key) && !in_doomed && !in_damaged {
                 orphans.push(e.key);
             }
         }
@@ -102,6 +118,7 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
             "ok": true, "dry_run": !a.confirm, "keep_last": a.keep_last,
             "delete": doomed.iter().map(|m| &m.id).collect::<Vec<_>>(),
             "orphans": orphans, "kept": kept, "deleted_objects": deleted_objects,
+            "damaged": scan.damaged,
         }));
     } else {
         let verb = if a.confirm { "deleted" } else { "would delete" };
@@ -111,6 +128,12 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
         }
         for o in &orphans {
             s.push_str(&format!("{verb} orphan object {o}\n"));
+        }
+        for d in &scan.damaged {
+            s.push_str(&format!(
+                "kept damaged backup {} untouched ({}): {}\n",
+                d.folder, d.key, d.error
+            ));
         }
         s.push_str(&format!(
             "{} backup(s) {verb}, {kept} kept{}",
@@ -137,7 +160,7 @@ mod tests {
         let at = Utc.timestamp_opt(1_700_000_000 + t, 0).unwrap();
         Manifest {
             format: FORMAT,
-            id: id.into(),
+            id: crate::manifest::BackupId::new(id).unwrap(),
             server: "s".into(),
             database: db.into(),
             kind,
@@ -177,7 +200,7 @@ mod tests {
             m("l3", "a", Kind::Log, 6),
             m("g1", "b", Kind::Full, 1),
         ];
-        let ids = |v: Vec<Manifest>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+        let ids = |v: Vec<Manifest>| v.into_iter().map(|m| m.id.to_string()).collect::<Vec<_>>();
         assert_eq!(ids(select(&all, 2, None)), vec!["f1", "l1"]);
         assert_eq!(ids(select(&all, 1, None)), vec!["f1", "l1", "f2", "d2"]);
         assert!(select(&all, 3, None).is_empty());

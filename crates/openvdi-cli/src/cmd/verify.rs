@@ -10,7 +10,7 @@ use super::Ctx;
 use crate::cli::VerifyArgs;
 use crate::exit::{code_of, err, Code};
 use crate::manifest::Manifest;
-use crate::repo::Repo;
+use crate::repo::{Damaged, Repo};
 use crate::{mtf, output};
 
 /// Verifies one backup's stored bytes; Err carries exit code 3 for damage.
@@ -47,13 +47,30 @@ fn verify_stored(repo: &Repo, m: &Manifest) -> Result<Vec<serde_json::Value>> {
 pub fn run(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.require()?;
-    let targets: Vec<Manifest> = match (&a.backup, a.all) {
-        (Some(b), false) => vec![repo.find(b)?],
-        (None, true) => repo.backups()?,
+    let (targets, damaged): (Vec<Manifest>, Vec<Damaged>) = match (&a.backup, a.all) {
+        (Some(b), false) => (vec![repo.find(b)?], vec![]),
+        (None, true) => {
+            let s = repo.scan()?;
+            (s.backups, s.damaged)
+        }
         _ => return Err(err(Code::Usage, "give one BACKUP or --all")),
     };
     let mut report = Vec::new();
     let mut worst: Option<anyhow::Error> = None;
+    for d in &damaged {
+        let e = err(
+            Code::Verify,
+            format!("damaged manifest {}: {}", d.key, d.error),
+        );
+        if !ctx.settings.json {
+            output::text(&format!("{}: FAILED: {e:#}", d.folder));
+        }
+        report.push(serde_json::json!({
+            "backup": d.folder, "ok": false, "error": format!("{e:#}"),
+            "exit_code": code_of(&e).as_i32(),
+        }));
+        worst = Some(e);
+    }
     for m in &targets {
         let mut r = verify_stored(&repo, m);
         if a.engine {
