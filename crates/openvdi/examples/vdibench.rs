@@ -145,7 +145,7 @@ fn server(case: &str, name: &str, devices: usize, total: u64) {
             out = format!("p50_ns={} p99_ns={} n={}", p(0.50), p(0.99), lat.len());
             d.close().expect("close device");
         }
-        "commands" => {
+        "commands" | "commands-busy" => {
             let d = &devs[0];
             let n = total as usize;
             let mut sent = 0usize;
@@ -170,7 +170,13 @@ fn server(case: &str, name: &str, devices: usize, total: u64) {
                 done += 1;
             }
             let secs = t.elapsed().as_secs_f64();
-            out = format!("commands_per_s={:.0} n={n}", n as f64 / secs);
+            let (wakes, waits) = openvdi::futex_calls();
+            out = format!(
+                "commands_per_s={:.0} n={n} server_wakes_per_cmd={:.4} server_sleeps_per_cmd={:.4}",
+                n as f64 / secs,
+                wakes as f64 / n as f64,
+                waits as f64 / n as f64
+            );
             d.close().expect("close device");
         }
         _ => panic!("unknown case {case}"),
@@ -214,6 +220,15 @@ fn client(case: &str, devices: usize, total: u64) -> (Duration, u64, String) {
             .expect("open device")
         })
         .collect();
+    // One competing busy process for the "-busy" cases: a CPU hog on this 2-core
+    // machine, so sleeps and wake-ups are what the hand-off costs.
+    let mut hog = case.ends_with("-busy").then(|| {
+        Proc::new(std::env::current_exe().expect("exe"))
+            .arg("busy")
+            .spawn()
+            .expect("spawn busy process")
+    });
+    let (wakes0, waits0) = openvdi::futex_calls();
     let t = Instant::now();
     let sums: Vec<u64> = std::thread::scope(|sc| {
         let hs: Vec<_> = devs
@@ -243,16 +258,29 @@ fn client(case: &str, devices: usize, total: u64) -> (Duration, u64, String) {
             .collect()
     });
     let elapsed = t.elapsed();
+    let (wakes1, waits1) = openvdi::futex_calls();
+    if let Some(h) = hog.as_mut() {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
     set.close().expect("close");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("server line");
     assert!(child.wait().expect("wait").success(), "server failed");
+    let mut line = line.trim().to_string();
+    if case.starts_with("commands") {
+        line.push_str(&format!(
+            " client_wakes_per_cmd={:.4} client_sleeps_per_cmd={:.4}",
+            (wakes1 - wakes0) as f64 / total as f64,
+            (waits1 - waits0) as f64 / total as f64
+        ));
+    }
     (
         elapsed,
         sums.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
-        line.trim().to_string(),
+        line,
     )
 }
 
@@ -320,6 +348,18 @@ fn main() {
         );
         return;
     }
+    if args.len() > 1 && args[1] == "busy" {
+        // The competing process: spin until killed (bounded by the bench killing it,
+        // and by a 10-minute cap should the bench die first).
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_secs(600) {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        return;
+    }
     if args.len() > 1 && args[1] == "pipe-producer" {
         pipe_producer(args[2].parse().expect("total"));
         return;
@@ -364,5 +404,7 @@ fn main() {
     if run("commands") {
         let (_, _, cm) = client("commands", 1, 4_000_000);
         println!("vdi commands      zero-size, queue full, 1 device: {cm}");
+        let (_, _, cm) = client("commands-busy", 1, 2_000_000);
+        println!("vdi commands busy zero-size, one competing busy process: {cm}");
     }
 }

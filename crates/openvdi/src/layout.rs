@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 /// "OPENVDI\x01" little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"OPENVDI\x01");
 /// Layout version; bumped on any incompatible change.
-pub const VERSION: u32 = 1;
+/// Version 2: the `*_waiting` words are announcements the waker clears (swap to 0)
+/// as it wakes, no longer counters the sleepers decrement.
+pub const VERSION: u32 = 2;
 /// Commands a device can have queued or outstanding at once.
 pub const SLOTS: usize = 64;
 /// Buffer-area segments a set can have.
@@ -182,11 +184,13 @@ pub struct DeviceBlock {
     pub state: Line,
     /// Commands published by the server (wrapping count); the client's futex word.
     pub sub_head: Line,
-    /// Nonzero while a client thread sleeps on `sub_head`.
+    /// Nonzero: a client thread may be asleep on `sub_head`; the server swaps it to 0
+    /// and wakes.
     pub client_waiting: Line,
     /// Completions published by the client (wrapping count); the server's futex word.
     pub cmp_head: Line,
-    /// Nonzero while a server thread sleeps on `cmp_head`.
+    /// Nonzero: a server thread may be asleep on `cmp_head`; the client swaps it to 0
+    /// and wakes.
     pub server_waiting: Line,
     /// Submission ring: slot indices, in send order.
     pub sub_ring: [AtomicU32; SLOTS],

@@ -415,7 +415,7 @@ pub fn block_on<T>(
         // words, then re-check; the waker publishes, fences, then reads `sleepers`.
         // SYNC POINT: the SeqCst RMW here and the SeqCst fence in `wake_if_sleeping`.
         if let Some(s) = on.sleepers {
-            s.fetch_add(1, Ordering::SeqCst);
+            s.fetch_or(1, Ordering::SeqCst);
         }
         arm_waiters(on.peer_live);
         fence(Ordering::SeqCst);
@@ -437,9 +437,9 @@ pub fn block_on<T>(
         } else {
             Ok(Woke::Recheck)
         };
-        if let Some(s) = on.sleepers {
-            s.fetch_sub(1, Ordering::SeqCst);
-        }
+        // No decrement (layout version 2): the waker cleared the announcement when it
+        // woke us. A sleeper that woke for another reason leaves it set, which costs
+        // at most one spare wake call later, never a lost one.
         if let Some(r) = ready {
             return r;
         }
@@ -459,10 +459,16 @@ pub fn block_on<T>(
 }
 
 /// The waker's half of the handshake in `block_on`: after publishing with Release,
-/// wake the event word only if a peer announced it sleeps on it.
+/// wake the event word only if a peer announced it sleeps on it — and take the
+/// announcement down in the same step (swap to 0), so the next publications make no
+/// wake call for a sleeper that is already woken but not yet running. That wake
+/// storm (one FUTEX_WAKE per command while the woken thread waited for a CPU) is
+/// what layout version 2 removes: at most one wake call per sleep.
 pub fn wake_if_sleeping(event: &AtomicU32, sleepers: &AtomicU32) {
     fence(Ordering::SeqCst);
-    if sleepers.load(Ordering::Relaxed) != 0 {
+    // The plain load first keeps the common case (nobody asleep) a read-only access
+    // to the line, so the publishing side does not take it exclusive on every command.
+    if sleepers.load(Ordering::Relaxed) != 0 && sleepers.swap(0, Ordering::SeqCst) != 0 {
         sys::futex_wake_all(event);
     }
 }

@@ -445,6 +445,7 @@ pub fn process_exists(pid: u32) -> bool {
 /// FUTEX_WAKE of every waiter on a shared (not process-private) futex word
 /// (futex(2)). The word lives in shared memory, so the wake must not be private.
 pub fn futex_wake_all(word: &AtomicU32) {
+    FUTEX_WAKES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: FUTEX_WAKE only uses the address as a key; the reference keeps it valid.
     unsafe {
         libc::syscall(
@@ -480,7 +481,13 @@ pub enum Woke {
 /// longer holds its expected value, or until `deadline`. Waiting on several words at
 /// once is what lets a blocked call wake both for its own event and for the death
 /// of the peer (whose robust word the kernel wakes when the peer exits).
+/// FUTEX_WAKE calls made by this process (every caller of [`futex_wake_all`]).
+pub static FUTEX_WAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// futex_waitv calls made by this process (sleeps, or attempts to).
+pub static FUTEX_WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub fn futex_waitv(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> io::Result<Woke> {
+    FUTEX_WAITS.fetch_add(1, Ordering::Relaxed);
     let mut v: [FutexWaitv; 4] = std::array::from_fn(|_| FutexWaitv {
         val: 0,
         uaddr: 0,

@@ -454,3 +454,29 @@ fn killed_clients_leave_no_object_after_the_next_call() {
         .collect();
     assert!(left.is_empty(), "objects left by killed clients: {left:?}");
 }
+
+/// A peer speaking another layout version (1: the counter hand-off that version 2
+/// replaced) is refused at Open with VD_E_NOTSUPPORTED, never half-understood.
+#[test]
+fn a_peer_of_another_layout_version_is_refused() {
+    let name = uniq("ver");
+    let set = openvdi::ClientSet::create(
+        &name,
+        &openvdi::VdConfig {
+            device_count: 1,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(obj_path("ctl", &name))
+        .expect("open");
+    f.write_at(&1u32.to_le_bytes(), 8).expect("version");
+    let mut server = Peer::spawn("server", &a(&[("set", name.clone())]));
+    let l = server.expect("open=", 30);
+    assert!(l.contains("open=VD_E_NOTSUPPORTED"), "{l}");
+    assert_clean_exit(&mut server, "server");
+    let _ = set.close();
+    assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
+}
