@@ -169,7 +169,31 @@ pub struct Walker {
     /// An end-of-set block was seen (a complete backup set ends with ESET, then a
     /// soft filemark).
     eset: bool,
+    /// Soft filemark block size in bytes, from the TAPE block (@64, in 512-byte
+    /// units: 1 in most SQL Server files, 8 in some written by SQL Server 2012).
+    sfmb_len: u64,
     error: Option<String>,
+}
+
+/// Offset of the TAPE block's soft-filemark block size (u16, 512-byte units).
+pub const TAPE_SFMB_SIZE_AT: usize = 64;
+/// The largest soft-filemark block size accepted: 64 KiB (128 units). Anything
+/// larger is damage, not a format.
+pub const MAX_SFMB_UNITS: u16 = 128;
+
+/// The soft filemark block size in bytes that a TAPE block declares (0 is taken as 1
+/// unit, as the format's default), or an error for an impossible value.
+pub fn tape_sfmb_len(tape: &[u8]) -> Result<u64, String> {
+    let b = tape
+        .get(TAPE_SFMB_SIZE_AT..TAPE_SFMB_SIZE_AT + 2)
+        .ok_or_else(|| "the TAPE block is too short".to_string())?;
+    let units = u16::from_le_bytes([b[0], b[1]]);
+    if units > MAX_SFMB_UNITS {
+        return Err(format!(
+            "the TAPE block declares a soft filemark block size of {units} × 512 bytes"
+        ));
+    }
+    Ok(u64::from(units.max(1)) * 512)
 }
 
 /// What a clean walk saw.
@@ -197,6 +221,7 @@ impl Walker {
             streams: 0,
             last_tag: [0; 4],
             eset: false,
+            sfmb_len: SFMB_LEN,
             error: None,
         }
     }
@@ -245,11 +270,20 @@ impl Walker {
                     if self.blocks == 0 && &tag != b"TAPE" {
                         return self.fail("the stream does not start with a TAPE block".into());
                     }
+                    if &tag == b"TAPE" {
+                        if self.buf.len() < TAPE_SFMB_SIZE_AT + 2 {
+                            return; // wait for the rest of the TAPE header
+                        }
+                        match tape_sfmb_len(&self.buf) {
+                            Ok(n) => self.sfmb_len = n,
+                            Err(e) => return self.fail(e),
+                        }
+                    }
                     self.blocks += 1;
                     self.last_tag = tag;
                     self.eset |= &tag == b"ESET";
                     if &tag == b"SFMB" {
-                        self.skip = SFMB_LEN;
+                        self.skip = self.sfmb_len;
                         continue;
                     }
                     let first = u16::from_le_bytes([h[8], h[9]]) as u64;
@@ -500,6 +534,17 @@ mod tests {
             "sql2016-restoretimeclean2-log1.trn",
             "sql2008r2-stripe-1of2.bak",
             "sql2008r2-stripe-2of2.bak",
+            "sql2008r2-dbareports-full.bak",
+            "sql2008r2-dbareports-log1.trn",
+            "sql2008r2-dbareports-log2.trn",
+            "sql2008r2-simplebacktest-full.bak",
+            "sql2008r2-simplebacktest-diff1.bak",
+            "sql2008r2-simplebacktest-diff2.bak",
+            "sql2016-restoretimeclean-full.bak",
+            "sql2016-restoretimeclean2-log2.trn",
+            "sql2019-northwind-full.bak",
+            // Soft filemark block size 8 (4096 bytes) in its TAPE block.
+            "sql2012-pubs-full.bak",
         ] {
             let d = std::fs::read(fx(name)).unwrap();
             let s = walk(&d, 100_003).unwrap_or_else(|e| panic!("{name}: {e}"));
