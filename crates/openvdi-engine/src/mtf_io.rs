@@ -637,6 +637,9 @@ pub struct FamilyReader {
     base: u64,
     /// MSTL block-specific bytes of the current block (foreign log placement).
     log_offset: Option<u64>,
+    /// Soft filemark block size in bytes, from the TAPE block (512 × 1 in most SQL
+    /// Server files, 512 × 8 in some of SQL Server 2012's).
+    sfmb: u64,
 }
 
 impl FamilyReader {
@@ -666,10 +669,16 @@ impl FamilyReader {
             ));
         }
         let fso = u16::from_le_bytes([h[8], h[9]]);
-        i.skip(
-            u64::from(fso).saturating_sub(HDR as u64),
-            "the media header",
-        )?;
+        // The TAPE block's own fields (up to its first stream) hold the soft
+        // filemark block size at offset 64.
+        let mut tape = h.to_vec();
+        tape.resize(usize::from(fso).max(HDR), 0);
+        i.exact(&mut tape[HDR..], "the media header")?;
+        let sfmb = if usize::from(fso) >= openvdi_mtf::TAPE_SFMB_SIZE_AT + 2 {
+            openvdi_mtf::tape_sfmb_len(&tape).map_err(|e| msg::damaged(&e))?
+        } else {
+            SFMB_SIZE
+        };
         let mut media_set = String::new();
         let (mut fam_count, mut fam_num) = (1u32, 1u32);
         loop {
@@ -696,7 +705,7 @@ impl FamilyReader {
         while meta.is_none() {
             let b = read_block(&mut i)?;
             match &b.ty {
-                b"SFMB" => i.skip(SFMB_SIZE.saturating_sub(u64::from(b.fso)), "SFMB")?,
+                b"SFMB" => i.skip(sfmb.saturating_sub(u64::from(b.fso)), "SFMB")?,
                 b"SSET" => {
                     base = b.at;
                     // @88 media write date, @93/@94 software major/minor version.
@@ -764,6 +773,7 @@ impl FamilyReader {
             pos: i.pos,
             base,
             log_offset: None,
+            sfmb,
         };
         Ok((fr, m))
     }
@@ -788,7 +798,7 @@ impl FamilyReader {
             let b = read_block(&mut i)?;
             match &b.ty {
                 b"SFMB" => {
-                    i.skip(SFMB_SIZE.saturating_sub(u64::from(b.fso)), "SFMB")?;
+                    i.skip(self.sfmb.saturating_sub(u64::from(b.fso)), "SFMB")?;
                     if esets > 0 {
                         break;
                     }

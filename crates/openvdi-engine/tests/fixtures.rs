@@ -99,6 +99,14 @@ const EXPECT: &[Expect] = &[
         ],
     },
     Expect {
+        // SQL Server 2012; its TAPE block declares a soft filemark block size of 8.
+        file: "sql2012-pubs-full.bak",
+        database: "pubs",
+        server: None,
+        backup_type: "1",
+        files: &[("pubs", "pubs.mdf"), ("pubs_log", "pubs_log.ldf")],
+    },
+    Expect {
         file: "sql2008r2-stripe-1of2.bak",
         database: "RestoreTimeStripe",
         server: Some("CGE100LAP-42\\SQL2008R2SP2"),
