@@ -378,7 +378,7 @@ fn hostile_manifests_touch_nothing_outside_and_the_rest_is_served() {
         let in_hostile = hostile
             .iter()
             .any(|h| rel.contains(&format!("/{}/", h.folder)));
-        if in_hostile || rel.starts_with(&b_key.rsplit_once('/').unwrap().0) {
+        if in_hostile || rel.starts_with(b_key.rsplit_once('/').unwrap().0) {
             assert_eq!(after.get(path), Some(v), "prune touched {rel}");
         }
     }

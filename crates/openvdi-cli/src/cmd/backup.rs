@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::Utc;
 use openvdi::{vdf, VdConfig};
 
-use super::{check_interrupted, default_workers, stop_error, Ctx};
+use super::{default_workers, stop_error, Ctx};
 use crate::cli::BackupArgs;
 use crate::codec::Codec;
 use crate::engine::{self, ident, Engine};
@@ -16,6 +16,11 @@ use crate::manifest::{self, Chain, EngineInfo, Kind, Manifest, Stripe, Timings};
 use crate::pipeline::{self, Counters, StopReason};
 use crate::repo::Repo;
 use crate::{lock, naming, output, progress, vdi};
+
+/// The engine message of a manifest stored before the engine's completion arrived
+/// (replaced by the real one once it does; it stays if the tool died in between).
+pub const PENDING: &str =
+    "stored before the engine's completion; the engine's facts were not recorded";
 
 /// The validated request.
 #[derive(Debug)]
@@ -179,6 +184,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         .map(|i| format!("{dir}/{}", naming::stripe_name(i, plan.codec.suffix())))
         .collect();
     let sql = statement(&plan, &devices);
+    let t0 = std::time::Instant::now();
 
     let set = transport
         .create(&set_name, &cfg)
@@ -191,7 +197,79 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         .flatten()
         .map(|t| vec![t.div_ceil(u64::from(plan.stripes)); plan.stripes as usize]);
     let reporter = progress::Reporter::start(ctx.progress, "backup", counters.clone(), totals);
-    let t0 = std::time::Instant::now();
+    // The manifest from what the tool knows (external engines print text only: their
+    // backups chain by time, not by LSN).
+    let make_manifest = |results: &[pipeline::backup::StripeResult],
+                         mut chain: Chain,
+                         engine_info: EngineInfo,
+                         elapsed: f64|
+     -> Result<Manifest> {
+        let stripes: Vec<Stripe> = results
+            .iter()
+            .zip(&keys)
+            .enumerate()
+            .map(|(i, (r, k))| Stripe {
+                index: i as u32 + 1,
+                key: k.clone(),
+                raw_size: r.raw_size,
+                stored_size: r.stored_size,
+                chunks: r.chunks,
+                blake3: r.blake3.clone(),
+            })
+            .collect();
+        let existing: Vec<Manifest> = repo
+            .backups()?
+            .into_iter()
+            .filter(|m| m.id != id.as_str())
+            .collect();
+        chain.parent = find_parent(&existing, &plan.database, plan.kind, &chain);
+        let raw_size: u64 = stripes.iter().map(|s| s.raw_size).sum();
+        Ok(Manifest {
+            format: manifest::FORMAT,
+            id: manifest::BackupId::new(id.clone()).map_err(anyhow::Error::msg)?,
+            server: server.clone(),
+            database: plan.database.clone(),
+            kind: plan.kind,
+            codec: plan.codec,
+            block_size: plan.blocksize,
+            max_transfer_size: plan.maxtransfersize,
+            buffer_count: plan.buffercount,
+            stored_size: stripes.iter().map(|s| s.stored_size).sum(),
+            raw_size,
+            stripes,
+            chain,
+            engine: engine_info,
+            timings: Timings {
+                started,
+                finished: Utc::now(),
+                seconds: elapsed,
+                raw_bytes_per_second: raw_size as f64 / elapsed.max(1e-9),
+            },
+            vdi_set: set_name.clone(),
+            transport: transport.describe(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+        })
+    };
+    // A backup is stored before the engine hears that it is: this runs when the last
+    // stripe is sealed, before its VDC_Complete is completed. The engine's own facts
+    // are not known yet (they come with its completion); they are added afterwards.
+    let stored_early = std::sync::atomic::AtomicBool::new(false);
+    let on_sealed = |results: &[pipeline::backup::StripeResult]| -> Result<(), String> {
+        let info = EngineInfo {
+            kind: engine.kind().into(),
+            message: PENDING.into(),
+            messages: vec![],
+        };
+        let m = make_manifest(results, Chain::default(), info, t0.elapsed().as_secs_f64())
+            .map_err(|e| format!("{e:#}"))?;
+        repo.publish(&dir, &m).map_err(|e| format!("{e:#}"))?;
+        stored_early.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    let manifest_key = Repo::manifest_key(&dir);
+    let unpublish = || {
+        let _ = repo.store.delete(&manifest_key);
+    };
     let stop = &ctx.stop;
     let (result, outcome) = std::thread::scope(|s| {
         let eng = s.spawn(|| {
@@ -211,6 +289,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             stop: stop.clone(),
             counters: counters.clone(),
             open_timeout: ctx.settings.engine.open_timeout,
+            on_sealed: Some(&on_sealed),
         });
         if r.is_err() {
             set.signal_abort();
@@ -228,6 +307,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let results = match result {
         Ok(r) => r,
         Err(reason) => {
+            unpublish();
             for k in &keys {
                 let _ = repo.store.delete(k);
             }
@@ -235,62 +315,40 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         }
     };
     if !outcome.ok {
+        unpublish();
         for k in &keys {
             let _ = repo.store.delete(k);
         }
         return Err(stop_error(StopReason::Engine(outcome.error_text())));
     }
-    check_interrupted(stop)?;
+    // No interruption check from here on: the engine has declared the BACKUP done
+    // (its differential base and log chain moved) and the manifest is stored, so
+    // the backup must stay listed; a late Ctrl-C only loses the engine's facts.
 
-    let stripes: Vec<Stripe> = results
-        .iter()
-        .zip(&keys)
-        .enumerate()
-        .map(|(i, (r, k))| Stripe {
-            index: i as u32 + 1,
-            key: k.clone(),
-            raw_size: r.raw_size,
-            stored_size: r.stored_size,
-            chunks: r.chunks,
-            blake3: r.blake3.clone(),
-        })
-        .collect();
-    // External engines print text only: their backups chain by time, not by LSN.
-    let mut chain = outcome.chain.clone().unwrap_or_default();
-    let existing = repo.backups()?;
-    chain.parent = find_parent(&existing, &plan.database, plan.kind, &chain);
-    let raw_size: u64 = stripes.iter().map(|s| s.raw_size).sum();
-    let m = Manifest {
-        format: manifest::FORMAT,
-        id: manifest::BackupId::new(id.clone()).map_err(anyhow::Error::msg)?,
-        server,
-        database: plan.database.clone(),
-        kind: plan.kind,
-        codec: plan.codec,
-        block_size: plan.blocksize,
-        max_transfer_size: plan.maxtransfersize,
-        buffer_count: plan.buffercount,
-        stored_size: stripes.iter().map(|s| s.stored_size).sum(),
-        raw_size,
-        stripes,
-        chain,
-        engine: EngineInfo {
-            kind: engine.kind().into(),
-            message: outcome.completion_message(),
-            messages: outcome.messages.clone(),
-        },
-        timings: Timings {
-            started,
-            finished: Utc::now(),
-            seconds: elapsed,
-            raw_bytes_per_second: raw_size as f64 / elapsed.max(1e-9),
-        },
-        vdi_set: set_name,
-        transport: transport.describe(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
+    // The engine confirmed: record its facts (LSNs, GUIDs, messages) in the manifest
+    // already stored before its VDC_Complete. The backup is durable and listed either
+    // way; failing to add the facts leaves it chained by time only.
+    let chain = outcome.chain.clone().unwrap_or_default();
+    let info = EngineInfo {
+        kind: engine.kind().into(),
+        message: outcome.completion_message(),
+        messages: outcome.messages.clone(),
     };
-    check_interrupted(stop)?;
-    repo.publish(&dir, &m).context("publishing the backup")?;
+    let m = make_manifest(&results, chain, info, t0.elapsed().as_secs_f64())?;
+    if let Err(e) = repo.publish(&dir, &m) {
+        if !stored_early.load(std::sync::atomic::Ordering::Relaxed) {
+            // No VDC_Complete was negotiated, so nothing was stored before the
+            // engine finished: the backup is not in the repository.
+            for k in &keys {
+                let _ = repo.store.delete(k);
+            }
+            return Err(e.context("publishing the backup"));
+        }
+        eprintln!(
+            "openvdi: warning: backup {id} is stored, but the engine's facts could not be added \
+             to its manifest ({e:#}); it chains by time only"
+        );
+    }
     if ctx.settings.json {
         let mut v = serde_json::to_value(&m)?;
         v["ok"] = true.into();

@@ -28,6 +28,36 @@ pub struct Plan<'a> {
     pub counters: Vec<Arc<Counters>>,
     /// How long to wait for the engine to open the set.
     pub open_timeout: Duration,
+    /// Called once, when the last stripe is sealed and before its `VDC_Complete` is
+    /// completed — so before the engine can declare the BACKUP successful. The
+    /// backup command stores the manifest here: a backup is durable in the
+    /// repository before the engine hears that it is. An Err completes that
+    /// `VDC_Complete` with ERROR_WRITE_FAULT and aborts the set: the BACKUP fails.
+    pub on_sealed: Option<&'a OnSealed<'a>>,
+}
+
+/// See [`Plan::on_sealed`].
+pub type OnSealed<'a> = dyn Fn(&[StripeResult]) -> Result<(), String> + Sync + 'a;
+
+/// The sealed stripes so far; the writer that seals the last one runs the hook.
+struct Sealing<'a> {
+    done: std::sync::Mutex<Vec<Option<StripeResult>>>,
+    hook: Option<&'a OnSealed<'a>>,
+}
+
+impl Sealing<'_> {
+    /// Records stripe `i`; runs the hook if it was the last one.
+    fn sealed(&self, i: usize, r: &StripeResult) -> Result<(), String> {
+        let mut done = self.done.lock().map_err(|_| "a stripe writer panicked")?;
+        done[i] = Some(r.clone());
+        if done.iter().all(Option::is_some) {
+            if let Some(hook) = self.hook {
+                let all: Vec<StripeResult> = done.iter().flatten().cloned().collect();
+                return hook(&all);
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Job {
@@ -76,6 +106,11 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
     }
     let (job_tx, job_rx) = unbounded::<Job>();
     let codec = plan.codec;
+    let sealing = Sealing {
+        done: std::sync::Mutex::new(vec![None; devices.len()]),
+        hook: plan.on_sealed,
+    };
+    let sealing = &sealing;
     let results = std::thread::scope(|s| {
         for _ in 0..plan.workers.max(1) {
             let rx = job_rx.clone();
@@ -103,6 +138,7 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
                     stop,
                     &counters,
                     item_rx,
+                    (sealing, i),
                 );
                 counters.done.store(true, Ordering::Release);
                 r
@@ -218,6 +254,7 @@ fn writer_loop(
     stop: &Stop,
     counters: &Counters,
     items: Receiver<Item>,
+    (sealing, index): (&Sealing<'_>, usize),
 ) -> Result<StripeResult, String> {
     // The object is created on the first item, so a set aborted before any byte
     // arrives leaves nothing behind.
@@ -267,7 +304,14 @@ fn writer_loop(
                         if result.is_none() {
                             open(&mut sink)?;
                             let s = sink.take().expect("opened");
-                            result = Some(s.seal().map_err(|e| e.to_string())?);
+                            let r = s.seal().map_err(|e| e.to_string())?;
+                            if let Err(e) = sealing.sealed(index, &r) {
+                                // Fail this VDC_Complete: the engine fails the BACKUP
+                                // (its differential base and log chain stay put).
+                                let _ = dev.complete(cmd.token(), win32::ERROR_WRITE_FAULT, 0, 0);
+                                return Err(format!("storing the manifest: {e}"));
+                            }
+                            result = Some(r);
                         }
                     } else if let Some(s) = sink.as_mut() {
                         s.flush().map_err(|e| e.to_string())?;

@@ -205,6 +205,7 @@ fn backup_into(
         stop: Stop::new(),
         counters: counters(n as usize),
         open_timeout: Duration::from_secs(10),
+        on_sealed: None,
     });
     server.join().unwrap();
     set.close().unwrap();
