@@ -393,3 +393,134 @@ impl Manifest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn sample() -> Manifest {
+        let at = Utc.with_ymd_and_hms(2026, 11, 25, 1, 2, 3).unwrap();
+        let id = BackupId::new("S_db_FULL_20261125_010203").unwrap();
+        let dir = "S/db/FULL/S_db_FULL_20261125_010203";
+        Manifest {
+            format: FORMAT,
+            id,
+            server: "S".into(),
+            database: "db".into(),
+            kind: Kind::Full,
+            codec: Codec::None,
+            block_size: None,
+            max_transfer_size: None,
+            buffer_count: None,
+            stripes: (1..=2)
+                .map(|i| Stripe {
+                    index: i,
+                    key: format!("{dir}/stripe{i}.bak"),
+                    raw_size: 1,
+                    stored_size: 2,
+                    chunks: 1,
+                    blake3: "00".into(),
+                })
+                .collect(),
+            raw_size: 2,
+            stored_size: 4,
+            chain: Chain::default(),
+            engine: EngineInfo {
+                kind: "embedded".into(),
+                message: String::new(),
+                messages: vec![],
+            },
+            timings: Timings {
+                started: at,
+                finished: at,
+                seconds: 0.1,
+                raw_bytes_per_second: 1.0 / 3.0,
+            },
+            vdi_set: String::new(),
+            transport: String::new(),
+            tool_version: String::new(),
+        }
+    }
+
+    const KEY: &str = "S/db/FULL/S_db_FULL_20261125_010203/manifest.json";
+
+    #[test]
+    fn round_trip_and_every_flipped_byte_is_caught() {
+        let m = sample();
+        let bytes = m.to_json();
+        assert_eq!(Manifest::parse(KEY, &bytes).unwrap(), m);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            assert!(Manifest::parse(KEY, &b).is_err(), "byte {i} flipped");
+        }
+        // Found anywhere but its own folder: damaged.
+        assert!(Manifest::parse("S/db/FULL/other/manifest.json", &bytes).is_err());
+    }
+
+    #[test]
+    fn keys_outside_the_own_folder_are_refused() {
+        let dir = "S/db/FULL/S_db_FULL_20261125_010203";
+        for bad in [
+            "/etc/passwd".to_string(),
+            "../x".to_string(),
+            format!("{dir}/../../x"),
+            format!("{dir}/a/../b"),
+            format!("{dir}//x"),
+            format!("{dir}/./x"),
+            format!("{dir}/.hidden"),
+            format!("{dir}/manifest.json"),
+            format!("{dir}/x\0y"),
+            format!("{dir}/x\\y"),
+            format!("{dir}/sub/x"),
+            format!("{dir}/{}", "a".repeat(300)),
+            format!("{dir}/stripe2.bak"), // duplicate of stripe 2
+            "S/db/FULL/S_db_FULL_20261125_010204/stripe1.bak".to_string(),
+            format!("{dir}x/stripe1.bak"),
+        ] {
+            let mut m = sample();
+            m.stripes[0].key = bad.clone();
+            assert!(m.validate(KEY).is_err(), "{bad:?} accepted");
+        }
+        let mut m = sample();
+        m.stripes.swap(0, 1);
+        assert!(m.validate(KEY).is_err());
+        m.stripes.clear();
+        assert!(m.validate(KEY).is_err());
+    }
+
+    #[test]
+    fn ids_and_names() {
+        for bad in [
+            "",
+            ".x",
+            "a/b",
+            "..",
+            "a\0b",
+            "a b",
+            "a\\b",
+            &"x".repeat(201),
+        ] {
+            assert!(BackupId::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(BackupId::new("SQL1$PROD_Sales_DB_FULL_20261125_010203_2").is_ok());
+        let j = r#""../x""#;
+        assert!(serde_json::from_str::<BackupId>(j).is_err());
+        assert!(check_name("database", "Sales DB/..").is_ok());
+        assert!(check_name("database", "").is_err());
+        assert!(check_name("database", "a\0b").is_err());
+        assert!(check_name("database", &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn format_1_without_checksum_is_read_format_2_without_is_damaged() {
+        let mut m = sample();
+        m.format = 1;
+        let v1 = serde_json::to_vec_pretty(&m).unwrap();
+        assert_eq!(Manifest::parse(KEY, &v1).unwrap(), m);
+        m.format = 2;
+        let v2 = serde_json::to_vec_pretty(&m).unwrap();
+        assert!(Manifest::parse(KEY, &v2).is_err());
+    }
+}
