@@ -348,6 +348,22 @@ pub mod msg {
         SqlError::msg(3241, format!("The media family on device '{dev}' is incorrectly formed. SQL Server cannot process this media family. ({why})"))
     }
     /// 3189 + 3183-style damage.
+    /// Msg 195: an unknown SET option.
+    pub fn not_a_set_option(name: &str) -> SqlError {
+        SqlError::new(195, 15, format!("'{name}' is not a recognized SET option."))
+    }
+
+    /// Msg 911: USE of a database that does not exist.
+    pub fn use_no_database(name: &str) -> SqlError {
+        SqlError::new(
+            911,
+            16,
+            format!(
+                "Database '{name}' does not exist. Make sure that the name is entered correctly."
+            ),
+        )
+    }
+
     pub fn damaged(why: &str) -> SqlError {
         SqlError::msg(
             3189,

@@ -65,11 +65,14 @@ pub fn execute(
     outs: &mut Vec<Output>,
 ) -> Result<Option<Report>, SqlError> {
     let verb = stmt.verb();
+    if let Statement::Session(s) = stmt {
+        return session(engine, s, outs).map(|()| None);
+    }
     let _busy = match stmt {
         Statement::Backup { database, .. } | Statement::Restore { database, .. } => {
             Some(BusyGuard::take(engine, database).map_err(|e| e.terminating(verb))?)
         }
-        Statement::RestoreInfo { .. } => None,
+        Statement::RestoreInfo { .. } | Statement::Session(_) => None,
     };
     let r = match stmt {
         Statement::Backup {
@@ -99,8 +102,102 @@ pub fn execute(
             devices,
             options,
         } => info(engine, *kind, devices, options, outs).map(|()| None),
+        Statement::Session(_) => Ok(None),
     };
     r.map_err(|e| e.terminating(verb))
+}
+
+/// The engine's @@VERSION text: what it emulates, and that it is openvdi.
+fn version_text() -> String {
+    format!(
+        "Microsoft SQL Server {}.{}.{} compatible - openvdi-engine {} (emulates SQL Server's BACKUP/RESTORE to virtual devices) on Linux",
+        mtf_io::SOFTWARE_MAJOR,
+        mtf_io::SOFTWARE_MINOR,
+        mtf_io::SOFTWARE_BUILD,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// SET, USE, PRINT and SELECT of constants and server properties: answered as SQL
+/// Server does, or accepted as harmless no-ops (SET options do not change anything
+/// the engine does).
+fn session(
+    engine: &Engine,
+    s: &crate::sql::Session,
+    outs: &mut Vec<Output>,
+) -> Result<(), SqlError> {
+    use crate::sql::{SelectItem, Session};
+    match s {
+        Session::Set(_) => Ok(()),
+        Session::Use(db) => {
+            let system = ["master", "msdb", "model", "tempdb"]
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(db));
+            if system || (db::validate_name(db).is_ok() && engine.dir().exists(db)) {
+                outs.push(Output::Message(Message::info(
+                    5701,
+                    format!("Changed database context to '{db}'."),
+                )));
+                Ok(())
+            } else {
+                Err(msg::use_no_database(db))
+            }
+        }
+        Session::Print(t) => {
+            outs.push(Output::Message(Message::info(0, t.clone())));
+            Ok(())
+        }
+        Session::Select(items) => {
+            let mut columns = Vec::new();
+            let mut row = Vec::new();
+            for (item, alias) in items {
+                let v = match item {
+                    SelectItem::Number(n) => Some(n.to_string()),
+                    SelectItem::Str(s) => Some(s.clone()),
+                    SelectItem::Global(g) => match g.as_str() {
+                        "VERSION" => Some(version_text()),
+                        "SERVERNAME" => Some(engine.server_name().to_string()),
+                        "SERVICENAME" => Some("MSSQLSERVER".to_string()),
+                        "SPID" => Some(std::process::id().to_string()),
+                        "LANGUAGE" => Some("us_english".to_string()),
+                        "TRANCOUNT" | "ERROR" | "ROWCOUNT" => Some("0".to_string()),
+                        other => {
+                            return Err(SqlError::new(
+                                137,
+                                15,
+                                format!("Must declare the scalar variable \"@@{other}\"."),
+                            ))
+                        }
+                    },
+                    SelectItem::ServerProperty(p) => match p.to_ascii_lowercase().as_str() {
+                        "productversion" => Some(format!(
+                            "{}.{}.{}.0",
+                            mtf_io::SOFTWARE_MAJOR,
+                            mtf_io::SOFTWARE_MINOR,
+                            mtf_io::SOFTWARE_BUILD
+                        )),
+                        "productmajorversion" => Some(mtf_io::SOFTWARE_MAJOR.to_string()),
+                        "productminorversion" => Some(mtf_io::SOFTWARE_MINOR.to_string()),
+                        "productlevel" => Some("RTM".to_string()),
+                        "edition" => Some("Developer Edition (64-bit)".to_string()),
+                        "engineedition" => Some("3".to_string()),
+                        "servername" | "machinename" => Some(engine.server_name().to_string()),
+                        "instancename" => None,
+                        "isclustered" | "ishadrenabled" => Some("0".to_string()),
+                        // SQL Server answers NULL for a property it does not know.
+                        _ => None,
+                    },
+                };
+                columns.push(alias.clone().unwrap_or_default());
+                row.push(v);
+            }
+            outs.push(Output::ResultSet(ResultSet {
+                columns,
+                rows: vec![row],
+            }));
+            Ok(())
+        }
+    }
 }
 
 fn transfer_options(

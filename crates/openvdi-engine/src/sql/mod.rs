@@ -193,7 +193,75 @@ pub enum Statement {
         /// WITH options.
         options: RestoreOptions,
     },
+    /// What scripts and drivers send around their BACKUP/RESTORE: SET options, USE,
+    /// PRINT, and SELECTs of the server's identity.
+    Session(Session),
 }
+
+/// A session statement ([`Statement::Session`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Session {
+    /// `SET option value`: accepted, changes nothing the engine does.
+    Set(String),
+    /// `USE database`.
+    Use(String),
+    /// `PRINT 'text'` (or a number).
+    Print(String),
+    /// `SELECT item [AS alias], …` of constants and server properties.
+    Select(Vec<(SelectItem, Option<String>)>),
+}
+
+/// One column of a session SELECT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SelectItem {
+    /// `@@VERSION`, `@@SERVERNAME`, … (upper case, without the `@@`).
+    Global(String),
+    /// `SERVERPROPERTY('name')`.
+    ServerProperty(String),
+    /// An integer literal.
+    Number(u64),
+    /// A string literal.
+    Str(String),
+}
+
+/// SET options SQL Server knows that take ON / OFF (the ones scripts and drivers send).
+const SET_ON_OFF: &[&str] = &[
+    "ANSI_DEFAULTS",
+    "ANSI_NULL_DFLT_OFF",
+    "ANSI_NULL_DFLT_ON",
+    "ANSI_NULLS",
+    "ANSI_PADDING",
+    "ANSI_WARNINGS",
+    "ARITHABORT",
+    "ARITHIGNORE",
+    "CONCAT_NULL_YIELDS_NULL",
+    "CURSOR_CLOSE_ON_COMMIT",
+    "FMTONLY",
+    "FORCEPLAN",
+    "IMPLICIT_TRANSACTIONS",
+    "NOCOUNT",
+    "NOEXEC",
+    "NUMERIC_ROUNDABORT",
+    "PARSEONLY",
+    "QUOTED_IDENTIFIER",
+    "REMOTE_PROC_TRANSACTIONS",
+    "SHOWPLAN_ALL",
+    "SHOWPLAN_TEXT",
+    "SHOWPLAN_XML",
+    "STATISTICS",
+    "XACT_ABORT",
+];
+/// SET options that take a value (a number or a word).
+const SET_VALUED: &[&str] = &[
+    "DATEFIRST",
+    "DATEFORMAT",
+    "DEADLOCK_PRIORITY",
+    "LANGUAGE",
+    "LOCK_TIMEOUT",
+    "QUERY_GOVERNOR_COST_LIMIT",
+    "ROWCOUNT",
+    "TEXTSIZE",
+];
 
 impl Statement {
     /// The statement's name in SQL Server's messages ("BACKUP DATABASE", "RESTORE LOG",
@@ -232,6 +300,10 @@ impl Statement {
                 kind: InfoKind::LabelOnly,
                 ..
             } => "RESTORE LABELONLY",
+            Statement::Session(Session::Set(_)) => "SET",
+            Statement::Session(Session::Use(_)) => "USE",
+            Statement::Session(Session::Print(_)) => "PRINT",
+            Statement::Session(Session::Select(_)) => "SELECT",
         }
     }
 
@@ -241,6 +313,7 @@ impl Statement {
             Statement::Backup { devices, .. }
             | Statement::Restore { devices, .. }
             | Statement::RestoreInfo { devices, .. } => devices,
+            Statement::Session(_) => &[],
         }
     }
 }
@@ -421,8 +494,129 @@ impl Parser {
                 self.pos += 1;
                 self.restore()
             }
+            Some("SET") => {
+                self.pos += 1;
+                self.set_option().map(Statement::Session)
+            }
+            Some("USE") => {
+                self.pos += 1;
+                Ok(Statement::Session(Session::Use(self.name()?)))
+            }
+            Some("PRINT") => {
+                self.pos += 1;
+                let text = match self.next().map(|t| t.tok) {
+                    Some(Tok::Str { value, .. }) => value,
+                    Some(Tok::Number(n)) => n.to_string(),
+                    _ => {
+                        self.pos = self.pos.saturating_sub(1);
+                        return Err(self.error_here());
+                    }
+                };
+                Ok(Statement::Session(Session::Print(text)))
+            }
+            Some("SELECT") => {
+                self.pos += 1;
+                self.select().map(Statement::Session)
+            }
             _ => Err(self.error_here()),
         }
+    }
+
+    /// `SET option …` (the option names SQL Server has; anything else is Msg 195).
+    fn set_option(&mut self) -> PResult<Session> {
+        let Some(opt) = self.peek_word() else {
+            return Err(self.error_here());
+        };
+        self.pos += 1;
+        if SET_ON_OFF.contains(&opt.as_str()) {
+            if opt == "STATISTICS" {
+                // SET STATISTICS IO | TIME | PROFILE | XML ON|OFF
+                let Some(w) = self.peek_word() else {
+                    return Err(self.error_here());
+                };
+                self.pos += 1;
+                if !matches!(w.as_str(), "IO" | "TIME" | "PROFILE" | "XML") {
+                    return Err(msg::not_a_set_option(&w));
+                }
+            }
+            if !(self.eat_word("ON") || self.eat_word("OFF")) {
+                return Err(self.error_here());
+            }
+            return Ok(Session::Set(opt));
+        }
+        if SET_VALUED.contains(&opt.as_str()) {
+            let neg = self.peek().is_some_and(|t| t.text == "-");
+            if neg {
+                self.pos += 1;
+            }
+            match self.next().map(|t| t.tok) {
+                Some(Tok::Number(_)) | Some(Tok::Word(_)) | Some(Tok::Str { .. }) => {}
+                _ => {
+                    self.pos = self.pos.saturating_sub(1);
+                    return Err(self.error_here());
+                }
+            }
+            return Ok(Session::Set(opt));
+        }
+        if opt == "TRANSACTION" {
+            // SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED | READ COMMITTED |
+            // REPEATABLE READ | SNAPSHOT | SERIALIZABLE
+            self.expect_word("ISOLATION")?;
+            self.expect_word("LEVEL")?;
+            let ok = if self.eat_word("READ") {
+                self.eat_word("UNCOMMITTED") || self.eat_word("COMMITTED")
+            } else if self.eat_word("REPEATABLE") {
+                self.eat_word("READ")
+            } else {
+                self.eat_word("SNAPSHOT") || self.eat_word("SERIALIZABLE")
+            };
+            if !ok {
+                return Err(self.error_here());
+            }
+            return Ok(Session::Set(opt));
+        }
+        Err(msg::not_a_set_option(&opt))
+    }
+
+    /// `SELECT item [[AS] alias], …` where an item is a constant, `@@GLOBAL` or
+    /// `SERVERPROPERTY('name')`. Anything else (FROM, WHERE, …) is a syntax error.
+    fn select(&mut self) -> PResult<Session> {
+        let mut items = Vec::new();
+        loop {
+            let item = match self.next().map(|t| t.tok) {
+                Some(Tok::Number(n)) => SelectItem::Number(n),
+                Some(Tok::Str { value, .. }) => SelectItem::Str(value),
+                Some(Tok::Variable(v)) if v.starts_with("@@") => {
+                    SelectItem::Global(v.trim_start_matches('@').to_ascii_uppercase())
+                }
+                Some(Tok::Word(w)) if w.eq_ignore_ascii_case("SERVERPROPERTY") => {
+                    self.expect(&Tok::LParen)?;
+                    let name = self.string()?;
+                    self.expect(&Tok::RParen)?;
+                    SelectItem::ServerProperty(name)
+                }
+                _ => {
+                    self.pos = self.pos.saturating_sub(1);
+                    return Err(self.error_here());
+                }
+            };
+            let alias = if self.eat_word("AS") {
+                Some(self.name()?)
+            } else if let Some(Tok::Quoted(q)) = self.peek().map(|t| t.tok.clone()) {
+                self.pos += 1;
+                Some(q)
+            } else {
+                match self.peek_word() {
+                    Some(w) if !is_reserved(&w) => Some(self.name()?),
+                    _ => None,
+                }
+            };
+            items.push((item, alias));
+            if !self.eat(&Tok::Comma) {
+                break;
+            }
+        }
+        Ok(Session::Select(items))
     }
 
     fn name(&mut self) -> PResult<String> {
@@ -877,7 +1071,43 @@ mod tests {
         assert_eq!(e.number(), 102);
         let e = err("RESTORE DATABASE db");
         assert_eq!(e.number(), 102);
-        let e = err("SELECT 1");
+        // SELECT of constants is a session statement now; anything with FROM is not.
+        let e = err("SELECT 1 FROM t");
         assert_eq!(e.number(), 156);
+    }
+
+    #[test]
+    fn session_statements() {
+        assert_eq!(
+            one("set nocount on"),
+            Statement::Session(Session::Set("NOCOUNT".into()))
+        );
+        assert_eq!(
+            one("USE [My DB]"),
+            Statement::Session(Session::Use("My DB".into()))
+        );
+        assert_eq!(
+            one("PRINT N'hello'"),
+            Statement::Session(Session::Print("hello".into()))
+        );
+        assert_eq!(
+            one("SELECT @@version, SERVERPROPERTY('ProductVersion') AS v, 1 one"),
+            Statement::Session(Session::Select(vec![
+                (SelectItem::Global("VERSION".into()), None),
+                (
+                    SelectItem::ServerProperty("ProductVersion".into()),
+                    Some("v".into())
+                ),
+                (SelectItem::Number(1), Some("one".into())),
+            ]))
+        );
+        assert_eq!(err("SET BOGUS ON").number(), 195);
+        assert_eq!(err("SET NOCOUNT").number(), 102);
+        assert_eq!(
+            parse_batch("SET NOCOUNT ON; USE demo; PRINT 'x'")
+                .unwrap()
+                .len(),
+            3
+        );
     }
 }

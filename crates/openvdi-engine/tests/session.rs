@@ -1,0 +1,69 @@
+//! The session statements scripts written for Microsoft's sqlcmd send around their
+//! BACKUP/RESTORE (SET options, USE, PRINT, SELECT @@VERSION …), through the real
+//! `openvdi-sqlcmd` binary: answered as SQL Server answers them, and anything else
+//! still refused with SQL Server's message.
+
+use std::process::Command;
+
+fn sqlcmd(data: &std::path::Path, q: &str) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_openvdi-sqlcmd"))
+        .args(["-b", "-Q", q])
+        .env("OPENVDI_DATA_DIR", data)
+        .output()
+        .expect("run openvdi-sqlcmd");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn a_script_of_session_statements_and_a_backup_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_openvdi-engine"))
+        .args(["create-database", "demo"])
+        .env("OPENVDI_DATA_DIR", d.path())
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let bak = d.path().join("demo.bak");
+    let (rc, out) = sqlcmd(
+        d.path(),
+        &format!(
+            "SET NOCOUNT ON; SET ANSI_NULLS ON; SET QUOTED_IDENTIFIER ON; \
+             SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET LOCK_TIMEOUT -1; \
+             USE demo; PRINT 'starting the backup'; SELECT @@VERSION; \
+             SELECT @@SERVERNAME AS server, SERVERPROPERTY('ProductVersion') AS version, 1; \
+             BACKUP DATABASE demo TO DISK = '{}'",
+            bak.display()
+        ),
+    );
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("Changed database context to 'demo'."), "{out}");
+    assert!(out.contains("starting the backup"), "{out}");
+    assert!(out.contains("Microsoft SQL Server"), "{out}");
+    assert!(out.contains("10.50.1600.0"), "{out}");
+    assert!(
+        out.contains("BACKUP DATABASE successfully processed"),
+        "{out}"
+    );
+    assert!(bak.metadata().unwrap().len() > 0);
+}
+
+#[test]
+fn unknown_session_statements_get_sql_servers_messages() {
+    let d = tempfile::tempdir().unwrap();
+    for (q, msg) in [
+        ("SET NO_SUCH_OPTION ON", "Msg 195,"),
+        ("USE no_such_db", "Msg 911,"),
+        ("SELECT * FROM sys.databases", "Msg 102,"),
+        ("SELECT @@NO_SUCH_GLOBAL", "Msg 137,"),
+        ("SET NOCOUNT MAYBE", "Msg 102,"),
+    ] {
+        let (rc, out) = sqlcmd(d.path(), q);
+        assert_eq!(rc, 1, "{q}: {out}");
+        assert!(out.contains(msg), "{q}: expected {msg} in {out}");
+    }
+}
