@@ -263,6 +263,29 @@ fn hostile_manifests_touch_nothing_outside_and_the_rest_is_served() {
         fs::write(ok_dir.join("manifest.json"), seal(&v)).unwrap();
     }
     let sealed_ok = "ha_FULL_20200101_000008";
+    // A valid manifest whose stripe files are symbolic links to the sentinel copies:
+    // the keys are fine, the objects are not (never followed out of the repository).
+    {
+        let folder = "ha_FULL_20200101_000009";
+        let dir = repo.join(&a_kind_dir).join(folder);
+        fs::create_dir_all(&dir).unwrap();
+        let mut v = read_manifest(&edited_dir.join("manifest.json"));
+        v["database"] = json!("ha");
+        v["id"] = json!(folder);
+        let mut s0 = v["stripes"][0].clone();
+        let name = s0["key"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
+        std::os::unix::fs::symlink(sentinel.join("abs.bak.zst"), dir.join(&name)).unwrap();
+        s0["key"] = json!(format!("{a_kind_dir}/{folder}/{name}"));
+        v["stripes"] = json!([s0]);
+        fs::write(dir.join("manifest.json"), seal(&v)).unwrap();
+    }
+    let symlinked = "ha_FULL_20200101_000009";
 
     let top = |d: &Path| -> Vec<String> {
         let mut v: Vec<String> = d
@@ -294,8 +317,8 @@ fn hostile_manifests_touch_nothing_outside_and_the_rest_is_served() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 3, "{l}");
-    for id in [a_id.as_str(), b_id.as_str(), sealed_ok] {
+    assert_eq!(ids.len(), 4, "{l}");
+    for id in [a_id.as_str(), b_id.as_str(), sealed_ok, symlinked] {
         assert!(ids.contains(&id), "{id} not listed: {l}");
     }
     let damaged: Vec<&str> = l["damaged"]
@@ -326,6 +349,15 @@ fn hostile_manifests_touch_nothing_outside_and_the_rest_is_served() {
         e.expect(&["restore", &h.folder, "--replace"], 3);
         check_outside(h.why);
     }
+    // Stripe objects that are symbolic links: damaged, never followed.
+    e.expect(&["verify", symlinked], 3);
+    e.expect(&["export", symlinked, export_dir.to_str().unwrap()], 3);
+    assert_ne!(e.run(&["inspect", symlinked]).status.code(), Some(0));
+    assert_ne!(
+        e.run(&["restore", symlinked, "--replace"]).status.code(),
+        Some(0)
+    );
+    check_outside("symbolic links");
     // A hostile id given verbatim is just not a backup.
     e.expect(
         &["export", "../sentinel/exp", export_dir.to_str().unwrap()],
@@ -344,7 +376,7 @@ fn hostile_manifests_touch_nothing_outside_and_the_rest_is_served() {
     }
     assert_eq!(
         report.iter().filter(|r| r["ok"] == false).count(),
-        hostile.len()
+        hostile.len() + 1 // the symbolic links
     );
     check_outside("verify --all");
 
@@ -369,7 +401,9 @@ fn hostile_manifests_touch_nothing_outside_and_the_rest_is_served() {
 
     // prune: nothing of the real backups, nothing outside, damaged folders untouched.
     let p = e.json(&["prune", "--keep-last", "1"]);
-    assert_eq!(p["delete"], json!([sealed_ok]), "{p}");
+    // The older `ha` fulls go (the symbolic links themselves are removed, never
+    // their targets: the sentinel check below).
+    assert_eq!(p["delete"], json!([sealed_ok, symlinked]), "{p}");
     e.json(&["prune", "--keep-last", "1", "--confirm"]);
     check_outside("prune");
     let after = snapshot(&repo);

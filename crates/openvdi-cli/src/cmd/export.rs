@@ -30,9 +30,19 @@ pub fn file_name(m: &Manifest, s: &Stripe) -> String {
 
 /// Decodes one stored stripe into `w`, verifying it against the manifest.
 pub fn decode_stripe(store: &dyn Store, s: &Stripe, w: &mut dyn Write) -> Result<u64> {
-    let input = store
-        .open_read(&s.key)
-        .with_context(|| format!("opening {}", s.key))?;
+    let input = match store.open_read(&s.key) {
+        Ok(i) => i,
+        // A symbolic link where a stored object should be: the backup is damaged.
+        Err(crate::storage::StoreError::Io { source, .. })
+            if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
+        {
+            return Err(err(
+                Code::Verify,
+                format!("{}: not a regular file (a symbolic link)", s.key),
+            ));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {}", s.key))),
+    };
     let corrupt = |e: ChunkError| match e {
         ChunkError::Corrupt(m) => err(Code::Verify, format!("{}: {m}", s.key)),
         ChunkError::Io(e) => anyhow::Error::new(e).context(format!("reading {}", s.key)),

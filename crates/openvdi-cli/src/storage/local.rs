@@ -135,7 +135,14 @@ impl Store for LocalStore {
     }
 
     fn open_read(&self, key: &str) -> Result<Box<dyn Read + Send>> {
-        let f = File::open(self.path(key)).map_err(io_err(key))?;
+        // O_NOFOLLOW: a symbolic link planted in the repository under a stored
+        // object's name is refused (ELOOP), never followed out of the repository.
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(self.path(key))
+            .map_err(io_err(key))?;
         // Large reads: stored frames are about a MAXTRANSFERSIZE each.
         Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
     }
