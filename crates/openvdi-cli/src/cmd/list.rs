@@ -30,7 +30,13 @@ pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
     }
     let mut warn = String::new();
     for d in &damaged {
-        warn.push_str(&format!("DAMAGED {} ({}): {}\n", d.folder, d.key, d.error));
+        // Names from the listing are printed escaped: a file name is not trusted either.
+        warn.push_str(&format!(
+            "DAMAGED {} ({}): {}\n",
+            d.folder.escape_debug(),
+            d.key.escape_debug(),
+            d.error.escape_debug()
+        ));
     }
     if all.is_empty() {
         output::text(&format!("{warn}no backups in {}", repo.location()));

@@ -150,7 +150,20 @@ impl Store for LocalStore {
     fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
         let target = self.path(key);
         if let Some(dir) = target.parent() {
+            // The folders this creates must survive a crash as surely as the object
+            // that `finish` fsyncs into the last one: fsync the parent of each new one.
+            let mut missing = Vec::new();
+            let mut d = Some(dir);
+            while let Some(p) = d.filter(|p| !p.is_dir()) {
+                missing.push(p.to_path_buf());
+                d = p.parent();
+            }
             fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            for m in &missing {
+                if let Some(parent) = m.parent() {
+                    sync_dir(parent).map_err(io_err(format!("fsync {}", parent.display())))?;
+                }
+            }
         }
         let temp = temp_path(&target);
         let file = OpenOptions::new()
