@@ -148,6 +148,13 @@ impl Repo {
             backups: all,
             damaged,
         } = self.scan()?;
+        if (sel == "latest" || sel.starts_with("latest:")) && !damaged.is_empty() {
+            // `latest` means the newest *trusted* backup; say that others were skipped.
+            eprintln!(
+                "openvdi: warning: {} damaged manifest(s) skipped when resolving {sel:?} (see `openvdi list`)",
+                damaged.len()
+            );
+        }
         let found = if sel == "latest" {
             all.into_iter().next_back()
         } else if let Some(db) = sel.strip_prefix("latest:") {
