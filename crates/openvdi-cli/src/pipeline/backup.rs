@@ -129,17 +129,34 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
             let store = plan.store.clone();
             let key = plan.keys[i].clone();
             handles.push(s.spawn(move || {
-                let r = writer_loop(
-                    dev,
-                    set,
-                    store.as_ref(),
-                    &key,
-                    codec,
-                    stop,
-                    &counters,
-                    item_rx,
-                    (sealing, i),
-                );
+                // A panic in the storage layer (an object store's client, say) must
+                // fail the backup with its cause, not leave the device loop waiting
+                // for a writer that is gone while the engine waits for completions.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    writer_loop(
+                        dev,
+                        set,
+                        store.as_ref(),
+                        &key,
+                        codec,
+                        stop,
+                        &counters,
+                        item_rx,
+                        (sealing, i),
+                    )
+                }))
+                .unwrap_or_else(|p| {
+                    let why = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown cause".into());
+                    let e =
+                        format!("storing stripe {key} failed: the storage task panicked: {why}");
+                    stop.stop(StopReason::Failed(e.clone()));
+                    set.signal_abort();
+                    Err(e)
+                });
                 counters.done.store(true, Ordering::Release);
                 r
             }));

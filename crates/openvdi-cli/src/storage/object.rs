@@ -120,6 +120,10 @@ impl ObjectWriter for Upload {
             .block_on(w.wait_for_capacity(PART_CONCURRENCY))
             .map_err(obj_err(format!("uploading {}", self.key)))?;
         self.written += data.len() as u64;
+        // `put` starts a part upload (tokio::spawn) once a part's worth is buffered:
+        // it must run inside the runtime. Outside it, it panicked ("there is no reactor
+        // running") on the first full 16 MiB part and the backup hung for ever.
+        let _rt = runtime().enter();
         w.put(Bytes::from(data));
         Ok(())
     }
@@ -130,6 +134,7 @@ impl ObjectWriter for Upload {
             .block_on(w.wait_for_capacity(PART_CONCURRENCY))
             .map_err(obj_err(format!("uploading {}", self.key)))?;
         self.written += data.len() as u64;
+        let _rt = runtime().enter();
         w.write(data);
         Ok(())
     }
