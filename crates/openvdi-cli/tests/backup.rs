@@ -363,6 +363,31 @@ fn a_failing_engine_statement_exits_1_with_its_message() {
     e.expect(&["backup", "x", "--type", "log"], 1);
 }
 
+#[test]
+fn a_failed_restore_prints_the_engines_message_not_the_abort_it_caused() {
+    // The engine refuses (3159) after reading the header: its device threads see the
+    // set aborted before its statement's messages arrive. The message printed must be
+    // the engine's every time, with one stripe and with two.
+    let e = Env::new();
+    engine(&e).create_database("tail", 4 << 20).unwrap();
+    for stripes in ["1", "2"] {
+        let id = e.json(&["backup", "tail", "--stripes", stripes])["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for round in 0..10 {
+            let o = e.run(&["--json", "--quiet", "restore", &id]);
+            assert_eq!(o.status.code(), Some(1), "{o:?}");
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let msg = v["error"].as_str().unwrap();
+            assert!(
+                msg.contains("Msg 3159"),
+                "{stripes} stripe(s), round {round}: {msg}"
+            );
+        }
+    }
+}
+
 /// openvdi-sqlcmd, built on demand (it belongs to another package, so cargo does not
 /// build it for this crate's tests).
 fn sqlcmd() -> PathBuf {

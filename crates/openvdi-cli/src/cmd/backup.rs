@@ -311,7 +311,10 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             for k in &keys {
                 let _ = repo.store.delete(k);
             }
-            return Err(stop_error(reason));
+            // The engine thread has been joined: its message is in now, ranked
+            // against ours (see StopReason).
+            stop.stop(reason);
+            return Err(stop_error(stop.reason().unwrap_or(StopReason::Aborted)));
         }
     };
     if !outcome.ok {

@@ -66,6 +66,9 @@ pub fn stop_error(r: StopReason) -> anyhow::Error {
         StopReason::Verify(m) => err(Code::Verify, format!("verification failed: {m}")),
         StopReason::Engine(m) => anyhow::anyhow!("the engine failed: {m}"),
         StopReason::Failed(m) => anyhow::anyhow!(m),
+        StopReason::Aborted => anyhow::anyhow!(
+            "the virtual device set was aborted by the engine, which gave no reason"
+        ),
     }
 }
 

@@ -177,9 +177,13 @@ pub fn engine_session(
     });
     reporter.finish();
     let _ = set.close();
-    // A verification failure outranks the engine's own complaint about the abort.
+    // The engine thread has been joined, so its message is in: the ranking of
+    // StopReason picks the cause (a verification failure outranks the engine's
+    // complaint about the abort it caused; the engine's message outranks the bare
+    // abort our device threads saw).
     if let Err(reason) = result {
-        return Err(stop_error(reason));
+        stop.stop(reason);
+        return Err(stop_error(stop.reason().unwrap_or(StopReason::Aborted)));
     }
     if !outcome.ok {
         return Err(stop_error(StopReason::Engine(outcome.error_text())));

@@ -100,7 +100,7 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
             Ok(d) => devices.push(d),
             Err(e) => {
                 plan.set.signal_abort();
-                return Err(StopReason::Failed(format!("OpenDevice({name}): {e}")));
+                return Err(StopReason::device(&format!("OpenDevice({name})"), e));
             }
         }
     }
@@ -209,14 +209,8 @@ fn device_loop(
             Ok(c) => c,
             Err(DevError::Timeout) => continue,
             Err(DevError::Close) => return,
-            Err(DevError::Abort) => {
-                stop.stop(StopReason::Failed(
-                    "the virtual device set was aborted".into(),
-                ));
-                return;
-            }
             Err(e) => {
-                stop.stop(StopReason::Failed(format!("GetCommand: {e}")));
+                stop.stop(StopReason::device("GetCommand", e));
                 set.signal_abort();
                 return;
             }
@@ -229,7 +223,7 @@ fn device_loop(
                 let frame = chunk::encode(codec, cmd.data());
                 let r = items.send(Item::Frame { seq, cmd, frame });
                 seq += 1;
-                r.map_err(|_| "the stripe writer is gone".to_string())
+                r.map_err(|_| StopReason::Failed("the stripe writer is gone".into()))
             }
             vdc::VDC_Write => {
                 let r = jobs.send(Job {
@@ -238,23 +232,23 @@ fn device_loop(
                     reply: items.clone(),
                 });
                 seq += 1;
-                r.map_err(|_| "the compression workers are gone".to_string())
+                r.map_err(|_| StopReason::Failed("the compression workers are gone".into()))
             }
             vdc::VDC_Flush | vdc::VDC_Complete => {
                 let r = items.send(Item::Barrier { seq, cmd });
                 seq += 1;
-                r.map_err(|_| "the stripe writer is gone".to_string())
+                r.map_err(|_| StopReason::Failed("the stripe writer is gone".into()))
             }
             vdc::VDC_ClearError => dev
                 .complete(cmd.token(), win32::ERROR_SUCCESS, 0, 0)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| StopReason::device("CompleteCommand", e)),
             // A pipe-like device (features 0) supports nothing else (reference §6.1).
             _ => dev
                 .complete(cmd.token(), win32::ERROR_NOT_SUPPORTED, 0, 0)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| StopReason::device("CompleteCommand", e)),
         };
         if let Err(e) = r {
-            stop.stop(StopReason::Failed(e));
+            stop.stop(e);
             set.signal_abort();
             return;
         }
@@ -279,15 +273,17 @@ fn writer_loop(
     let mut result: Option<StripeResult> = None;
     let mut next = 0u64;
     let mut pending: BTreeMap<u64, Item> = BTreeMap::new();
-    let fail = |msg: String| {
-        stop.stop(StopReason::Failed(msg.clone()));
+    let fail = |why: StopReason| {
+        let msg = why.to_string();
+        stop.stop(why);
         set.signal_abort();
         msg
     };
-    let open = |sink: &mut Option<Sink>| -> Result<(), String> {
+    let failed = |e: String| StopReason::Failed(e);
+    let open = |sink: &mut Option<Sink>| -> Result<(), StopReason> {
         if sink.is_none() {
-            let w = store.create(key).map_err(|e| e.to_string())?;
-            *sink = Some(Sink::new(w, codec).map_err(|e| e.to_string())?);
+            let w = store.create(key).map_err(|e| failed(e.to_string()))?;
+            *sink = Some(Sink::new(w, codec).map_err(|e| failed(e.to_string()))?);
         }
         Ok(())
     };
@@ -299,20 +295,21 @@ fn writer_loop(
         pending.insert(item.seq(), item);
         while let Some(item) = pending.remove(&next) {
             next += 1;
-            let step: Result<(), String> = (|| match item {
+            let step: Result<(), StopReason> = (|| match item {
                 Item::Frame { cmd, frame, .. } => {
-                    let frame = frame.map_err(|e| format!("compressing: {e}"))?;
+                    let frame = frame.map_err(|e| failed(format!("compressing: {e}")))?;
                     if result.is_some() {
-                        return Err("VDC_Write after VDC_Complete".into());
+                        return Err(failed("VDC_Write after VDC_Complete".into()));
                     }
                     open(&mut sink)?;
                     let s = sink.as_mut().expect("opened");
-                    s.append(frame, cmd.data()).map_err(|e| e.to_string())?;
+                    s.append(frame, cmd.data())
+                        .map_err(|e| failed(e.to_string()))?;
                     counters.raw.store(s.raw(), Ordering::Relaxed);
                     counters.stored.store(s.stored(), Ordering::Relaxed);
                     // The buffer goes back to the engine only now: its bytes are out.
                     dev.complete(cmd.token(), win32::ERROR_SUCCESS, cmd.size(), 0)
-                        .map_err(|e| format!("CompleteCommand: {e}"))
+                        .map_err(|e| StopReason::device("CompleteCommand", e))
                 }
                 Item::Barrier { cmd, .. } => {
                     if cmd.code() == vdc::VDC_Complete {
@@ -321,20 +318,20 @@ fn writer_loop(
                         if result.is_none() {
                             open(&mut sink)?;
                             let s = sink.take().expect("opened");
-                            let r = s.seal().map_err(|e| e.to_string())?;
+                            let r = s.seal().map_err(|e| failed(e.to_string()))?;
                             if let Err(e) = sealing.sealed(index, &r) {
                                 // Fail this VDC_Complete: the engine fails the BACKUP
                                 // (its differential base and log chain stay put).
                                 let _ = dev.complete(cmd.token(), win32::ERROR_WRITE_FAULT, 0, 0);
-                                return Err(format!("storing the manifest: {e}"));
+                                return Err(failed(format!("storing the manifest: {e}")));
                             }
                             result = Some(r);
                         }
                     } else if let Some(s) = sink.as_mut() {
-                        s.flush().map_err(|e| e.to_string())?;
+                        s.flush().map_err(|e| failed(e.to_string()))?;
                     }
                     dev.complete(cmd.token(), win32::ERROR_SUCCESS, 0, 0)
-                        .map_err(|e| format!("CompleteCommand: {e}"))
+                        .map_err(|e| StopReason::device("CompleteCommand", e))
                 }
             })();
             if let Err(e) = step {
@@ -362,7 +359,7 @@ fn writer_loop(
         Some(r) => Ok(r),
         None => {
             // No VDC_Complete was negotiated: seal at the normal close.
-            open(&mut sink)?;
+            open(&mut sink).map_err(|e| e.to_string())?;
             sink.take()
                 .expect("opened")
                 .seal()

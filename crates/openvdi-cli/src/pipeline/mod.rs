@@ -35,7 +35,14 @@ pub struct Counters {
     pub done: AtomicBool,
 }
 
-/// Why a pipeline stopped early; the first reason wins.
+/// Why a pipeline stopped early.
+///
+/// Several threads see one failure: the stripe writer that could not store, the
+/// device thread that then sees the set aborted, the engine thread whose statement
+/// then fails. They report in whatever order the scheduler picks, so "first one
+/// wins" would print the symptom about half the time. Reasons are ranked instead:
+/// a cause (ours, or Ctrl-C) outranks the engine's message, which outranks the bare
+/// "the set was aborted"; among equals the first one stays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     /// Ctrl-C / SIGTERM.
@@ -46,6 +53,38 @@ pub enum StopReason {
     Verify(String),
     /// Storage or protocol failure.
     Failed(String),
+    /// The other side aborted the set without telling us why: a symptom, replaced by
+    /// any other reason that arrives.
+    Aborted,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Failed(m) | StopReason::Verify(m) | StopReason::Engine(m) => f.write_str(m),
+            StopReason::Aborted => f.write_str("the virtual device set was aborted"),
+            StopReason::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+impl StopReason {
+    /// A failed device call: an aborted set is the bare symptom, anything else is
+    /// a failure of ours, named after the call.
+    pub fn device(call: &str, e: DevError) -> StopReason {
+        match e {
+            DevError::Abort => StopReason::Aborted,
+            e => StopReason::Failed(format!("{call}: {e}")),
+        }
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            StopReason::Aborted => 0,
+            StopReason::Engine(_) => 1,
+            StopReason::Interrupted | StopReason::Verify(_) | StopReason::Failed(_) => 2,
+        }
+    }
 }
 
 /// A stop flag shared by every thread of a run (and the signal handler).
@@ -59,10 +98,11 @@ impl Stop {
     pub fn new() -> Arc<Stop> {
         Arc::new(Stop::default())
     }
-    /// Records the first reason and raises the flag.
+    /// Records the reason (unless one of at least its rank is already there, see
+    /// [`StopReason`]) and raises the flag.
     pub fn stop(&self, why: StopReason) {
         if let Ok(mut r) = self.reason.lock() {
-            if r.is_none() {
+            if r.as_ref().is_none_or(|old| why.rank() > old.rank()) {
                 *r = Some(why);
             }
         }
@@ -98,7 +138,7 @@ pub fn wait_configuration(
                     timeout.as_secs()
                 )))
             }
-            Err(e) => return Err(StopReason::Failed(format!("GetConfiguration: {e}"))),
+            Err(e) => return Err(StopReason::device("GetConfiguration", e)),
         }
     }
 }

@@ -143,13 +143,7 @@ fn device_loop(
             Ok(c) => c,
             Err(DevError::Timeout) => continue,
             Err(DevError::Close) => return,
-            Err(DevError::Abort) => {
-                stop.stop(StopReason::Failed(
-                    "the virtual device set was aborted".into(),
-                ));
-                return;
-            }
-            Err(e) => return fail(StopReason::Failed(format!("GetCommand: {e}"))),
+            Err(e) => return fail(StopReason::device("GetCommand", e)),
         };
         let (code, bytes) = match cmd.code() {
             vdc::VDC_Read => {
@@ -197,7 +191,7 @@ fn device_loop(
             _ => (win32::ERROR_NOT_SUPPORTED, 0),
         };
         if let Err(e) = dev.complete(cmd.token(), code, bytes, 0) {
-            return fail(StopReason::Failed(format!("CompleteCommand: {e}")));
+            return fail(StopReason::device("CompleteCommand", e));
         }
     }
 }
@@ -217,7 +211,7 @@ pub fn run(plan: Plan<'_>) -> Result<(), StopReason> {
             Ok(d) => devices.push(d),
             Err(e) => {
                 plan.set.signal_abort();
-                return Err(StopReason::Failed(format!("OpenDevice({name}): {e}")));
+                return Err(StopReason::device(&format!("OpenDevice({name})"), e));
             }
         }
     }

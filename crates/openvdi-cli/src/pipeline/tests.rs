@@ -353,3 +353,31 @@ fn hash_speed() {
         copy.len()
     );
 }
+
+#[test]
+fn the_cause_outranks_the_symptoms_whatever_order_they_arrive_in() {
+    let cause = StopReason::Failed("storing the manifest: disk full".into());
+    let engine = StopReason::Engine("Msg 3013, BACKUP DATABASE is terminating abnormally".into());
+    for order in [
+        [StopReason::Aborted, engine.clone(), cause.clone()],
+        [engine.clone(), StopReason::Aborted, cause.clone()],
+        [cause.clone(), StopReason::Aborted, engine.clone()],
+        [StopReason::Aborted, cause.clone(), engine.clone()],
+    ] {
+        let s = Stop::new();
+        for r in order {
+            s.stop(r);
+        }
+        assert_eq!(s.reason(), Some(cause.clone()));
+    }
+    // The engine's message beats the bare abort; among equals the first stays.
+    let s = Stop::new();
+    s.stop(StopReason::Aborted);
+    s.stop(engine.clone());
+    s.stop(StopReason::Aborted);
+    assert_eq!(s.reason(), Some(engine));
+    let s = Stop::new();
+    s.stop(StopReason::Interrupted);
+    s.stop(cause);
+    assert_eq!(s.reason(), Some(StopReason::Interrupted));
+}
