@@ -456,6 +456,55 @@ fn an_external_sqlcmd_engine_backs_up_and_restores() {
 }
 
 #[test]
+fn an_external_engines_backups_chain_by_the_lsns_their_streams_record() {
+    // sqlcmd prints text only, so every chain fact must come from the stream itself
+    // (read before the tool answers VDC_Complete) and agree with HEADERONLY.
+    let e = Env::new();
+    engine(&e).create_database("lsn", 8 << 20).unwrap();
+    let cmd = format!(
+        "'{}' -S . -b --data-dir '{}' -Q {{sql}}",
+        sqlcmd().display(),
+        e.data.display()
+    );
+    let mut ids = Vec::new();
+    for kind in ["full", "diff", "log"] {
+        engine(&e).modify("lsn", 6).unwrap();
+        let b = e.json(&[
+            "--engine-cmd",
+            &cmd,
+            "backup",
+            "lsn",
+            "--type",
+            kind,
+            "--stripes",
+            "2",
+        ]);
+        assert_eq!(b["engine"]["kind"], "external");
+        let id = b["id"].as_str().unwrap().to_string();
+        let h = &e.json(&["inspect", &id])["header"][0];
+        for (ours, theirs) in [
+            ("first_lsn", "FirstLSN"),
+            ("last_lsn", "LastLSN"),
+            ("checkpoint_lsn", "CheckpointLSN"),
+            ("database_backup_lsn", "DatabaseBackupLSN"),
+            ("backup_set_guid", "BackupSetGUID"),
+        ] {
+            assert!(b["chain"][ours].is_string(), "{kind}: no {ours} in {b}");
+            assert_eq!(b["chain"][ours], h[theirs], "{kind}: {ours}");
+        }
+        ids.push(id);
+    }
+    let all = e.backups();
+    let parent = |id: &str| {
+        all.iter().find(|m| m["id"] == id).unwrap()["chain"]["parent"]
+            .as_str()
+            .map(String::from)
+    };
+    assert_eq!(parent(&ids[1]).as_deref(), Some(ids[0].as_str()));
+    assert_eq!(parent(&ids[2]).as_deref(), Some(ids[0].as_str()));
+}
+
+#[test]
 fn flags_beat_environment_beat_the_config_file() {
     let e = Env::new();
     engine(&e).create_database("cfg", 4 << 20).unwrap();

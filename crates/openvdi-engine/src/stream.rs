@@ -78,6 +78,17 @@ pub struct SetMeta {
     pub database_version: u32,
 }
 
+/// The backup set's metadata from the head of one media family's stream: the
+/// media header, the backup set's blocks and its metadata (MQCI), nothing after.
+/// For a backup application that watches the bytes it stores, so it knows what it
+/// holds (LSNs, GUIDs, database) before it tells the server the backup is safe —
+/// without waiting for the statement's messages, which an external server may
+/// never send in a form it can parse. The stream is untrusted: a damaged head is
+/// an error, never a panic.
+pub fn read_head(r: &mut dyn std::io::Read) -> Result<SetMeta, crate::SqlError> {
+    crate::mtf_io::FamilyReader::open(r).map(|(_, m)| m)
+}
+
 /// A run of pages of one file that a family carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chunk {

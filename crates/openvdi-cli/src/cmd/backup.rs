@@ -251,21 +251,37 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         })
     };
     // A backup is stored before the engine hears that it is: this runs when the last
-    // stripe is sealed, before its VDC_Complete is completed. The engine's own facts
-    // are not known yet (they come with its completion); they are added afterwards.
+    // stripe is sealed, before its VDC_Complete is completed. The chain facts come
+    // from the stream itself (its metadata block); the engine's messages are not
+    // known yet (they come with its completion) and are added afterwards.
     let stored_early = std::sync::atomic::AtomicBool::new(false);
-    let on_sealed = |results: &[pipeline::backup::StripeResult]| -> Result<(), String> {
-        let info = EngineInfo {
-            kind: engine.kind().into(),
-            message: PENDING.into(),
-            messages: vec![],
+    let stream_chain = std::sync::Mutex::new(None::<Chain>);
+    let on_sealed =
+        |results: &[pipeline::backup::StripeResult], head: &[u8]| -> Result<(), String> {
+            let info = EngineInfo {
+                kind: engine.kind().into(),
+                message: PENDING.into(),
+                messages: vec![],
+            };
+            let chain = match crate::mtf::chain_of_head(head, &plan.database, plan.kind) {
+                Ok(c) => c,
+                Err(why) => {
+                    eprintln!(
+                        "openvdi: warning: the backup's own chain facts could not be read from \
+                     its stream ({why}); the engine's messages must supply them"
+                    );
+                    Chain::default()
+                }
+            };
+            if let Ok(mut c) = stream_chain.lock() {
+                *c = Some(chain.clone());
+            }
+            let m = make_manifest(results, chain, info, t0.elapsed().as_secs_f64())
+                .map_err(|e| format!("{e:#}"))?;
+            repo.publish(&dir, &m).map_err(|e| format!("{e:#}"))?;
+            stored_early.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
         };
-        let m = make_manifest(results, Chain::default(), info, t0.elapsed().as_secs_f64())
-            .map_err(|e| format!("{e:#}"))?;
-        repo.publish(&dir, &m).map_err(|e| format!("{e:#}"))?;
-        stored_early.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    };
     let manifest_key = Repo::manifest_key(&dir);
     let unpublish = || {
         let _ = repo.store.delete(&manifest_key);
@@ -331,7 +347,12 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     // The engine confirmed: record its facts (LSNs, GUIDs, messages) in the manifest
     // already stored before its VDC_Complete. The backup is durable and listed either
     // way; failing to add the facts leaves it chained by time only.
-    let chain = outcome.chain.clone().unwrap_or_default();
+    // The engine's report when it gave one, else what the stream said about itself.
+    let chain = outcome
+        .chain
+        .clone()
+        .or_else(|| stream_chain.lock().ok().and_then(|c| c.clone()))
+        .unwrap_or_default();
     let info = EngineInfo {
         kind: engine.kind().into(),
         message: outcome.completion_message(),

@@ -33,27 +33,40 @@ pub struct Plan<'a> {
     /// backup command stores the manifest here: a backup is durable in the
     /// repository before the engine hears that it is. An Err completes that
     /// `VDC_Complete` with ERROR_WRITE_FAULT and aborts the set: the BACKUP fails.
+    /// It also gets the first bytes of stripe 1 (at most [`HEAD_MAX`]): the media
+    /// header and the backup set's metadata, from which the manifest takes the
+    /// backup's own facts (LSNs, GUIDs) before any engine message arrives.
     pub on_sealed: Option<&'a OnSealed<'a>>,
 }
 
 /// See [`Plan::on_sealed`].
-pub type OnSealed<'a> = dyn Fn(&[StripeResult]) -> Result<(), String> + Sync + 'a;
+pub type OnSealed<'a> = dyn Fn(&[StripeResult], &[u8]) -> Result<(), String> + Sync + 'a;
+
+/// How much of the head of stripe 1 is kept for [`Plan::on_sealed`]: the media
+/// header, the set's blocks and the metadata stream of a backup of several hundred
+/// files fit with room to spare; a longer head is simply cut (the facts are then
+/// taken from the engine's messages alone).
+pub const HEAD_MAX: usize = 4 << 20;
 
 /// The sealed stripes so far; the writer that seals the last one runs the hook.
 struct Sealing<'a> {
-    done: std::sync::Mutex<Vec<Option<StripeResult>>>,
+    done: std::sync::Mutex<(Vec<Option<StripeResult>>, Vec<u8>)>,
     hook: Option<&'a OnSealed<'a>>,
 }
 
 impl Sealing<'_> {
-    /// Records stripe `i`; runs the hook if it was the last one.
-    fn sealed(&self, i: usize, r: &StripeResult) -> Result<(), String> {
+    /// Records stripe `i` (and, for the first, the head of its stream); runs the
+    /// hook if it was the last one.
+    fn sealed(&self, i: usize, r: &StripeResult, head: &mut Vec<u8>) -> Result<(), String> {
         let mut done = self.done.lock().map_err(|_| "a stripe writer panicked")?;
-        done[i] = Some(r.clone());
-        if done.iter().all(Option::is_some) {
+        done.0[i] = Some(r.clone());
+        if i == 0 {
+            done.1 = std::mem::take(head);
+        }
+        if done.0.iter().all(Option::is_some) {
             if let Some(hook) = self.hook {
-                let all: Vec<StripeResult> = done.iter().flatten().cloned().collect();
-                return hook(&all);
+                let all: Vec<StripeResult> = done.0.iter().flatten().cloned().collect();
+                return hook(&all, &done.1);
             }
         }
         Ok(())
@@ -107,7 +120,7 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
     let (job_tx, job_rx) = unbounded::<Job>();
     let codec = plan.codec;
     let sealing = Sealing {
-        done: std::sync::Mutex::new(vec![None; devices.len()]),
+        done: std::sync::Mutex::new((vec![None; devices.len()], Vec::new())),
         hook: plan.on_sealed,
     };
     let sealing = &sealing;
@@ -273,6 +286,7 @@ fn writer_loop(
     let mut result: Option<StripeResult> = None;
     let mut next = 0u64;
     let mut pending: BTreeMap<u64, Item> = BTreeMap::new();
+    let mut head: Vec<u8> = Vec::new();
     let fail = |why: StopReason| {
         let msg = why.to_string();
         stop.stop(why);
@@ -303,6 +317,10 @@ fn writer_loop(
                     }
                     open(&mut sink)?;
                     let s = sink.as_mut().expect("opened");
+                    if index == 0 && head.len() < HEAD_MAX {
+                        let d = cmd.data();
+                        head.extend_from_slice(&d[..d.len().min(HEAD_MAX - head.len())]);
+                    }
                     s.append(frame, cmd.data())
                         .map_err(|e| failed(e.to_string()))?;
                     counters.raw.store(s.raw(), Ordering::Relaxed);
@@ -319,7 +337,7 @@ fn writer_loop(
                             open(&mut sink)?;
                             let s = sink.take().expect("opened");
                             let r = s.seal().map_err(|e| failed(e.to_string()))?;
-                            if let Err(e) = sealing.sealed(index, &r) {
+                            if let Err(e) = sealing.sealed(index, &r, &mut head) {
                                 // Fail this VDC_Complete: the engine fails the BACKUP
                                 // (its differential base and log chain stay put).
                                 let _ = dev.complete(cmd.token(), win32::ERROR_WRITE_FAULT, 0, 0);
