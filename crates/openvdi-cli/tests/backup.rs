@@ -388,29 +388,6 @@ fn a_failed_restore_prints_the_engines_message_not_the_abort_it_caused() {
     }
 }
 
-/// openvdi-sqlcmd, built on demand (it belongs to another package, so cargo does not
-/// build it for this crate's tests).
-fn sqlcmd() -> PathBuf {
-    let o = util::run({
-        let mut c = std::process::Command::new(env!("CARGO"));
-        c.args([
-            "build",
-            "-q",
-            "-p",
-            "openvdi-engine",
-            "--bin",
-            "openvdi-sqlcmd",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        c
-    });
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
-    let p = exe.with_file_name("openvdi-sqlcmd");
-    assert!(p.is_file(), "{} missing", p.display());
-    p
-}
-
 #[test]
 fn an_external_sqlcmd_engine_backs_up_and_restores() {
     let e = Env::new();
@@ -419,7 +396,7 @@ fn an_external_sqlcmd_engine_backs_up_and_restores() {
     let before = std::fs::read(&mdf).unwrap();
     let cmd = format!(
         "'{}' -S . -b --data-dir '{}' -Q {{sql}}",
-        sqlcmd().display(),
+        util::sqlcmd().display(),
         e.data.display()
     );
     let b = e.json(&[
@@ -463,7 +440,7 @@ fn an_external_engines_backups_chain_by_the_lsns_their_streams_record() {
     engine(&e).create_database("lsn", 8 << 20).unwrap();
     let cmd = format!(
         "'{}' -S . -b --data-dir '{}' -Q {{sql}}",
-        sqlcmd().display(),
+        util::sqlcmd().display(),
         e.data.display()
     );
     let mut ids = Vec::new();

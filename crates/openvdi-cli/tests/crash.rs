@@ -84,35 +84,109 @@ fn rng() -> impl FnMut() -> u64 {
     }
 }
 
-#[test]
-fn sigkill_at_random_instants_never_lists_a_backup_that_fails_verify() {
-    const RUNS: usize = 20;
+/// Kills per campaign: `CRASH_RUNS`, 50 by default (the issue's figure).
+fn runs() -> usize {
+    std::env::var("CRASH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50)
+}
+
+/// `--engine-cmd` for the external engine (openvdi-sqlcmd on the same data dir).
+fn external(e: &Env) -> String {
+    format!(
+        "'{}' -S . -b --data-dir '{}' -Q {{sql}}",
+        util::sqlcmd().display(),
+        e.data.display()
+    )
+}
+
+/// Runs `args` in its own process group and SIGKILLs the tool at `at` after the
+/// start (or not at all, if it finished before). An external engine survives the
+/// tool, as SQL Server would; the run is over when the whole group is gone (it
+/// notices its dead client by itself), within a deadline.
+fn run_and_kill(e: &Env, args: &[&str], at: Duration) -> Duration {
+    use std::os::unix::process::CommandExt;
+    let mut c = e.cmd(args);
+    c.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    let t0 = std::time::Instant::now();
+    let mut g = Guard(Some(c.spawn().unwrap()));
+    let child = g.0.as_mut().unwrap();
+    let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    // The instant is the experiment's variable, not a wait for a condition.
+    while t0.elapsed() < at {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let took = t0.elapsed();
+    drop(g);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rustix::process::test_kill_process_group(pgid).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine of a killed run did not exit within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    took
+}
+
+/// How long an undisturbed run takes, so the kills spread over all of it.
+fn duration_of(e: &Env, args: &[&str]) -> Duration {
+    let t0 = std::time::Instant::now();
+    e.ok(args);
+    t0.elapsed()
+}
+
+fn ids(e: &Env) -> std::collections::BTreeSet<String> {
+    e.backups()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn backup_campaign(external_engine: bool) {
     let e = Env::new();
     engine(&e).create_database("cr", 8 << 20).unwrap();
-    e.json(&["backup", "cr"]);
+    let ext = external(&e);
+    let with_engine = |args: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        if external_engine {
+            v.extend(["--engine-cmd".to_string(), ext.clone()]);
+        }
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    };
+    let full = with_engine(&["--quiet", "backup", "cr", "--stripes", "2"]);
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    let span = duration_of(&e, &full);
     let mut next = rng();
-    for i in 0..RUNS {
+    let mut listed = ids(&e);
+    for i in 0..runs() {
         engine(&e).modify("cr", 4).unwrap();
-        let kind = if i % 2 == 0 { "full" } else { "diff" };
-        let mut c = e.cmd(&["--quiet", "backup", "cr", "--type", kind, "--stripes", "2"]);
-        c.stdout(Stdio::null()).stderr(Stdio::null());
-        let mut g = Guard(Some(c.spawn().unwrap()));
-        // The instant: anywhere in a backup of this size (a few hundred ms in a
-        // debug build), including after it finished.
-        let at = Duration::from_micros(next() % 1_500_000);
-        std::thread::sleep(at);
-        let child = g.0.as_mut().unwrap();
-        let _ = child.kill(); // SIGKILL (or nothing, if it already exited)
-        let _ = child.wait();
-        drop(g);
-        // Whatever is listed verifies.
-        let o = e.run(&["--json", "--quiet", "verify", "--all"]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "run {i} ({kind}, killed at {at:?}): a listed backup fails verify: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
+        let kind = ["full", "diff", "log"][i % 3];
+        let args = with_engine(&["--quiet", "backup", "cr", "--stripes", "2", "--type", kind]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Anywhere in the run, and a little after it.
+        let at = Duration::from_micros(next() % (span.as_micros() as u64 * 6 / 5 + 1));
+        run_and_kill(&e, &args, at);
+        // Whatever the killed run left listed verifies.
+        let now = ids(&e);
+        for id in now.difference(&listed) {
+            let o = e.run(&["--json", "--quiet", "verify", id]);
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "run {i} ({kind}, external {external_engine}, killed at {at:?}): \
+                 listed backup {id} fails verify: {}",
+                String::from_utf8_lossy(&o.stdout)
+            );
+        }
+        listed = now;
     }
     // The next diff restores on its listed parent.
     engine(&e).modify("cr", 4).unwrap();
@@ -121,4 +195,71 @@ fn sigkill_at_random_instants_never_lists_a_backup_that_fails_verify() {
     let parent = parent_of(&e, &diff_id);
     assert!(!parent.is_empty(), "{diff}");
     restore_chain(&e, &parent, &diff_id);
+}
+
+#[test]
+fn backup_sigkilled_at_random_instants_never_lists_a_backup_that_fails_verify() {
+    backup_campaign(false);
+}
+
+#[test]
+fn backup_through_an_external_engine_sigkilled_at_random_instants() {
+    backup_campaign(true);
+}
+
+fn data_of(e: &Env, db: &str) -> Option<(openvdi_engine::catalog::DbState, Vec<u8>)> {
+    let info = engine(e).database_info(db).ok()?;
+    let bytes = std::fs::read(&info.files[0].path).unwrap_or_default();
+    Some((info.state, bytes))
+}
+
+fn restore_campaign(external_engine: bool) {
+    use openvdi_engine::catalog::DbState;
+    let e = Env::new();
+    engine(&e).create_database("rr", 8 << 20).unwrap();
+    engine(&e).modify("rr", 40).unwrap();
+    let id = e.json(&["backup", "rr", "--stripes", "2"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, backed_up) = data_of(&e, "rr").unwrap();
+    let ext = external(&e);
+    let mut args: Vec<&str> = Vec::new();
+    if external_engine {
+        args.extend(["--engine-cmd", ext.as_str()]);
+    }
+    args.extend(["--quiet", "restore", id.as_str(), "--replace"]);
+    engine(&e).modify("rr", 40).unwrap();
+    let span = duration_of(&e, &args);
+    let mut next = rng();
+    for i in 0..runs() {
+        // The live database differs from the backup before every kill.
+        engine(&e).modify("rr", 40).unwrap();
+        let (_, live) = data_of(&e, "rr").unwrap();
+        assert_ne!(live, backed_up);
+        let at = Duration::from_micros(next() % (span.as_micros() as u64 * 6 / 5 + 1));
+        run_and_kill(&e, &args, at);
+        match data_of(&e, "rr") {
+            Some((DbState::Online, now)) => assert!(
+                now == live || now == backed_up,
+                "run {i} (external {external_engine}, killed at {at:?}): the database is \
+                 ONLINE with files that match neither its state before nor the backup"
+            ),
+            Some((DbState::Restoring, _)) => {}
+            None => panic!("run {i}: the database is gone from the catalog"),
+        }
+        // Finish the job undisturbed: the backup restores whatever the kill left.
+        e.ok(&args);
+        assert_eq!(data_of(&e, "rr").unwrap(), (DbState::Online, backed_up.clone()));
+    }
+}
+
+#[test]
+fn restore_replace_sigkilled_at_random_instants_never_leaves_a_wrong_online_database() {
+    restore_campaign(false);
+}
+
+#[test]
+fn restore_through_an_external_engine_sigkilled_at_random_instants() {
+    restore_campaign(true);
 }

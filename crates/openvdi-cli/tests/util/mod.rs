@@ -138,3 +138,26 @@ pub fn sha(path: &Path) -> String {
         .to_hex()
         .to_string()
 }
+
+/// openvdi-sqlcmd, built on demand (it belongs to another package, so cargo does not
+/// build it for this crate's tests).
+pub fn sqlcmd() -> PathBuf {
+    let o = run({
+        let mut c = std::process::Command::new(env!("CARGO"));
+        c.args([
+            "build",
+            "-q",
+            "-p",
+            "openvdi-engine",
+            "--bin",
+            "openvdi-sqlcmd",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        c
+    });
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
+    let p = exe.with_file_name("openvdi-sqlcmd");
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
