@@ -365,26 +365,56 @@ fn a_failing_engine_statement_exits_1_with_its_message() {
 
 #[test]
 fn a_failed_restore_prints_the_engines_message_not_the_abort_it_caused() {
-    // The engine refuses (3159) after reading the header: its device threads see the
-    // set aborted before its statement's messages arrive. The message printed must be
-    // the engine's every time, with one stripe and with two.
+    // The engine refuses after reading the header: its device threads see the set
+    // aborted before the statement's messages arrive. The error printed must be the
+    // engine's Msg every time, with one stripe and with four.
     let e = Env::new();
     engine(&e).create_database("tail", 4 << 20).unwrap();
-    for stripes in ["1", "2"] {
-        let id = e.json(&["backup", "tail", "--stripes", stripes])["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        for round in 0..10 {
-            let o = e.run(&["--json", "--quiet", "restore", &id]);
-            assert_eq!(o.status.code(), Some(1), "{o:?}");
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            let msg = v["error"].as_str().unwrap();
-            assert!(
-                msg.contains("Msg 3159"),
-                "{stripes} stripe(s), round {round}: {msg}"
-            );
+    let id = |v: serde_json::Value| v["id"].as_str().unwrap().to_string();
+    for stripes in ["1", "4"] {
+        let full = id(e.json(&["backup", "tail", "--stripes", stripes]));
+        engine(&e).modify("tail", 3).unwrap();
+        let _log1 = id(e.json(&["backup", "tail", "--type", "log", "--stripes", stripes]));
+        engine(&e).modify("tail", 3).unwrap();
+        let log2 = id(e.json(&["backup", "tail", "--type", "log", "--stripes", stripes]));
+        let cases: [(&str, Vec<&str>); 3] = [
+            // The live database's log tail was not backed up.
+            ("Msg 3159", vec!["restore", &full]),
+            // A MOVE of a file the backup does not have.
+            (
+                "Msg 3234",
+                vec![
+                    "restore",
+                    &full,
+                    "--replace",
+                    "--no-verify",
+                    "--move",
+                    "nosuch=/nowhere/x.mdf",
+                ],
+            ),
+            // A log that does not follow the database's restored point (log1 skipped);
+            // set up by the restore of the full WITH NORECOVERY below.
+            ("Msg 4305", vec!["restore", &log2]),
+        ];
+        for (msg, args) in &cases {
+            if *msg == "Msg 4305" {
+                e.json(&["restore", &full, "--replace", "--no-verify", "--norecovery"]);
+            }
+            for round in 0..20 {
+                let mut a = vec!["--json", "--quiet"];
+                a.extend(args.iter().copied());
+                let o = e.run(&a);
+                assert_eq!(o.status.code(), Some(1), "{o:?}");
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                let text = v["error"].as_str().unwrap();
+                assert!(
+                    text.contains(msg),
+                    "{msg}, {stripes} stripe(s), round {round}: {text}"
+                );
+            }
         }
+        // Back to a live database for the next stripe count.
+        e.json(&["restore", &full, "--replace", "--no-verify"]);
     }
 }
 
@@ -617,4 +647,79 @@ fn tds_engine_reports_an_unreachable_server_or_a_missing_feature() {
         assert!(err.contains("--features tds"), "{err}");
     }
     assert!(!Path::new(&e.repo).join("openvdi-repo.json").exists() || e.backups().is_empty());
+}
+
+#[test]
+fn restore_as_a_new_name_relocates_the_files_and_leaves_the_source_untouched() {
+    let e = Env::new();
+    engine(&e).create_database("src", 4 << 20).unwrap();
+    let src = data_file(&e, "src");
+    let before = std::fs::read(&src).unwrap();
+    let id = e.json(&["backup", "src"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // No --move: the files go next to the data directory's others, named after NAME.
+    e.json(&["restore", &id, "--as", "copy"]);
+    let info = engine(&e).database_info("copy").unwrap();
+    let paths: Vec<PathBuf> = info.files.iter().map(|f| f.path.clone()).collect();
+    let data = std::fs::canonicalize(&e.data).unwrap();
+    assert_eq!(
+        paths
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap())
+            .collect::<Vec<_>>(),
+        vec![data.join("copy.mdf"), data.join("copy_log.ldf")]
+    );
+    assert_eq!(std::fs::read(&paths[0]).unwrap(), before);
+    assert_eq!(
+        std::fs::read(&src).unwrap(),
+        before,
+        "the source is untouched"
+    );
+    // A relative --move is made absolute before the engine (and its catalog) sees it.
+    let mut c = e.cmd(&[
+        "--json",
+        "restore",
+        &id,
+        "--as",
+        "rel",
+        "--move",
+        "src=rel.mdf",
+    ]);
+    c.current_dir(e.dir.path());
+    let o = util::run(c);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let rel = engine(&e).database_info("rel").unwrap();
+    assert!(rel.files[0].path.is_absolute(), "{:?}", rel.files[0].path);
+    assert_eq!(rel.files[0].path, e.dir.path().join("rel.mdf"));
+    assert!(rel.files[1].path.ends_with("rel_log.ldf"));
+}
+
+#[test]
+fn a_damaged_backup_never_replaces_the_live_database() {
+    let e = Env::new();
+    engine(&e).create_database("live", 4 << 20).unwrap();
+    let b = e.json(&["backup", "live", "--compress", "none"]);
+    engine(&e).modify("live", 10).unwrap();
+    let mdf = data_file(&e, "live");
+    let before = std::fs::read(&mdf).unwrap();
+    // One flipped byte in the middle of the stored stripe.
+    let key = b["stripes"][0]["key"].as_str().unwrap();
+    let stripe = Path::new(&e.repo).join(key);
+    let mut bytes = std::fs::read(&stripe).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&stripe, bytes).unwrap();
+    let o = e.run(&["--json", "restore", b["id"].as_str().unwrap(), "--replace"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("not touched"), "{v}");
+    let info = engine(&e).database_info("live").unwrap();
+    assert_eq!(info.state, openvdi_engine::catalog::DbState::Online);
+    assert_eq!(
+        std::fs::read(&mdf).unwrap(),
+        before,
+        "the live database is untouched"
+    );
 }

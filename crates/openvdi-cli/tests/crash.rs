@@ -108,7 +108,9 @@ fn external(e: &Env) -> String {
 fn run_and_kill(e: &Env, args: &[&str], at: Duration) -> Duration {
     use std::os::unix::process::CommandExt;
     let mut c = e.cmd(args);
-    c.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    c.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
     let t0 = std::time::Instant::now();
     let mut g = Guard(Some(c.spawn().unwrap()));
     let child = g.0.as_mut().unwrap();
@@ -250,7 +252,10 @@ fn restore_campaign(external_engine: bool) {
         }
         // Finish the job undisturbed: the backup restores whatever the kill left.
         e.ok(&args);
-        assert_eq!(data_of(&e, "rr").unwrap(), (DbState::Online, backed_up.clone()));
+        assert_eq!(
+            data_of(&e, "rr").unwrap(),
+            (DbState::Online, backed_up.clone())
+        );
     }
 }
 

@@ -28,6 +28,24 @@ pub struct Target {
     pub label: String,
 }
 
+/// A backup stored in the repository.
+pub fn stored_target(repo: &Repo, m: &crate::manifest::Manifest) -> Target {
+    Target {
+        store: repo.store.clone(),
+        sources: m
+            .stripes
+            .iter()
+            .map(|s| Source::Stored {
+                key: s.key.clone(),
+                raw_size: s.raw_size,
+                blake3: s.blake3.clone(),
+            })
+            .collect(),
+        block_size: m.block_size,
+        label: m.id.to_string(),
+    }
+}
+
 /// Plain `.bak` files, in media-family order (a mixed or incomplete set is refused).
 pub fn file_target(files: &[PathBuf]) -> Result<Target> {
     let ordered = mtf::order_stripes(files).map_err(|e| err(Code::Verify, e))?;
@@ -44,7 +62,7 @@ pub fn file_target(files: &[PathBuf]) -> Result<Target> {
     })
 }
 
-fn query(ctx: &Ctx, t: &Target, what: &str) -> Result<(Vec<Table>, Vec<String>)> {
+pub fn query(ctx: &Ctx, t: &Target, what: &str) -> Result<(Vec<Table>, Vec<String>)> {
     let o = engine_session(
         ctx,
         t.store.clone(),
@@ -200,20 +218,7 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
         let repo = Repo::open(&ctx.settings.repo)?;
         repo.require()?;
         let m = repo.find(&a.target[0])?;
-        Target {
-            store: repo.store.clone(),
-            sources: m
-                .stripes
-                .iter()
-                .map(|s| Source::Stored {
-                    key: s.key.clone(),
-                    raw_size: s.raw_size,
-                    blake3: s.blake3.clone(),
-                })
-                .collect(),
-            block_size: m.block_size,
-            label: m.id.to_string(),
-        }
+        stored_target(&repo, &m)
     } else {
         return Err(err(
             Code::Usage,

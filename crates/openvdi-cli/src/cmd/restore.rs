@@ -9,7 +9,7 @@ use openvdi::{vdf, VdConfig};
 use super::{stop_error, Ctx};
 use crate::cli::RestoreArgs;
 use crate::engine::{self, ident, literal, Engine};
-use crate::exit::{err, Code};
+use crate::exit::{code_of, err, Code};
 use crate::manifest::{Kind, Manifest};
 use crate::pipeline::{self, Counters, StopReason};
 use crate::repo::Repo;
@@ -192,10 +192,93 @@ pub fn engine_session(
     Ok(outcome)
 }
 
+/// `--move` targets as the engine must get them: absolute (a relative one would be
+/// resolved against wherever the engine runs, and stored relative in its catalog).
+fn absolute_moves(moves: Vec<(String, String)>) -> Result<Vec<(String, String)>> {
+    moves
+        .into_iter()
+        .map(|(l, p)| {
+            let abs = std::path::absolute(&p)
+                .map_err(|e| err(Code::Usage, format!("--move {l}={p}: {e}")))?;
+            Ok((l, abs.display().to_string()))
+        })
+        .collect()
+}
+
+/// The directory part of a recorded physical name, Windows or POSIX, with its
+/// separator (`C:\Data\x.mdf` → `C:\Data\`); None without one.
+fn dir_part(physical: &str) -> Option<&str> {
+    physical.rfind(['/', '\\']).map(|i| &physical[..=i])
+}
+
+/// `--as NAME` without a `--move` for every file: the MOVE clauses that put each
+/// file the backup records next to the server's others, named after NAME as SQL
+/// Server's own conventions and dbatools' DestinationDataDirectory do — the first
+/// data file NAME.mdf, further ones NAME_2.ndf …, the log NAME_log.ldf, further
+/// logs NAME_log2.ldf …, anything else NAME_LOGICAL. `dir` is the directory, with
+/// its separator; None takes the one the backup recorded for each file.
+fn relocation(
+    files: &crate::engine::Table,
+    name: &str,
+    dir: Option<&str>,
+    given: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    let col = |c: &str| files.columns.iter().position(|n| n.eq_ignore_ascii_case(c));
+    let (Some(li), Some(pi), Some(ti)) = (col("LogicalName"), col("PhysicalName"), col("Type"))
+    else {
+        return Err(anyhow::anyhow!(
+            "the engine's FILELISTONLY gave no LogicalName/PhysicalName/Type: give a --move \
+             for every file"
+        ));
+    };
+    let (mut data, mut logs) = (0u32, 0u32);
+    let mut out = Vec::new();
+    for row in &files.rows {
+        let cell = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        let (logical, physical, kind) = (cell(li), cell(pi), cell(ti));
+        if logical.is_empty() || given.iter().any(|(l, _)| l.eq_ignore_ascii_case(&logical)) {
+            continue;
+        }
+        let file = match kind.trim() {
+            "D" => {
+                data += 1;
+                if data == 1 {
+                    format!("{name}.mdf")
+                } else {
+                    format!("{name}_{data}.ndf")
+                }
+            }
+            "L" => {
+                logs += 1;
+                if logs == 1 {
+                    format!("{name}_log.ldf")
+                } else {
+                    format!("{name}_log{logs}.ldf")
+                }
+            }
+            _ => format!("{name}_{logical}"),
+        };
+        let dir = match dir.or_else(|| dir_part(&physical)) {
+            Some(d) => d.to_string(),
+            None => {
+                return Err(err(
+                    Code::Usage,
+                    format!(
+                        "--as {name}: the backup records no directory for {logical} \
+                         ({physical:?}); give --move {logical}=PATH"
+                    ),
+                ))
+            }
+        };
+        out.push((logical, format!("{dir}{file}")));
+    }
+    Ok(out)
+}
+
 pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
-    let opts = RestoreOptions {
+    let mut opts = RestoreOptions {
         as_name: a.as_name,
-        moves: parse_moves(&a.moves)?,
+        moves: absolute_moves(parse_moves(&a.moves)?)?,
         norecovery: a.norecovery,
         replace: a.replace,
         verify_only: false,
@@ -203,10 +286,66 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.require()?;
     let m = repo.find(&a.backup)?;
+    if opts.replace && !a.no_verify {
+        // A damaged backup must not get to replace a live database: the restore
+        // would stop half-way and leave it RESTORING.
+        super::verify::verify_stored(&repo, &m).map_err(|e| {
+            e.context(format!(
+                "backup {} failed verification, so nothing was restored and the database \
+                 was not touched",
+                m.id
+            ))
+        })?;
+        super::check_interrupted(&ctx.stop)?;
+    }
+    if let Some(name) = opts.as_name.clone() {
+        if !name.eq_ignore_ascii_case(&m.database) {
+            crate::manifest::check_name("--as", &name).map_err(|e| err(Code::Usage, e))?;
+            let (tables, msgs) = super::inspect::query(
+                ctx,
+                &super::inspect::stored_target(&repo, &m),
+                "FILELISTONLY",
+            )?;
+            let Some(files) = tables.first() else {
+                return Err(anyhow::anyhow!(
+                    "--as {name}: the engine printed its file list as text ({}); give a \
+                     --move for every file",
+                    msgs.join(" / ")
+                ));
+            };
+            // The embedded engine's files go to its data directory; another
+            // server's next to where the backup says the files were.
+            let embedded =
+                ctx.settings.engine.engine_cmd.is_none() && ctx.settings.engine.tds.is_none();
+            let dir = if embedded {
+                let d = std::path::absolute(&ctx.settings.engine.data_dir)?;
+                Some(format!("{}/", d.display()))
+            } else {
+                None
+            };
+            let extra = relocation(files, &name, dir.as_deref(), &opts.moves)?;
+            opts.moves.extend(extra);
+        }
+    }
     let t0 = std::time::Instant::now();
-    let outcome = restore_through_engine(ctx, &repo, &m, &opts, "restore")?;
-    let secs = t0.elapsed().as_secs_f64();
     let target = opts.as_name.clone().unwrap_or_else(|| m.database.clone());
+    let outcome = restore_through_engine(ctx, &repo, &m, &opts, "restore").map_err(|e| {
+        // The engine refuses most requests before it writes anything (and says so);
+        // a failure of the data path may have stopped it half-way.
+        if matches!(code_of(&e), Code::Verify | Code::Interrupted)
+            || !format!("{e:#}").contains("Msg ")
+        {
+            e.context(format!(
+                "restoring {} into {target} did not finish: if the engine had begun writing, \
+                 the database is left RESTORING; restore a full backup of it again \
+                 (with --replace) to bring it back",
+                m.id
+            ))
+        } else {
+            e
+        }
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
     if ctx.settings.json {
         output::json(&serde_json::json!({
             "ok": true, "backup": m.id, "database": target, "raw_bytes": m.raw_size,

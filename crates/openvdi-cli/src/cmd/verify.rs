@@ -14,7 +14,7 @@ use crate::repo::{Damaged, Repo};
 use crate::{mtf, output};
 
 /// Verifies one backup's stored bytes; Err carries exit code 3 for damage.
-fn verify_stored(repo: &Repo, m: &Manifest) -> Result<Vec<serde_json::Value>> {
+pub fn verify_stored(repo: &Repo, m: &Manifest) -> Result<Vec<serde_json::Value>> {
     let results: Vec<Result<serde_json::Value>> = std::thread::scope(|sc| {
         let hs: Vec<_> = m
             .stripes
