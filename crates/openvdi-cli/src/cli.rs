@@ -71,6 +71,9 @@ pub struct EngineArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a repository (the default one is created by the first backup; any
+    /// other location must be created on purpose).
+    Init(InitArgs),
     /// Back up a database into the repository.
     Backup(BackupArgs),
     /// Restore a backup through the engine.
@@ -116,6 +119,13 @@ pub struct BackupArgs {
     /// Compression worker threads [default: number of CPUs].
     #[arg(long, env = "OPENVDI_WORKERS")]
     pub workers: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Create it even in a folder or prefix that already holds other objects.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -83,6 +83,9 @@ pub struct EngineSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub repo: String,
+    /// No `--repo`, `OPENVDI_REPO` or config file named one: the default repository,
+    /// which the first backup may create (any other location must be `init`ed).
+    pub repo_is_default: bool,
     pub json: bool,
     pub quiet: bool,
     pub engine: EngineSettings,
@@ -111,12 +114,14 @@ impl Settings {
             None => None,
         };
         let e = &g.engine;
+        let repo_is_default = g.repo.is_none() && f.repo.is_none();
         Ok(Settings {
             repo: g
                 .repo
                 .clone()
                 .or(f.repo)
                 .unwrap_or_else(|| data_home().join("openvdi-repo").display().to_string()),
+            repo_is_default,
             json: g.json,
             quiet: g.quiet,
             engine: EngineSettings {

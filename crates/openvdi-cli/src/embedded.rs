@@ -1,7 +1,7 @@
 //! The embedded engine: openvdi-engine running in this process, on its own thread,
 //! against a data directory. The default, so one command runs a real backup on a
-//! fresh machine: when the data directory holds no database, the sample database
-//! `demo` is created first.
+//! fresh machine: a backup of `demo` on a data directory that holds no database
+//! creates the sample database `demo` first (nothing else ever does).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,12 +26,14 @@ pub fn open(
     data_dir: &Path,
     server: Option<String>,
     mode: crate::progress::Mode,
+    backing_up: Option<&str>,
 ) -> Result<Arc<dyn Engine>> {
     let mut engine = openvdi_engine::Engine::open(data_dir)?;
     if let Some(s) = server {
         engine = engine.with_server_name(s);
     }
-    if engine.list_databases()?.is_empty() {
+    let wants_demo = backing_up.is_some_and(|d| d.eq_ignore_ascii_case(DEMO_NAME));
+    if wants_demo && engine.list_databases()?.is_empty() {
         engine
             .create_database(DEMO_NAME, DEMO_SIZE)
             .with_context(|| format!("creating the sample database {DEMO_NAME}"))?;

@@ -225,8 +225,15 @@ impl Engine for External {
 }
 
 /// Picks the engine the settings ask for; `mode` says how to announce what it does
-/// on its own (the embedded engine creating `demo`).
-pub fn open(s: &EngineSettings, mode: crate::progress::Mode) -> Result<Arc<dyn Engine>> {
+/// on its own. `backing_up` names the database a backup is about to read: only a
+/// backup of `demo` on an empty data directory creates the sample database (a
+/// restore, inspect or import never does: a disaster-recovery restore of a database
+/// called `demo` must find the directory as it is).
+pub fn open(
+    s: &EngineSettings,
+    mode: crate::progress::Mode,
+    backing_up: Option<&str>,
+) -> Result<Arc<dyn Engine>> {
     if let Some(ado) = &s.tds {
         if s.engine_cmd.is_some() {
             return Err(crate::exit::err(
@@ -238,7 +245,7 @@ pub fn open(s: &EngineSettings, mode: crate::progress::Mode) -> Result<Arc<dyn E
     }
     match &s.engine_cmd {
         Some(t) => Ok(Arc::new(External::new(t, s.server.clone())?)),
-        None => crate::embedded::open(&s.data_dir, s.server.clone(), mode)
+        None => crate::embedded::open(&s.data_dir, s.server.clone(), mode, backing_up)
             .with_context(|| format!("opening the embedded engine in {}", s.data_dir.display())),
     }
 }

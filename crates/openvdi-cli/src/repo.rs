@@ -68,17 +68,49 @@ impl Repo {
             Err(err(
                 Code::RepoMissing,
                 format!(
-                    "no openvdi repository at {} (a first `openvdi backup` creates one)",
-                    self.location()
+                    "no openvdi repository at {loc}; create one with `openvdi init --repo {loc}`",
+                    loc = self.location()
                 ),
             ))
         }
     }
 
-    /// Creates the repository if it does not exist (backup, import).
-    pub fn init_if_missing(&self) -> Result<()> {
+    /// For commands that store (backup, import): the default repository is created
+    /// on first use, so a fresh machine's first `openvdi backup` works; any location
+    /// the user named must exist already (`openvdi init`), so a mistyped `--repo`
+    /// fails (exit 10) instead of quietly starting a second repository.
+    pub fn require_or_create_default(&self, is_default: bool) -> Result<()> {
+        if is_default && !self.store.exists(MARKER)? {
+            return self.init(false).map(|_| ());
+        }
+        self.require()
+    }
+
+    /// `openvdi init`: creates the repository. Refuses a location that already holds
+    /// anything else (a folder or prefix with objects but no repository marker): a
+    /// repository is not started inside unrelated data. Returns false if a
+    /// repository was there already (nothing is changed).
+    pub fn init(&self, allow_non_empty: bool) -> Result<bool> {
         if self.store.exists(MARKER)? {
-            return Ok(());
+            return Ok(false);
+        }
+        if !allow_non_empty {
+            // A listing that fails (a bucket an object store creates on first write,
+            // say) cannot show foreign data: the marker's write then decides.
+            let found = self.store.list("").unwrap_or_default();
+            if let Some(e) = found.first() {
+                return Err(err(
+                    Code::Usage,
+                    format!(
+                        "{} is not empty (it holds {:?} and {} other object(s)) and is not an \
+                         openvdi repository; pick an empty location, or pass --force to \
+                         create the repository there anyway",
+                        self.location(),
+                        e.key,
+                        found.len() - 1
+                    ),
+                ));
+            }
         }
         let m = Marker {
             format: 1,
@@ -87,7 +119,8 @@ impl Repo {
         };
         self.store
             .put_atomic(MARKER, &serde_json::to_vec_pretty(&m)?)
-            .with_context(|| format!("creating the repository at {}", self.location()))
+            .with_context(|| format!("creating the repository at {}", self.location()))?;
+        Ok(true)
     }
 
     /// Every complete backup (one with a valid manifest), oldest first. Damaged

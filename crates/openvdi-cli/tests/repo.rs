@@ -15,7 +15,7 @@ fn fixture(name: &str) -> String {
 
 #[test]
 fn usage_and_missing_repository_exit_codes() {
-    let e = Env::new();
+    let e = Env::uninitialised();
     e.expect(&["backup"], 2);
     e.expect(&["backup", "db", "--compress", "gzip"], 2);
     e.expect(&["backup", "db", "--stripes", "0"], 2);
@@ -206,4 +206,69 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn repositories_are_created_on_purpose_and_only_backup_demo_creates_demo() {
+    // A location the user named must be created with `init`: a typo is exit 10.
+    let e = Env::uninitialised();
+    let o = e.run(&["--json", "backup", "demo"]);
+    assert_eq!(o.status.code(), Some(10), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("openvdi init"), "{v}");
+    assert!(
+        !std::path::Path::new(&e.repo).exists(),
+        "nothing was created"
+    );
+    assert!(!e.data.join("demo.mdf").exists(), "no demo either");
+    // init refuses an unrelated non-empty folder unless forced, then backup works.
+    std::fs::create_dir_all(&e.repo).unwrap();
+    std::fs::write(std::path::Path::new(&e.repo).join("notes.txt"), b"mine").unwrap();
+    e.expect(&["init"], 2);
+    e.ok(&["init", "--force"]);
+    let v = e.json(&["init"]);
+    assert_eq!(v["created"], false);
+    e.json(&["backup", "demo"]);
+    assert_eq!(e.backups().len(), 1);
+
+    // The default repository (no --repo anywhere) is created by the first backup.
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_openvdi"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OPENVDI_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("HOME", d.path())
+        .env("XDG_CONFIG_HOME", d.path().join("config"))
+        .env("XDG_DATA_HOME", d.path().join("data"))
+        .args(["--quiet", "backup", "demo"]);
+    let o = util::run(c);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(d
+        .path()
+        .join("data/openvdi-repo/openvdi-repo.json")
+        .is_file());
+
+    // restore and inspect on an empty data directory never create `demo`.
+    let f = Env::new();
+    let imported = f.json(&[
+        "import",
+        &fixture("sql2008r2-db2-full.bak"),
+        "--database",
+        "db2",
+    ]);
+    let id = imported["id"].as_str().unwrap();
+    f.json(&["inspect", id]);
+    let _ = f.run(&["restore", id]);
+    let names: Vec<String> = std::fs::read_dir(&f.data)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !names.iter().any(|n| n.starts_with("demo")),
+        "demo was created: {names:?}"
+    );
 }

@@ -113,13 +113,15 @@ impl Weed {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
-    /// Waits until the bucket answers (an empty repository: exit 10).
+    /// Waits until the bucket answers (no repository yet: exit 10), then creates
+    /// the repository.
     pub fn wait_ready(&self, e: &Env) {
         util::wait_for(
             "SeaweedFS to serve the bucket",
             Duration::from_secs(60),
             || self.run(e, &["list"]).status.code() == Some(10),
         );
+        self.ok(e, &["init"]);
     }
 }
 

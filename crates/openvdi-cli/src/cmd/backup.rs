@@ -150,11 +150,12 @@ pub fn find_parent(all: &[Manifest], database: &str, kind: Kind, chain: &Chain) 
 pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let plan = validate(ctx, a)?;
     let repo = Repo::open(&ctx.settings.repo)?;
-    repo.init_if_missing()?;
+    repo.require_or_create_default(ctx.settings.repo_is_default)?;
     let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "backup")?;
     // The transport first: a library that cannot be loaded fails before any side effect.
     let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
-    let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress)?;
+    let engine: Arc<dyn Engine> =
+        engine::open(&ctx.settings.engine, ctx.progress, Some(&plan.database))?;
     let server = ctx
         .settings
         .engine

@@ -86,7 +86,7 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     manifest::check_name("database", &database).map_err(|e| err(Code::Usage, e))?;
     manifest::check_name("server", &server).map_err(|e| err(Code::Usage, e))?;
     let repo = Repo::open(&ctx.settings.repo)?;
-    repo.init_if_missing()?;
+    repo.require_or_create_default(ctx.settings.repo_is_default)?;
     let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "import")?;
     let started = Utc::now();
     let taken = info.backup_start.unwrap_or(started);

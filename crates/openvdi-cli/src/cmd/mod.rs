@@ -34,6 +34,21 @@ pub fn run(cli: Cli, stop: Arc<Stop>) -> Result<()> {
         stop,
     };
     match cli.command {
+        Command::Init(a) => {
+            let repo = crate::repo::Repo::open(&ctx.settings.repo)?;
+            let created = repo.init(a.force)?;
+            let loc = repo.location();
+            if ctx.settings.json {
+                crate::output::json(
+                    &serde_json::json!({"ok": true, "repository": loc, "created": created}),
+                );
+            } else if created {
+                crate::output::text(&format!("created the openvdi repository at {loc}"));
+            } else {
+                crate::output::text(&format!("{loc} is an openvdi repository already"));
+            }
+            Ok(())
+        }
         Command::Backup(a) => backup::run(&ctx, a),
         Command::Restore(a) => restore::run(&ctx, a),
         Command::List(a) => list::run(&ctx, a),

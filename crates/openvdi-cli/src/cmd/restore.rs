@@ -126,7 +126,7 @@ pub fn engine_session(
     stmt: impl FnOnce(&[String]) -> String,
 ) -> Result<engine::Outcome> {
     let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
-    let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress)?;
+    let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress, None)?;
     let n = sources.len() as u32;
     vdi::remove_stale_sets();
     let set_name = vdi::unique_set_name();

@@ -22,15 +22,26 @@ pub struct Env {
 }
 
 impl Env {
+    /// A scratch environment whose repository has been created (`openvdi init`).
     pub fn new() -> Env {
+        let e = Env::uninitialised();
+        e.ok(&["--quiet", "init"]);
+        e
+    }
+
+    /// A scratch environment with no repository yet (`--repo` names a location
+    /// that does not exist).
+    pub fn uninitialised() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo").display().to_string();
         let data = dir.path().join("engine");
         Env { dir, repo, data }
     }
 
+    /// A scratch environment for the repository at `repo` (not created: an object
+    /// store must be running first; run `init` through it).
     pub fn with_repo(repo: &str) -> Env {
-        let mut e = Env::new();
+        let mut e = Env::uninitialised();
         e.repo = repo.to_string();
         e
     }
