@@ -17,6 +17,7 @@
 // run time (its module comment states the contract it relies on).
 #![deny(unsafe_code)]
 
+mod chain;
 mod chunk;
 mod cli;
 mod cmd;

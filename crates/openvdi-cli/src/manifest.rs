@@ -268,6 +268,14 @@ pub struct Manifest {
     pub chain: Chain,
     pub engine: EngineInfo,
     pub timings: Timings,
+    /// When the backup itself started and finished, as its own metadata records
+    /// them (BackupStartDate / BackupFinishDate); absent in manifests of older
+    /// openvdi versions and for streams whose head could not be read. `timings`
+    /// is the tool's own run (for an import: when it was imported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_started: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_finished: Option<DateTime<Utc>>,
     /// The virtual device set name used (empty for imports).
     pub vdi_set: String,
     /// Which VDI client library moved the bytes (empty for imports).
@@ -437,6 +445,8 @@ mod tests {
                 seconds: 0.1,
                 raw_bytes_per_second: 1.0 / 3.0,
             },
+            backup_started: None,
+            backup_finished: None,
             vdi_set: String::new(),
             transport: String::new(),
             tool_version: String::new(),

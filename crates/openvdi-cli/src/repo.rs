@@ -164,12 +164,10 @@ impl Repo {
                 Err(why) => out.damaged.push(damaged(why)),
             }
         }
-        out.backups.sort_by(|a, b| {
-            a.timings
-                .started
-                .cmp(&b.timings.started)
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        // In the order they were taken, parents from the backups' own LSNs over the
+        // whole repository (see `chain`), whatever order they were stored in.
+        crate::chain::sort(&mut out.backups);
+        crate::chain::link(&mut out.backups);
         out.damaged.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }

@@ -272,3 +272,68 @@ fn repositories_are_created_on_purpose_and_only_backup_demo_creates_demo() {
         "demo was created: {names:?}"
     );
 }
+
+#[test]
+fn real_backups_imported_in_any_order_chain_by_lsn_per_server() {
+    let e = Env::new();
+    // (fixture, chain name) in an order that is neither time nor chain order.
+    let files = [
+        ("sql2016-restoretimeclean2-log2.trn", "c_log2"),
+        ("sql2008r2-simplebacktest-diff2.bak", "s_diff2"),
+        ("sql2008r2-dbareports-log1.trn", "d_log1"),
+        // Named "full", but a differential on restoretimeclean-full (fixture README).
+        ("sql2016-restoretimeclean2-full.bak", "c_diff"),
+        ("sql2016-restoretimeclean-full.bak", "c_full"),
+        ("sql2008r2-simplebacktest-diff1.bak", "s_diff1"),
+        ("sql2008r2-dbareports-log2.trn", "d_log2"),
+        ("sql2016-restoretimeclean2-log1.trn", "c_log1"),
+        ("sql2008r2-simplebacktest-full.bak", "s_full"),
+        ("sql2008r2-dbareports-full.bak", "d_full"),
+    ];
+    let mut id_of = std::collections::HashMap::new();
+    // The same real backups again as a second server's: same database names, same
+    // LSNs; they must never chain or prune with the first server's.
+    for server in ["srv1", "srv2"] {
+        for (f, name) in files {
+            let v = e.json(&["--server", server, "import", &fixture(f)]);
+            id_of.insert(
+                format!("{server}/{name}"),
+                v["id"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    let list = e.json(&["list"]);
+    let backups = list["backups"].as_array().unwrap();
+    let taken: Vec<&str> = backups
+        .iter()
+        .map(|b| b["taken"].as_str().unwrap())
+        .collect();
+    let mut sorted = taken.clone();
+    sorted.sort();
+    assert_eq!(taken, sorted, "list is in backup-time order");
+    let parent = |key: &str| {
+        let id = &id_of[key];
+        let b = backups.iter().find(|b| b["id"] == id.as_str()).unwrap();
+        assert!(b.get("flag").is_none(), "{key} flagged: {b}");
+        b["chain"]["parent"].as_str().map(String::from)
+    };
+    for server in ["srv1", "srv2"] {
+        let k = |n: &str| format!("{server}/{n}");
+        let id = |n: &str| Some(id_of[&k(n)].clone());
+        assert_eq!(parent(&k("c_full")), None);
+        assert_eq!(parent(&k("c_diff")), id("c_full"));
+        // The first log after the diff continues the diff's LSNs.
+        assert_eq!(parent(&k("c_log1")), id("c_diff"));
+        assert_eq!(parent(&k("c_log2")), id("c_log1"));
+        assert_eq!(parent(&k("s_diff1")), id("s_full"));
+        assert_eq!(parent(&k("s_diff2")), id("s_full"));
+        assert_eq!(parent(&k("d_log1")), id("d_full"));
+        assert_eq!(parent(&k("d_log2")), id("d_log1"));
+    }
+    // latest:DB is the newest by backup time, not the last imported.
+    let latest = e.json(&["inspect", "latest:RestoreTimeClean"]);
+    assert_eq!(latest["header"][0]["BackupType"], "2");
+    // prune --keep-last 1 keeps each server's one chain whole.
+    e.json(&["prune", "--keep-last", "1", "--confirm"]);
+    assert_eq!(e.backups().len(), 20, "every backup is in a kept chain");
+}

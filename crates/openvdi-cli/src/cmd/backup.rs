@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use openvdi::{vdf, VdConfig};
 
 use super::{default_workers, stop_error, Ctx};
@@ -114,39 +114,6 @@ fn statement(p: &Plan, devices: &[String]) -> String {
     sql
 }
 
-/// The backup this one depends on: by LSN when both sides know them, else the
-/// newest eligible one before it.
-pub fn find_parent(all: &[Manifest], database: &str, kind: Kind, chain: &Chain) -> Option<String> {
-    let same_db = |m: &&Manifest| m.database.eq_ignore_ascii_case(database);
-    let eligible = |m: &&Manifest| match kind {
-        Kind::Full => false,
-        Kind::Diff => m.kind == Kind::Full,
-        Kind::Log => m.kind != Kind::Diff,
-    };
-    let by_lsn = all
-        .iter()
-        .rev()
-        .filter(same_db)
-        .filter(eligible)
-        .find(|m| match kind {
-            Kind::Diff => {
-                (chain.differential_base_guid.is_some()
-                    && m.chain.backup_set_guid == chain.differential_base_guid)
-                    || (chain.database_backup_lsn.is_some()
-                        && m.chain.checkpoint_lsn == chain.database_backup_lsn)
-            }
-            Kind::Log => {
-                chain.first_lsn.is_some()
-                    && m.kind == Kind::Log
-                    && m.chain.last_lsn == chain.first_lsn
-            }
-            Kind::Full => false,
-        });
-    by_lsn
-        .or_else(|| all.iter().rev().filter(same_db).find(eligible))
-        .map(|m| m.id.to_string())
-}
-
 pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let plan = validate(ctx, a)?;
     let repo = Repo::open(&ctx.settings.repo)?;
@@ -201,7 +168,8 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     // The manifest from what the tool knows (external engines print text only: their
     // backups chain by time, not by LSN).
     let make_manifest = |results: &[pipeline::backup::StripeResult],
-                         mut chain: Chain,
+                         chain: Chain,
+                         times: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
                          engine_info: EngineInfo,
                          elapsed: f64|
      -> Result<Manifest> {
@@ -223,9 +191,8 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             .into_iter()
             .filter(|m| m.id != id.as_str())
             .collect();
-        chain.parent = find_parent(&existing, &plan.database, plan.kind, &chain);
         let raw_size: u64 = stripes.iter().map(|s| s.raw_size).sum();
-        Ok(Manifest {
+        let mut m = Manifest {
             format: manifest::FORMAT,
             id: manifest::BackupId::new(id.clone()).map_err(anyhow::Error::msg)?,
             server: server.clone(),
@@ -246,17 +213,23 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 seconds: elapsed,
                 raw_bytes_per_second: raw_size as f64 / elapsed.max(1e-9),
             },
+            backup_started: times.0,
+            backup_finished: times.1,
             vdi_set: set_name.clone(),
             transport: transport.describe(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
-        })
+        };
+        // The parent as far as the repository knows it now (every reader recomputes
+        // it over the whole repository: see `chain`).
+        m.chain.parent = crate::chain::parent(&existing, &m).map(|(p, _)| p.id.to_string());
+        Ok(m)
     };
     // A backup is stored before the engine hears that it is: this runs when the last
     // stripe is sealed, before its VDC_Complete is completed. The chain facts come
     // from the stream itself (its metadata block); the engine's messages are not
     // known yet (they come with its completion) and are added afterwards.
     let stored_early = std::sync::atomic::AtomicBool::new(false);
-    let stream_chain = std::sync::Mutex::new(None::<Chain>);
+    let stream_facts = std::sync::Mutex::new(None::<crate::mtf::HeadFacts>);
     let on_sealed =
         |results: &[pipeline::backup::StripeResult], head: &[u8]| -> Result<(), String> {
             let info = EngineInfo {
@@ -264,21 +237,28 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
                 message: PENDING.into(),
                 messages: vec![],
             };
-            let chain = match crate::mtf::chain_of_head(head, &plan.database, plan.kind) {
-                Ok(c) => c,
+            let facts = match crate::mtf::facts_of_head(head, &plan.database, plan.kind) {
+                Ok(f) => f,
                 Err(why) => {
                     eprintln!(
-                        "openvdi: warning: the backup's own chain facts could not be read from \
-                     its stream ({why}); the engine's messages must supply them"
+                        "openvdi: warning: the backup's own chain facts could not be read \
+                         from its stream ({why}); the engine's messages must supply them"
                     );
-                    Chain::default()
+                    crate::mtf::HeadFacts::default()
                 }
             };
-            if let Ok(mut c) = stream_chain.lock() {
-                *c = Some(chain.clone());
+            if let Ok(mut c) = stream_facts.lock() {
+                *c = Some(facts.clone());
             }
-            let m = make_manifest(results, chain, info, t0.elapsed().as_secs_f64())
-                .map_err(|e| format!("{e:#}"))?;
+            let times = (facts.started, facts.finished);
+            let m = make_manifest(
+                results,
+                facts.chain,
+                times,
+                info,
+                t0.elapsed().as_secs_f64(),
+            )
+            .map_err(|e| format!("{e:#}"))?;
             repo.publish(&dir, &m).map_err(|e| format!("{e:#}"))?;
             stored_early.store(true, std::sync::atomic::Ordering::Relaxed);
             Ok(())
@@ -349,17 +329,19 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     // already stored before its VDC_Complete. The backup is durable and listed either
     // way; failing to add the facts leaves it chained by time only.
     // The engine's report when it gave one, else what the stream said about itself.
-    let chain = outcome
-        .chain
-        .clone()
-        .or_else(|| stream_chain.lock().ok().and_then(|c| c.clone()))
+    let facts = stream_facts
+        .lock()
+        .ok()
+        .and_then(|c| c.clone())
         .unwrap_or_default();
+    let chain = outcome.chain.clone().unwrap_or(facts.chain);
+    let times = (facts.started, facts.finished);
     let info = EngineInfo {
         kind: engine.kind().into(),
         message: outcome.completion_message(),
         messages: outcome.messages.clone(),
     };
-    let m = make_manifest(&results, chain, info, t0.elapsed().as_secs_f64())?;
+    let m = make_manifest(&results, chain, times, info, t0.elapsed().as_secs_f64())?;
     if let Err(e) = repo.publish(&dir, &m) {
         if !stored_early.load(std::sync::atomic::Ordering::Relaxed) {
             // No VDC_Complete was negotiated, so nothing was stored before the

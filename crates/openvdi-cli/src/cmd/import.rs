@@ -144,9 +144,7 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     super::check_interrupted(&ctx.stop)?;
     let secs = t0.elapsed().as_secs_f64();
     let raw_size: u64 = stripes.iter().map(|s| s.raw_size).sum();
-    let mut chain = info.chain.clone();
-    let existing = repo.backups()?;
-    chain.parent = super::backup::find_parent(&existing, &database, kind, &chain);
+    let chain = info.chain.clone();
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     let m = Manifest {
         format: manifest::FORMAT,
@@ -173,10 +171,16 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
             seconds: secs,
             raw_bytes_per_second: raw_size as f64 / secs.max(1e-9),
         },
+        backup_started: info.backup_start,
+        backup_finished: info.backup_finish,
         vdi_set: String::new(),
         transport: String::new(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
+    // The parent as far as the repository knows it now (`list` and every reader
+    // recompute it over the whole repository: see `chain`).
+    let mut m = m;
+    m.chain.parent = crate::chain::parent(&repo.backups()?, &m).map(|(p, _)| p.id.to_string());
     repo.publish(&dir, &m)?;
     if ctx.settings.json {
         let mut v = serde_json::to_value(&m)?;

@@ -92,6 +92,7 @@ pub struct HeaderInfo {
     pub kind: Option<Kind>,
     pub chain: Chain,
     pub backup_start: Option<DateTime<Utc>>,
+    pub backup_finish: Option<DateTime<Utc>>,
 }
 
 fn parse_date(s: &str) -> Option<DateTime<Utc>> {
@@ -140,6 +141,7 @@ pub fn header(ctx: &Ctx, t: &Target) -> Result<HeaderInfo> {
             parent: None,
         },
         backup_start: get("BackupStartDate").and_then(|d| parse_date(&d)),
+        backup_finish: get("BackupFinishDate").and_then(|d| parse_date(&d)),
     })
 }
 

@@ -14,13 +14,18 @@ use crate::manifest::{Kind, Manifest};
 use crate::repo::{Repo, MARKER};
 use crate::{lock, output};
 
-/// The backups to delete under the policy (input oldest first).
+/// The backups to delete under the policy, per server and database (two servers'
+/// databases of one name are two chains), by when each backup was taken (input in
+/// that order, as `Repo::scan` gives it).
 pub fn select(all: &[Manifest], keep_last: usize, database: Option<&str>) -> Vec<Manifest> {
-    let mut by_db: BTreeMap<String, Vec<&Manifest>> = BTreeMap::new();
+    let mut by_db: BTreeMap<(String, String), Vec<&Manifest>> = BTreeMap::new();
     for m in all {
         if database.is_none_or(|d| m.database.eq_ignore_ascii_case(d)) {
             by_db
-                .entry(m.database.to_ascii_lowercase())
+                .entry((
+                    m.server.to_ascii_lowercase(),
+                    m.database.to_ascii_lowercase(),
+                ))
                 .or_default()
                 .push(m);
         }
@@ -32,10 +37,10 @@ pub fn select(all: &[Manifest], keep_last: usize, database: Option<&str>) -> Vec
             continue; // never delete diffs/logs whose chain start is still kept
         }
         let oldest_kept = fulls[fulls.len() - keep_last];
-        let cutoff = (oldest_kept.timings.started, oldest_kept.id.clone());
+        let cutoff = (crate::chain::taken(oldest_kept), oldest_kept.id.clone());
         out.extend(
             list.iter()
-                .filter(|m| (m.timings.started, m.id.clone()) < cutoff)
+                .filter(|m| (crate::chain::taken(m), m.id.clone()) < cutoff)
                 .map(|m| (*m).clone()),
         );
     }
@@ -157,11 +162,17 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     fn m(id: &str, db: &str, kind: Kind, t: i64) -> Manifest {
+        on("s", id, db, kind, t)
+    }
+
+    fn on(server: &str, id: &str, db: &str, kind: Kind, t: i64) -> Manifest {
         let at = Utc.timestamp_opt(1_700_000_000 + t, 0).unwrap();
+        // Imported in reverse: the tool's clock says nothing about the backups.
+        let imported = Utc.timestamp_opt(1_800_000_000 - t, 0).unwrap();
         Manifest {
             format: FORMAT,
             id: crate::manifest::BackupId::new(id).unwrap(),
-            server: "s".into(),
+            server: server.into(),
             database: db.into(),
             kind,
             codec: Codec::None,
@@ -178,11 +189,13 @@ mod tests {
                 messages: vec![],
             },
             timings: Timings {
-                started: at,
-                finished: at,
+                started: imported,
+                finished: imported,
                 seconds: 0.0,
                 raw_bytes_per_second: 0.0,
             },
+            backup_started: Some(at),
+            backup_finished: Some(at),
             vdi_set: String::new(),
             transport: String::new(),
             tool_version: String::new(),
@@ -205,5 +218,18 @@ mod tests {
         assert_eq!(ids(select(&all, 1, None)), vec!["f1", "l1", "f2", "d2"]);
         assert!(select(&all, 3, None).is_empty());
         assert!(select(&all, 1, Some("b")).is_empty());
+    }
+
+    #[test]
+    fn another_servers_database_of_the_same_name_is_its_own_chain() {
+        let mut all = vec![
+            on("s1", "s1_f1", "a", Kind::Full, 1),
+            on("s2", "s2_f1", "a", Kind::Full, 2),
+            on("s1", "s1_f2", "a", Kind::Full, 3),
+        ];
+        crate::chain::sort(&mut all);
+        let ids = |v: Vec<Manifest>| v.into_iter().map(|m| m.id.to_string()).collect::<Vec<_>>();
+        // s2's only full is kept; s1 keeps its newer one (by backup time, not import).
+        assert_eq!(ids(select(&all, 1, None)), vec!["s1_f1"]);
     }
 }
