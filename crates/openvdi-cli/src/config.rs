@@ -88,9 +88,12 @@ impl FileConfig {
         };
         // A parse error quotes the offending line, which may hold a repository URL
         // with credentials: register them before the message can be printed.
-        if let Ok(v) = text.parse::<toml::Table>() {
-            if let Some(r) = v.get("repo").and_then(|r| r.as_str()) {
-                crate::redact::register_url(r);
+        // The file may not parse, so look at every quoted string that holds a URL.
+        for quote in ['"', '\''] {
+            for (i, part) in text.split(quote).enumerate() {
+                if i % 2 == 1 && part.contains("://") {
+                    crate::redact::register_url(part);
+                }
             }
         }
         toml::from_str(&text).map_err(|e| {

@@ -263,3 +263,24 @@ impl Repo {
         }
         anyhow::bail!("no free backup id for {base} after {MAX_ID_TRIES} tries")
     }}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserved_id_is_never_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in ["memory://b/p".to_string(), dir.path().display().to_string()] {
+            let repo = Repo::open(&url).unwrap();
+            let dir_of = |id: &str| format!("S/db/FULL/{id}");
+            let a = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
+            let b = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
+            let c = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
+            assert_eq!((a.as_str(), b.as_str(), c.as_str()), ("S_db_FULL_1", "S_db_FULL_1_2", "S_db_FULL_1_3"), "{url}");
+            // The reservation itself is exclusive: a second create of it fails.
+            let key = format!("{}/{RESERVATION}", dir_of(&a));
+            assert!(!repo.store.create_exclusive(&key, b"x").unwrap(), "{url}");
+        }
+    }
+}
