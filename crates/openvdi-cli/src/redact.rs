@@ -68,9 +68,17 @@ pub fn register_env() {
 /// True for a query parameter whose value is a credential.
 pub fn is_secret_param(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["secret", "key", "token", "password", "sas", "sig", "credential"]
-        .iter()
-        .any(|w| k.contains(w))
+    [
+        "secret",
+        "key",
+        "token",
+        "password",
+        "sas",
+        "sig",
+        "credential",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
 }
 
 /// Splits `scheme://[userinfo@]rest[?query]` without allocating a URL parser (the

@@ -262,7 +262,8 @@ impl Repo {
             }
         }
         anyhow::bail!("no free backup id for {base} after {MAX_ID_TRIES} tries")
-    }}
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -277,7 +278,11 @@ mod tests {
             let a = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
             let b = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
             let c = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
-            assert_eq!((a.as_str(), b.as_str(), c.as_str()), ("S_db_FULL_1", "S_db_FULL_1_2", "S_db_FULL_1_3"), "{url}");
+            assert_eq!(
+                (a.as_str(), b.as_str(), c.as_str()),
+                ("S_db_FULL_1", "S_db_FULL_1_2", "S_db_FULL_1_3"),
+                "{url}"
+            );
             // The reservation itself is exclusive: a second create of it fails.
             let key = format!("{}/{RESERVATION}", dir_of(&a));
             assert!(!repo.store.create_exclusive(&key, b"x").unwrap(), "{url}");

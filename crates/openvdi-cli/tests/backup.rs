@@ -324,7 +324,10 @@ fn kill_9_mid_backup_leaves_nothing_listed_and_the_next_run_succeeds() {
     let p = e.json(&["prune", "--keep-last", "1", "--confirm"]);
     assert_eq!(p["unfinished_uploads"].as_array().unwrap().len(), 0);
     assert!(p["unfinished_uploads_in_grace"].as_u64().unwrap() > 0);
-    assert!(partial_files(&repo) > 0, "within the default 24 h grace: kept");
+    assert!(
+        partial_files(&repo) > 0,
+        "within the default 24 h grace: kept"
+    );
     let p = e.json(&[
         "prune",
         "--keep-last",

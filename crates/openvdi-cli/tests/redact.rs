@@ -53,7 +53,8 @@ fn secrets_in_repository_urls_are_never_printed() {
     }
     // The masked form is what is shown.
     let mut c = e.cmd(&["list"]);
-    c.arg("--repo").arg(format!("memory://{KEY_ID}:{SECRET}@b/p"));
+    c.arg("--repo")
+        .arg(format!("memory://{KEY_ID}:{SECRET}@b/p"));
     let o = util::run(c);
     assert_eq!(o.status.code(), Some(10));
     assert!(
@@ -80,14 +81,15 @@ fn a_secret_in_the_config_file_is_not_quoted_by_its_parse_error() {
         .arg(&cfg)
         .arg("list");
     let o = util::run(c);
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_clean("config parse error", &o);
     // A valid file whose repository cannot be opened.
-    std::fs::write(
-        &cfg,
-        format!("repo = \"s3://{KEY_ID}:{SECRET}@/p\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!("repo = \"s3://{KEY_ID}:{SECRET}@/p\"\n")).unwrap();
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_openvdi"));
     c.env("HOME", e.dir.path())
         .env_remove("OPENVDI_REPO")

@@ -376,13 +376,20 @@ fn s3_server_killed_mid_backup_fails_it_and_prune_sweeps_its_uploads() {
         "the backup failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    eprintln!("backup exited {:?} {:?} after the kill", o.status.code(), t.elapsed());
+    eprintln!(
+        "backup exited {:?} {:?} after the kill",
+        o.status.code(),
+        t.elapsed()
+    );
     w.restart();
     util::wait_for("SeaweedFS to serve again", Duration::from_secs(60), || {
         w.run(&e, &["list"]).status.code() == Some(0)
     });
     assert!(
-        w.ok(&e, &["list"])["backups"].as_array().unwrap().is_empty(),
+        w.ok(&e, &["list"])["backups"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
         "a failed backup is never listed"
     );
     assert!(
@@ -391,12 +398,22 @@ fn s3_server_killed_mid_backup_fails_it_and_prune_sweeps_its_uploads() {
     );
     // Within the default grace period they are left alone (a dry run says so).
     let dry = w.ok(&e, &["prune", "--keep-last", "1"]);
-    assert!(dry["unfinished_uploads_in_grace"].as_u64().unwrap() > 0, "{dry}");
+    assert!(
+        dry["unfinished_uploads_in_grace"].as_u64().unwrap() > 0,
+        "{dry}"
+    );
     // The killed backup's lock does not block prune (its process is gone), and
     // prune aborts the uploads.
     let p = w.ok(
         &e,
-        &["prune", "--keep-last", "1", "--confirm", "--upload-grace", "0s"],
+        &[
+            "prune",
+            "--keep-last",
+            "1",
+            "--confirm",
+            "--upload-grace",
+            "0s",
+        ],
     );
     assert!(
         !p["unfinished_uploads"].as_array().unwrap().is_empty(),

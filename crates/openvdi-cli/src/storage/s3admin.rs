@@ -80,7 +80,8 @@ impl S3Admin {
         let bucket = get(AmazonS3ConfigKey::Bucket).unwrap_or_default();
         let virtual_hosted = get(AmazonS3ConfigKey::VirtualHostedStyleRequest)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let endpoint = get(AmazonS3ConfigKey::S3Endpoint).or_else(|| get(AmazonS3ConfigKey::Endpoint));
+        let endpoint =
+            get(AmazonS3ConfigKey::S3Endpoint).or_else(|| get(AmazonS3ConfigKey::Endpoint));
         // As object_store's builder derives it (aws/builder.rs, `bucket_endpoint`).
         let bucket_url = match (endpoint, virtual_hosted) {
             (Some(e), true) => e.trim_end_matches('/').to_string(),
@@ -101,7 +102,11 @@ impl S3Admin {
     }
 
     /// Sends one signed request with an empty body; returns the status and body.
-    async fn send(&self, method: http::Method, url: &str) -> std::result::Result<(u16, String), String> {
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+    ) -> std::result::Result<(u16, String), String> {
         let cred = self
             .store
             .credentials()
@@ -129,7 +134,11 @@ impl S3Admin {
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
-            let mut url = format!("{}/?uploads&prefix={}", self.bucket_url, encode(prefix, false));
+            let mut url = format!(
+                "{}/?uploads&prefix={}",
+                self.bucket_url,
+                encode(prefix, false)
+            );
             if let Some((k, u)) = &markers {
                 url.push_str(&format!(
                     "&key-marker={}&upload-id-marker={}",
@@ -143,8 +152,8 @@ impl S3Admin {
             if !(200..300).contains(&status) {
                 return Err(err(ctx(), format!("HTTP {status}: {}", body.trim())));
             }
-            let page: ListResult =
-                quick_xml::de::from_str(&body).map_err(|e| err(ctx(), format!("bad reply: {e}")))?;
+            let page: ListResult = quick_xml::de::from_str(&body)
+                .map_err(|e| err(ctx(), format!("bad reply: {e}")))?;
             for u in page.uploads {
                 let Some(key) = u.key.strip_prefix(prefix) else {
                     continue;
@@ -155,12 +164,19 @@ impl S3Admin {
                     started: u.initiated,
                 });
             }
-            match (page.is_truncated, page.next_key_marker, page.next_upload_id_marker) {
+            match (
+                page.is_truncated,
+                page.next_key_marker,
+                page.next_upload_id_marker,
+            ) {
                 (true, Some(k), Some(u)) if markers.as_ref() != Some(&(k.clone(), u.clone())) => {
                     markers = Some((k, u))
                 }
                 (true, _, _) => {
-                    return Err(err(ctx(), "a truncated listing without a usable next marker"))
+                    return Err(err(
+                        ctx(),
+                        "a truncated listing without a usable next marker",
+                    ))
                 }
                 _ => break,
             }
