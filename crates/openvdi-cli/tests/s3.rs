@@ -26,6 +26,10 @@ pub struct Weed {
     weed: PathBuf,
     base: u16,
     dir: tempfile::TempDir,
+    /// One server at a time per test process: two `weed mini` on one host collide on
+    /// ports we do not set, and the loser's test then talks to the winner (or times
+    /// out). Declared last, so it is released after the server is killed.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Weed {
@@ -46,16 +50,27 @@ impl Weed {
                 return None;
             }
         };
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         // Ports away from the defaults, derived from our pid, so a stray server or a
-        // parallel run does not collide with this one.
-        let base = 20000 + (std::process::id() % 900) as u16 * 10;
+        // parallel run does not collide with this one; each server of this process
+        // (the tests run in parallel) gets its own block of ten, so a test that kills
+        // its server never kills another test's.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            n < 3,
+            "three port blocks per process: add more for more S3 tests"
+        );
+        let base = 20000 + (std::process::id() % 300) as u16 * 30 + n * 10;
         let mut w = Weed {
             guard: Guard(None),
             endpoint: format!("http://127.0.0.1:{base}"),
             weed,
             base,
             dir,
+            _serial: serial,
         };
         w.spawn();
         Some(w)
