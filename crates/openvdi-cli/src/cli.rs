@@ -28,6 +28,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Repository: a directory, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix
+    /// (credentials may be given as s3://KEY:SECRET@bucket or ?secret_access_key=…;
+    /// they are never printed)
     /// [default: $XDG_DATA_HOME/openvdi-repo or ~/.local/share/openvdi-repo].
     #[arg(long, global = true, env = "OPENVDI_REPO")]
     pub repo: Option<String>,
@@ -215,4 +217,8 @@ pub struct PruneArgs {
     /// Really delete (otherwise only show what would go).
     #[arg(long)]
     pub confirm: bool,
+    /// Unfinished uploads (S3 multipart uploads, local partial files) older than this
+    /// are aborted: 90s, 30m, 24h, 7d [default: 24h, or `upload_grace` in the config].
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub upload_grace: Option<std::time::Duration>,
 }

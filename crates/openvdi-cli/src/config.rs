@@ -29,6 +29,28 @@ pub struct FileConfig {
     pub maxtransfersize: Option<u32>,
     pub blocksize: Option<u32>,
     pub workers: Option<usize>,
+    /// `prune`: unfinished uploads younger than this are left alone (e.g. "24h").
+    pub upload_grace: Option<String>,
+}
+
+/// `90s`, `30m`, `24h`, `7d` (or plain seconds).
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d (e.g. 24h)"))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use s, m, h or d)")),
+    };
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 fn home() -> PathBuf {
@@ -64,7 +86,22 @@ impl FileConfig {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        toml::from_str(&text).map_err(|e| err(Code::Usage, format!("{}: {e}", path.display())))
+        // A parse error quotes the offending line, which may hold a repository URL
+        // with credentials: register them before the message can be printed.
+        // The file may not parse, so look at every quoted string that holds a URL.
+        for quote in ['"', '\''] {
+            for (i, part) in text.split(quote).enumerate() {
+                if i % 2 == 1 && part.contains("://") {
+                    crate::redact::register_url(part);
+                }
+            }
+        }
+        toml::from_str(&text).map_err(|e| {
+            err(
+                Code::Usage,
+                crate::redact::scrub(&format!("{}: {e}", path.display())),
+            )
+        })
     }
 }
 
@@ -101,6 +138,7 @@ pub struct FileDefaults {
     pub maxtransfersize: Option<u32>,
     pub blocksize: Option<u32>,
     pub workers: Option<usize>,
+    pub upload_grace: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -113,14 +151,24 @@ impl Settings {
             ),
             None => None,
         };
+        let upload_grace = match &f.upload_grace {
+            Some(d) => Some(
+                parse_duration(d)
+                    .map_err(|e| err(Code::Usage, format!("config file: upload_grace: {e}")))?,
+            ),
+            None => None,
+        };
         let e = &g.engine;
         let repo_is_default = g.repo.is_none() && f.repo.is_none();
+        let repo = g
+            .repo
+            .clone()
+            .or(f.repo)
+            .unwrap_or_else(|| data_home().join("openvdi-repo").display().to_string());
+        // Before anything can print it (see `redact`).
+        crate::redact::register_url(&repo);
         Ok(Settings {
-            repo: g
-                .repo
-                .clone()
-                .or(f.repo)
-                .unwrap_or_else(|| data_home().join("openvdi-repo").display().to_string()),
+            repo,
             repo_is_default,
             json: g.json,
             quiet: g.quiet,
@@ -147,6 +195,7 @@ impl Settings {
                 maxtransfersize: f.maxtransfersize,
                 blocksize: f.blocksize,
                 workers: f.workers,
+                upload_grace,
             },
         })
     }

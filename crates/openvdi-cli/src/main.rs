@@ -33,6 +33,7 @@ mod naming;
 mod output;
 mod pipeline;
 mod progress;
+mod redact;
 mod repo;
 mod storage;
 #[cfg(feature = "tds")]
@@ -54,6 +55,7 @@ fn main() {
             std::env::remove_var(&k);
         }
     }
+    redact::register_env();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -85,7 +87,8 @@ fn main() {
                     "error": format!("{e:#}"),
                 }));
             }
-            eprintln!("openvdi: error: {e:#}");
+            // Scrubbed: an error may quote a config line or a server's reply.
+            eprintln!("openvdi: error: {}", redact::scrub(&format!("{e:#}")));
             code
         }
     };

@@ -14,6 +14,8 @@ pub fn printed() -> bool {
 
 fn write(s: &str) {
     PRINTED.store(true, Ordering::Relaxed);
+    // The last line of defence for credentials (see `redact`).
+    let s = crate::redact::scrub(s);
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

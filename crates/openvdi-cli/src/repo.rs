@@ -20,6 +20,14 @@ struct Marker {
     tool_version: String,
 }
 
+/// The object that reserves a backup id: created exclusively in the backup's folder
+/// before anything else is written there (see [`Repo::unique_id`]).
+pub const RESERVATION: &str = "reserved.json";
+
+/// How many suffixes `unique_id` tries before giving up (a second backup in the same
+/// second takes `_2`; a hundred in one second means something is looping).
+const MAX_ID_TRIES: u32 = 100;
+
 /// A manifest larger than this is damaged (a real one is a few KiB).
 pub const MAX_MANIFEST: u64 = 1 << 20;
 
@@ -243,14 +251,72 @@ impl Repo {
         m.dir()
     }
 
-    /// A backup id not yet used (a second backup in the same second gets `_2`, …).
+    /// Reserves a backup id: the base (`SERVER_DB_FULL_YYYYMMDD_HHMMSS`) or, if taken,
+    /// `base_2`, `base_3`, … An id is taken when its folder holds anything; it is ours
+    /// once [`Store::create_exclusive`] of its [`RESERVATION`] object succeeded, which
+    /// exactly one of several processes racing for it gets (local: `O_EXCL`; object
+    /// stores: a conditional PUT). So two backups started in the same second get two
+    /// ids, and neither can overwrite the other's stripes or manifest.
     pub fn unique_id(&self, base: &str, dir_of: impl Fn(&str) -> String) -> Result<String> {
-        let mut id = base.to_string();
-        let mut n = 1;
-        while !self.store.list(&dir_of(&id))?.is_empty() {
-            n += 1;
-            id = format!("{base}_{n}");
+        #[derive(Serialize)]
+        struct Reservation<'a> {
+            id: &'a str,
+            host: String,
+            pid: u32,
+            created: chrono::DateTime<chrono::Utc>,
         }
-        Ok(id)
+        for n in 1..=MAX_ID_TRIES {
+            let id = if n == 1 {
+                base.to_string()
+            } else {
+                format!("{base}_{n}")
+            };
+            let dir = dir_of(&id);
+            // Folders of older backups (and of runs of older versions) hold no
+            // reservation object: anything in the folder means taken.
+            if !self.store.list(&dir)?.is_empty() {
+                continue;
+            }
+            let r = Reservation {
+                id: &id,
+                host: crate::lock::hostname(),
+                pid: std::process::id(),
+                created: chrono::Utc::now(),
+            };
+            let key = format!("{dir}/{RESERVATION}");
+            if self
+                .store
+                .create_exclusive(&key, &serde_json::to_vec(&r)?)
+                .with_context(|| format!("reserving backup id {id}"))?
+            {
+                return Ok(id);
+            }
+        }
+        anyhow::bail!("no free backup id for {base} after {MAX_ID_TRIES} tries")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserved_id_is_never_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in ["memory://b/p".to_string(), dir.path().display().to_string()] {
+            let repo = Repo::open(&url).unwrap();
+            let dir_of = |id: &str| format!("S/db/FULL/{id}");
+            let a = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
+            let b = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
+            let c = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
+            assert_eq!(
+                (a.as_str(), b.as_str(), c.as_str()),
+                ("S_db_FULL_1", "S_db_FULL_1_2", "S_db_FULL_1_3"),
+                "{url}"
+            );
+            // The reservation itself is exclusive: a second create of it fails.
+            let key = format!("{}/{RESERVATION}", dir_of(&a));
+            assert!(!repo.store.create_exclusive(&key, b"x").unwrap(), "{url}");
+        }
     }
 }

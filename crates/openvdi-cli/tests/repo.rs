@@ -192,7 +192,11 @@ fn prune_is_a_dry_run_unless_confirmed() {
             files += 1;
         }
     }
-    assert_eq!(files, 2 * 2, "two backups, one stripe + one manifest each");
+    assert_eq!(
+        files,
+        2 * 3,
+        "two backups, one stripe + one manifest + one id reservation each"
+    );
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {

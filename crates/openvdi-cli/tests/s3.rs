@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use util::{fixtures, sha, Env, Guard};
+use util::{fixtures, sha, wait, Env, Guard};
 
 fn find_weed() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
@@ -21,9 +21,15 @@ fn find_weed() -> Option<PathBuf> {
 /// A running SeaweedFS; killed on drop.
 #[derive(Debug)]
 pub struct Weed {
-    _guard: Guard,
+    guard: Guard,
     pub endpoint: String,
-    _dir: tempfile::TempDir,
+    weed: PathBuf,
+    base: u16,
+    dir: tempfile::TempDir,
+    /// One server at a time per test process: two `weed mini` on one host collide on
+    /// ports we do not set, and the loser's test then talks to the winner (or times
+    /// out). Declared last, so it is released after the server is killed.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Weed {
@@ -44,17 +50,50 @@ impl Weed {
                 return None;
             }
         };
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         // Ports away from the defaults, derived from our pid, so a stray server or a
-        // parallel run does not collide with this one.
-        let base = 20000 + (std::process::id() % 900) as u16 * 10;
-        let s3 = base;
-        let child = Command::new(weed)
+        // parallel run does not collide with this one; each server of this process
+        // (the tests run in parallel) gets its own block of ten, so a test that kills
+        // its server never kills another test's.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            n < 3,
+            "three port blocks per process: add more for more S3 tests"
+        );
+        let base = 20000 + (std::process::id() % 300) as u16 * 30 + n * 10;
+        let mut w = Weed {
+            guard: Guard(None),
+            endpoint: format!("http://127.0.0.1:{base}"),
+            weed,
+            base,
+            dir,
+            _serial: serial,
+        };
+        w.spawn();
+        Some(w)
+    }
+
+    /// Starts the server process on this data directory and these ports.
+    fn spawn(&mut self) {
+        let base = self.base;
+        let log = |name: &str| {
+            Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join(name))
+                    .unwrap(),
+            )
+        };
+        let child = Command::new(&self.weed)
             .arg("mini")
-            .arg(format!("-dir={}", dir.path().display()))
+            .arg(format!("-dir={}", self.dir.path().display()))
             .arg("-ip=127.0.0.1")
             .arg("-ip.bind=127.0.0.1")
-            .arg(format!("-s3.port={s3}"))
+            .arg(format!("-s3.port={base}"))
             .arg(format!("-master.port={}", base + 1))
             .arg(format!("-volume.port={}", base + 2))
             .arg(format!("-filer.port={}", base + 3))
@@ -66,19 +105,55 @@ impl Weed {
             .env("AWS_SECRET_ACCESS_KEY", "secret")
             .env("S3_BUCKET", "testbucket")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(
-                std::fs::File::create(dir.path().join("weed.log")).unwrap(),
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("weed.err")).unwrap(),
-            ))
+            .stdout(log("weed.log"))
+            .stderr(log("weed.err"))
             .spawn()
             .unwrap();
-        Some(Weed {
-            _guard: Guard(Some(child)),
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            _dir: dir,
-        })
+        self.guard = Guard(Some(child));
+    }
+
+    /// SIGKILL (the pyenv shim `exec`s the server, so this is the server itself).
+    pub fn kill(&mut self) {
+        let mut c = self.guard.0.take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// Starts it again on the same data directory.
+    pub fn restart(&mut self) {
+        assert!(self.guard.0.is_none(), "kill first");
+        self.spawn();
+    }
+
+    /// Entries of a filer directory (SeaweedFS's own view of the bucket, beside the
+    /// S3 API): `/buckets/testbucket/.uploads/` holds one folder per unfinished
+    /// multipart upload. A missing directory has none.
+    pub fn filer_entries(&self, path: &str) -> Vec<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.base + 3)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let resp = String::from_utf8_lossy(&resp);
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        if head.starts_with("HTTP/1.1 404") || head.starts_with("HTTP/1.0 404") {
+            return Vec::new();
+        }
+        assert!(head.contains(" 200 "), "filer {path}: {head}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["Entries"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["FullPath"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// `openvdi` pointed at this server's `testbucket/prefix`.
@@ -276,4 +351,108 @@ fn s3_backup_of_100_mib_stripes_round_trips() {
             "{stripes} stripe(s): restored from S3 byte for byte"
         );
     }
+}
+
+/// The S3 server dies (SIGKILL) while a backup's stripes are uploading: the backup
+/// fails within a bounded time; after the server is back on the same data, the next
+/// run is not blocked by a lock, and `prune` aborts the multipart uploads the dead
+/// server kept (SeaweedFS supports ListMultipartUploads and AbortMultipartUpload),
+/// leaving none — as SeaweedFS's own filer listing confirms.
+#[test]
+fn s3_server_killed_mid_backup_fails_it_and_prune_sweeps_its_uploads() {
+    let Some(mut w) = Weed::start() else { return };
+    let e = w.env("ci/killed");
+    w.wait_ready(&e);
+    openvdi_engine::Engine::open(&e.data)
+        .unwrap()
+        .create_database("huge", 400 << 20)
+        .unwrap();
+    let mut c = e.cmd(&[
+        "--quiet",
+        "backup",
+        "huge",
+        "--stripes",
+        "2",
+        "--compress",
+        "none",
+    ]);
+    w.configure(&mut c);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let backup = Guard(Some(c.spawn().unwrap()));
+    // Stripes are uploading once the server holds an unfinished multipart upload.
+    util::wait_for(
+        "a multipart upload to be in flight",
+        Duration::from_secs(120),
+        || !w.filer_entries("/buckets/testbucket/.uploads/").is_empty(),
+    );
+    w.kill();
+    let t = std::time::Instant::now();
+    let o = wait(backup, Duration::from_secs(120));
+    assert!(
+        !o.status.success(),
+        "the backup failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!(
+        "backup exited {:?} {:?} after the kill",
+        o.status.code(),
+        t.elapsed()
+    );
+    w.restart();
+    util::wait_for("SeaweedFS to serve again", Duration::from_secs(60), || {
+        w.run(&e, &["list"]).status.code() == Some(0)
+    });
+    assert!(
+        w.ok(&e, &["list"])["backups"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a failed backup is never listed"
+    );
+    assert!(
+        !w.filer_entries("/buckets/testbucket/.uploads/").is_empty(),
+        "the dead server kept the uploads the backup could not abort"
+    );
+    // Within the default grace period they are left alone (a dry run says so).
+    let dry = w.ok(&e, &["prune", "--keep-last", "1"]);
+    assert!(
+        dry["unfinished_uploads_in_grace"].as_u64().unwrap() > 0,
+        "{dry}"
+    );
+    // The killed backup's lock does not block prune (its process is gone), and
+    // prune aborts the uploads.
+    let p = w.ok(
+        &e,
+        &[
+            "prune",
+            "--keep-last",
+            "1",
+            "--confirm",
+            "--upload-grace",
+            "0s",
+        ],
+    );
+    assert!(
+        !p["unfinished_uploads"].as_array().unwrap().is_empty(),
+        "{p}"
+    );
+    assert_eq!(
+        w.filer_entries("/buckets/testbucket/.uploads/"),
+        Vec::<String>::new(),
+        "no unfinished upload left"
+    );
+    assert_eq!(
+        w.filer_entries("/buckets/testbucket/ci/killed/locks/"),
+        Vec::<String>::new(),
+        "no lock left"
+    );
+    let again = w.ok(&e, &["prune", "--keep-last", "1", "--upload-grace", "0s"]);
+    assert!(again["unfinished_uploads"].as_array().unwrap().is_empty());
+    // And the next backup works.
+    openvdi_engine::Engine::open(&e.data)
+        .unwrap()
+        .create_database("small", 4 << 20)
+        .unwrap();
+    let b = w.ok(&e, &["backup", "small", "--compress", "lz4"]);
+    assert_eq!(w.ok(&e, &["verify", b["id"].as_str().unwrap()])["ok"], true);
 }

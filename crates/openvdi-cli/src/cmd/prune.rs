@@ -1,7 +1,11 @@
 //! `openvdi prune --keep-last N`: keeps the newest N full backups of each database
 //! and everything taken after the oldest kept full (its diffs and logs); deletes the
-//! rest, plus objects no manifest refers to (left by crashed runs). A dry run unless
-//! `--confirm`. Takes the repository lock exclusively, so no backup is mid-flight.
+//! rest, plus objects no manifest refers to (left by crashed runs), plus unfinished
+//! uploads older than `--upload-grace` (S3 multipart uploads whose writer was killed
+//! or lost the server before its abort got through; local partial files). A dry run
+//! unless `--confirm`. Takes the repository lock exclusively, so no backup is
+//! mid-flight; the grace period still protects uploads of writers that hold no lock
+//! here (another tool in the same bucket, a host whose lock was removed by `unlock`).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -11,7 +15,7 @@ use super::Ctx;
 use crate::cli::PruneArgs;
 use crate::exit::{err, Code};
 use crate::manifest::{Kind, Manifest};
-use crate::repo::{Repo, MARKER};
+use crate::repo::{Repo, MARKER, RESERVATION};
 use crate::{lock, output};
 
 /// The backups to delete under the policy, per server and database (two servers'
@@ -47,10 +51,20 @@ pub fn select(all: &[Manifest], keep_last: usize, database: Option<&str>) -> Vec
     out
 }
 
+/// Unfinished uploads younger than this are left alone unless told otherwise.
+pub const DEFAULT_UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     if a.keep_last == 0 {
         return Err(err(Code::Usage, "--keep-last must be at least 1"));
     }
+    let grace = a
+        .upload_grace
+        .or(ctx.settings.file.upload_grace)
+        .unwrap_or(DEFAULT_UPLOAD_GRACE);
+    let cutoff = chrono::Utc::now()
+        - chrono::Duration::from_std(grace)
+            .map_err(|_| err(Code::Usage, "--upload-grace: too long"))?;
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.require()?;
     let _lock = lock::acquire(&repo.store, lock::Mode::Exclusive, "prune")?;
@@ -77,9 +91,12 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     let mut referenced: HashSet<String> = HashSet::new();
     for m in all.iter().filter(|m| !doomed_ids.contains(m.id.as_str())) {
         referenced.insert(Repo::manifest_key(&Repo::dir_of(m)));
+        referenced.insert(format!("{}/{RESERVATION}", Repo::dir_of(m)));
         referenced.extend(m.stripes.iter().map(|s| s.key.clone()));
     }
     let mut orphans: Vec<String> = Vec::new();
+    let mut uploads = Vec::new();
+    let mut in_grace = 0usize;
     if a.database.is_none() {
         for e in repo.store.list("")? {
             if e.key == MARKER || e.key.starts_with(lock::PREFIX) || e.key == lock::LOCAL_FILE {
@@ -93,7 +110,13 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
                 orphans.push(e.key);
             }
         }
-        orphans.extend(repo.store.list_incomplete()?.into_iter().map(|e| e.key));
+        for u in repo.store.incomplete()? {
+            if u.started <= cutoff {
+                uploads.push(u);
+            } else {
+                in_grace += 1;
+            }
+        }
     }
     let mut deleted_objects = 0usize;
     if a.confirm {
@@ -116,6 +139,9 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
             repo.store.delete(k)?;
             deleted_objects += 1;
         }
+        for u in &uploads {
+            repo.store.discard_incomplete(u)?;
+        }
     }
     let kept = all.len() - doomed.len();
     if ctx.settings.json {
@@ -123,6 +149,8 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
             "ok": true, "dry_run": !a.confirm, "keep_last": a.keep_last,
             "delete": doomed.iter().map(|m| &m.id).collect::<Vec<_>>(),
             "orphans": orphans, "kept": kept, "deleted_objects": deleted_objects,
+            "unfinished_uploads": uploads, "unfinished_uploads_in_grace": in_grace,
+            "upload_grace_seconds": grace.as_secs(),
             "damaged": scan.damaged,
         }));
     } else {
@@ -133,6 +161,20 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
         }
         for o in &orphans {
             s.push_str(&format!("{verb} orphan object {o}\n"));
+        }
+        let abort = if a.confirm { "aborted" } else { "would abort" };
+        for u in &uploads {
+            s.push_str(&format!(
+                "{abort} unfinished upload {} (started {})\n",
+                u.key,
+                u.started.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+        }
+        if in_grace > 0 {
+            s.push_str(&format!(
+                "left {in_grace} unfinished upload(s) younger than --upload-grace {}s\n",
+                grace.as_secs()
+            ));
         }
         for d in &scan.damaged {
             s.push_str(&format!(

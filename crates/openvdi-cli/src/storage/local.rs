@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{io_err, Entry, ObjectWriter, Result, Store};
+use super::{io_err, Entry, Incomplete, ObjectWriter, Result, Store};
 
 /// Marks names of objects still being written; listings skip them.
 pub const PARTIAL: &str = ".partial-";
@@ -38,6 +38,26 @@ impl LocalStore {
 
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
+    }
+
+    /// Creates the folders above `target`, fsyncing the parent of each new one: they
+    /// must survive a crash as surely as the object later fsynced into the last one.
+    fn make_parents(&self, target: &Path) -> Result<()> {
+        if let Some(dir) = target.parent() {
+            let mut missing = Vec::new();
+            let mut d = Some(dir);
+            while let Some(p) = d.filter(|p| !p.is_dir()) {
+                missing.push(p.to_path_buf());
+                d = p.parent();
+            }
+            fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            for m in &missing {
+                if let Some(parent) = m.parent() {
+                    sync_dir(parent).map_err(io_err(format!("fsync {}", parent.display())))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn walk(&self, dir: &Path, rel: &str, partial: bool, out: &mut Vec<Entry>) -> Result<()> {
@@ -149,22 +169,7 @@ impl Store for LocalStore {
 
     fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
         let target = self.path(key);
-        if let Some(dir) = target.parent() {
-            // The folders this creates must survive a crash as surely as the object
-            // that `finish` fsyncs into the last one: fsync the parent of each new one.
-            let mut missing = Vec::new();
-            let mut d = Some(dir);
-            while let Some(p) = d.filter(|p| !p.is_dir()) {
-                missing.push(p.to_path_buf());
-                d = p.parent();
-            }
-            fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-            for m in &missing {
-                if let Some(parent) = m.parent() {
-                    sync_dir(parent).map_err(io_err(format!("fsync {}", parent.display())))?;
-                }
-            }
-        }
+        self.make_parents(&target)?;
         let temp = temp_path(&target);
         let file = OpenOptions::new()
             .write(true)
@@ -193,10 +198,51 @@ impl Store for LocalStore {
         Ok(out)
     }
 
-    fn list_incomplete(&self) -> Result<Vec<Entry>> {
+    fn create_exclusive(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let target = self.path(key);
+        self.make_parents(&target)?;
+        // O_CREAT|O_EXCL: the kernel lets exactly one creator through. The object is
+        // written in place (not renamed into place): its existence is what counts,
+        // and a crash leaves a short but present reservation, which is what we want.
+        let ctx = format!("reserving {}", target.display());
+        let mut f = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io_err(ctx)(e)),
+        };
+        f.write_all(data).map_err(io_err(ctx.clone()))?;
+        f.sync_all().map_err(io_err(ctx.clone()))?;
+        if let Some(dir) = target.parent() {
+            sync_dir(dir).map_err(io_err(ctx))?;
+        }
+        Ok(true)
+    }
+
+    fn incomplete(&self) -> Result<Vec<Incomplete>> {
         let mut out = Vec::new();
         self.walk(&self.root, "", true, &mut out)?;
-        Ok(out)
+        let mut found = Vec::new();
+        for e in out {
+            let started = match fs::symlink_metadata(self.path(&e.key)).and_then(|m| m.modified()) {
+                Ok(t) => chrono::DateTime::<chrono::Utc>::from(t),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_err(e.key)(err)),
+            };
+            found.push(Incomplete {
+                key: e.key,
+                upload_id: None,
+                started,
+            });
+        }
+        Ok(found)
+    }
+
+    fn discard_incomplete(&self, upload: &Incomplete) -> Result<()> {
+        self.delete(&upload.key)
     }
 
     fn delete(&self, key: &str) -> Result<()> {

@@ -13,6 +13,7 @@
 
 mod local;
 pub(crate) mod object;
+mod s3admin;
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -62,6 +63,20 @@ pub struct Entry {
     pub size: u64,
 }
 
+/// An upload that never finished: a multipart upload (S3) or a partial temp file
+/// (local) left by a killed or failed run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Incomplete {
+    /// The object it would have become, relative to the repository root (local: the
+    /// temp file itself).
+    pub key: String,
+    /// The multipart upload's id (S3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+    /// When it was started (S3: `Initiated`; local: the file's modification time).
+    pub started: chrono::DateTime<chrono::Utc>,
+}
+
 /// A streaming writer for one object.
 pub trait ObjectWriter: Send {
     /// Appends `data` (takes ownership so the object-store backend can upload it
@@ -96,10 +111,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn list(&self, prefix: &str) -> Result<Vec<Entry>>;
     /// Deletes an object (missing is not an error).
     fn delete(&self, key: &str) -> Result<()>;
-    /// Objects of writers that never finished (crashed runs), for `prune`. Object
-    /// stores keep those as invisible multipart uploads; their lifecycle rules expire them.
-    fn list_incomplete(&self) -> Result<Vec<Entry>> {
+    /// Creates a small object only if no object has that key; false if one has.
+    /// Exactly one of several processes racing for one key gets true (local:
+    /// `O_EXCL`; object stores: a conditional PUT).
+    fn create_exclusive(&self, key: &str, data: &[u8]) -> Result<bool>;
+    /// Uploads that never finished (killed or failed runs), for `prune`: S3
+    /// multipart uploads (ListMultipartUploads), local partial temp files. Empty
+    /// where the backend cannot list them (see the README).
+    fn incomplete(&self) -> Result<Vec<Incomplete>> {
         Ok(Vec::new())
+    }
+    /// Discards one of [`Store::incomplete`]'s uploads (AbortMultipartUpload; local:
+    /// deletes the temp file).
+    fn discard_incomplete(&self, _upload: &Incomplete) -> Result<()> {
+        Ok(())
     }
     /// A local directory for an flock, when the backend is local.
     fn local_root(&self) -> Option<&std::path::Path> {

@@ -7,21 +7,44 @@
 //! `GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_APPLICATION_CREDENTIALS`, ….
 
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+};
 
-use super::{Entry, ObjectWriter, Result, Store, StoreError};
+use super::s3admin::S3Admin;
+use super::{Entry, Incomplete, ObjectWriter, Result, Store, StoreError};
+use crate::redact;
 
 /// Upload part size: large enough for S3's 10,000-part limit to allow 160 GB per
 /// stripe, small enough to keep memory bounded (parts × concurrency).
 const PART_SIZE: usize = 16 << 20;
 /// Parts uploaded at once per stripe.
 const PART_CONCURRENCY: usize = 4;
+
+/// How long one request may keep retrying (object_store's default is 3 minutes): a
+/// server that is gone fails the run within about a minute instead of hanging it.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Once the store has failed a data request, clean-up requests (aborting uploads,
+/// deleting unpublished objects, releasing the lock) get this long each instead of
+/// a full retry budget: the run is failing already, and what they leave behind is
+/// swept by `openvdi prune` (stale locks are also cleared by the next run).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn retry() -> RetryConfig {
+    RetryConfig {
+        retry_timeout: RETRY_TIMEOUT,
+        ..RetryConfig::default()
+    }
+}
 
 /// The process's I/O runtime (object stores, and the TDS engine).
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
@@ -46,51 +69,115 @@ fn obj_err(context: impl Into<String>) -> impl FnOnce(object_store::Error) -> St
 
 #[derive(Debug)]
 pub struct ObjectStoreBackend {
-    url: String,
+    /// The URL for display (credentials masked, see `redact`).
+    shown: String,
     store: Arc<dyn ObjectStore>,
+    /// Direct S3 requests object_store has no API for (listing unfinished uploads).
+    s3: Option<S3Admin>,
+    /// The key prefix inside the bucket (`""` or `a/b/`).
+    prefix: String,
+    /// Set once a data request failed (see [`CLEANUP_TIMEOUT`]).
+    degraded: Arc<AtomicBool>,
+}
+
+/// Applies `?key=value` options of a repository URL to a builder; an unknown key is a
+/// usage error naming the key (never the value, which may be a secret).
+fn apply_query<B, K>(
+    mut b: B,
+    query: Option<&str>,
+    bad: &dyn Fn(&str) -> StoreError,
+    set: impl Fn(B, K, String) -> B,
+) -> Result<B>
+where
+    K: std::str::FromStr,
+{
+    for (k, v) in query.into_iter().flat_map(redact::query_pairs) {
+        let key: K = k
+            .parse()
+            .map_err(|_| bad(&format!("unknown option {k:?} in the query")))?;
+        b = set(b, key, redact::percent_decode(v));
+    }
+    Ok(b)
 }
 
 impl ObjectStoreBackend {
-    /// `s3://bucket/prefix`, `az://container/prefix`, `gs://bucket/prefix`, `memory://`.
+    /// `s3://[KEY:SECRET@]bucket/prefix[?option=value&…]`, `az://container/prefix`,
+    /// `gs://bucket/prefix`, `memory://`. Query options are the provider's
+    /// configuration keys (`region`, `endpoint`, `secret_access_key`, …, as
+    /// object_store names them); they override the environment.
     pub fn open(url: &str) -> Result<ObjectStoreBackend> {
-        let bad = |why: &str| StoreError::Url(url.to_string(), why.to_string());
+        redact::register_url(url);
+        let shown = redact::url(url);
+        let bad = |why: &str| StoreError::Url(shown.clone(), why.to_string());
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, bucket) = match authority.rsplit_once('@') {
+            Some((u, b)) => (Some(u), b),
+            None => (None, authority),
+        };
+        let creds = userinfo.map(|u| {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            (redact::percent_decode(user), redact::percent_decode(pass))
+        });
         let prefix = prefix.trim_matches('/');
-        let build_err = |e: object_store::Error| bad(&e.to_string());
+        let build_err = |e: object_store::Error| bad(&redact::scrub(&e.to_string()));
+        let mut s3 = None;
         let inner: Arc<dyn ObjectStore> = match scheme {
             "s3" | "s3a" => {
                 if bucket.is_empty() {
                     return Err(bad("no bucket"));
                 }
-                Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
-                        .with_bucket_name(bucket)
-                        .build()
-                        .map_err(build_err)?,
-                )
+                use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry());
+                if let Some((user, pass)) = creds {
+                    b = b.with_access_key_id(user).with_secret_access_key(pass);
+                }
+                let b = apply_query(b, query, &bad, |b, k: AmazonS3ConfigKey, v| {
+                    b.with_config(k, v)
+                })?;
+                let store = Arc::new(b.clone().build().map_err(build_err)?);
+                s3 = Some(S3Admin::new(&b, store.clone()).map_err(build_err)?);
+                store
             }
             "az" | "azure" | "abfs" => {
                 if bucket.is_empty() {
                     return Err(bad("no container"));
                 }
-                Arc::new(
-                    object_store::azure::MicrosoftAzureBuilder::from_env()
-                        .with_container_name(bucket)
-                        .build()
-                        .map_err(build_err)?,
-                )
+                use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .with_retry(retry());
+                if let Some((user, pass)) = creds {
+                    b = b.with_account(user).with_access_key(pass);
+                }
+                let b = apply_query(b, query, &bad, |b, k: AzureConfigKey, v| {
+                    b.with_config(k, v)
+                })?;
+                Arc::new(b.build().map_err(build_err)?)
             }
             "gs" | "gcs" => {
                 if bucket.is_empty() {
                     return Err(bad("no bucket"));
                 }
-                Arc::new(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                        .with_bucket_name(bucket)
-                        .build()
-                        .map_err(build_err)?,
-                )
+                if creds.is_some() {
+                    return Err(bad(
+                        "gs:// takes no user-info; use GOOGLE_SERVICE_ACCOUNT or ?service_account_key=",
+                    ));
+                }
+                use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+                let b = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry());
+                let b = apply_query(b, query, &bad, |b, k: GoogleConfigKey, v| {
+                    b.with_config(k, v)
+                })?;
+                Arc::new(b.build().map_err(build_err)?)
             }
             "memory" => Arc::new(object_store::memory::InMemory::new()),
             other => return Err(bad(&format!("unknown scheme {other:?}"))),
@@ -101,24 +188,81 @@ impl ObjectStoreBackend {
             Arc::new(PrefixStore::new(inner, prefix))
         };
         Ok(ObjectStoreBackend {
-            url: url.to_string(),
+            shown,
             store,
+            s3,
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            degraded: Arc::default(),
         })
     }
+
+    /// Runs a clean-up request: bounded by [`CLEANUP_TIMEOUT`] once the store has
+    /// failed a data request.
+    fn cleanup<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        bounded_cleanup(&self.degraded, what, f)
+    }
+}
+
+fn bounded_cleanup<T>(
+    degraded: &AtomicBool,
+    what: &str,
+    f: impl std::future::Future<Output = object_store::Result<T>>,
+) -> object_store::Result<T> {
+    if !degraded.load(Ordering::Relaxed) {
+        return runtime().block_on(f);
+    }
+    runtime().block_on(async {
+        match tokio::time::timeout(CLEANUP_TIMEOUT, f).await {
+            Ok(r) => r,
+            Err(_) => Err(object_store::Error::Generic {
+                store: "openvdi",
+                source: format!(
+                    "{what}: no answer within {CLEANUP_TIMEOUT:?} after an earlier failure"
+                )
+                .into(),
+            }),
+        }
+    })
 }
 
 struct Upload {
     key: String,
     w: Option<WriteMultipart>,
     written: u64,
+    degraded: Arc<AtomicBool>,
+}
+
+impl Upload {
+    /// Marks the store as failing (see [`CLEANUP_TIMEOUT`]) and wraps the error.
+    fn failed(&self, what: &str) -> impl FnOnce(object_store::Error) -> StoreError + '_ {
+        let ctx = format!("{what} {}", self.key);
+        move |e| {
+            self.degraded.store(true, Ordering::Relaxed);
+            obj_err(ctx)(e)
+        }
+    }
+
+    fn abort_now(&mut self) {
+        if let Some(w) = self.w.take() {
+            let _ = bounded_cleanup(&self.degraded, "aborting an upload", w.abort());
+        }
+    }
 }
 
 impl ObjectWriter for Upload {
     fn write(&mut self, data: Vec<u8>) -> Result<()> {
         let w = self.w.as_mut().expect("upload used after finish");
-        runtime()
-            .block_on(w.wait_for_capacity(PART_CONCURRENCY))
-            .map_err(obj_err(format!("uploading {}", self.key)))?;
+        let r = runtime().block_on(w.wait_for_capacity(PART_CONCURRENCY));
+        r.map_err(self.failed("uploading"))?;
+        let w = self.w.as_mut().expect("upload used after finish");
         self.written += data.len() as u64;
         // `put` starts a part upload (tokio::spawn) once a part's worth is buffered:
         // it must run inside the runtime. Outside it, it panicked ("there is no reactor
@@ -130,9 +274,9 @@ impl ObjectWriter for Upload {
 
     fn write_slice(&mut self, data: &[u8]) -> Result<()> {
         let w = self.w.as_mut().expect("upload used after finish");
-        runtime()
-            .block_on(w.wait_for_capacity(PART_CONCURRENCY))
-            .map_err(obj_err(format!("uploading {}", self.key)))?;
+        let r = runtime().block_on(w.wait_for_capacity(PART_CONCURRENCY));
+        r.map_err(self.failed("uploading"))?;
+        let w = self.w.as_mut().expect("upload used after finish");
         self.written += data.len() as u64;
         let _rt = runtime().enter();
         w.write(data);
@@ -143,32 +287,29 @@ impl ObjectWriter for Upload {
         // Parts in flight are waited for; the buffered tail can only be made durable
         // by completing the upload (S3 has no durable partial object).
         let w = self.w.as_mut().expect("upload used after finish");
-        runtime()
-            .block_on(w.wait_for_capacity(0))
-            .map_err(obj_err(format!("uploading {}", self.key)))
+        let r = runtime().block_on(w.wait_for_capacity(0));
+        r.map_err(self.failed("uploading"))
     }
 
     fn finish(mut self: Box<Self>) -> Result<u64> {
         let w = self.w.take().expect("upload finished twice");
-        runtime()
-            .block_on(w.finish())
-            .map_err(obj_err(format!("completing {}", self.key)))?;
+        let r = runtime().block_on(w.finish());
+        r.map_err(self.failed("completing"))?;
         Ok(self.written)
     }
 
+    /// Aborts the multipart upload (AbortMultipartUpload): the server frees its
+    /// parts. If the server cannot be reached, the upload stays behind until
+    /// `openvdi prune` sweeps it (after its grace period).
     fn abort(mut self: Box<Self>) {
-        if let Some(w) = self.w.take() {
-            let _ = runtime().block_on(w.abort());
-        }
+        self.abort_now();
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
         // A dropped, unfinished upload is aborted so the server frees its parts.
-        if let Some(w) = self.w.take() {
-            let _ = runtime().block_on(w.abort());
-        }
+        self.abort_now();
     }
 }
 
@@ -196,7 +337,7 @@ impl Read for StreamRead {
 
 impl Store for ObjectStoreBackend {
     fn location(&self) -> String {
-        self.url.clone()
+        self.shown.clone()
     }
 
     fn exists(&self, key: &str) -> Result<bool> {
@@ -236,6 +377,7 @@ impl Store for ObjectStoreBackend {
             key: key.to_string(),
             w: Some(WriteMultipart::new_with_chunk_size(up, PART_SIZE)),
             written: 0,
+            degraded: self.degraded.clone(),
         }))
     }
 
@@ -254,7 +396,7 @@ impl Store for ObjectStoreBackend {
         let p = (!p.is_empty()).then(|| Path::from(p));
         let metas: Vec<_> = runtime()
             .block_on(self.store.list(p.as_ref()).try_collect::<Vec<_>>())
-            .map_err(obj_err(format!("listing {}", self.url)))?;
+            .map_err(obj_err(format!("listing {}", self.shown)))?;
         Ok(metas
             .into_iter()
             .map(|m| Entry {
@@ -265,9 +407,45 @@ impl Store for ObjectStoreBackend {
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        match runtime().block_on(self.store.delete(&Path::from(key))) {
+        match self.cleanup("deleting", self.store.delete(&Path::from(key))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(obj_err(format!("deleting {key}"))(e)),
+        }
+    }
+
+    /// A conditional PUT (`If-None-Match: *` on S3, `If-None-Match` on Azure,
+    /// `ifGenerationMatch=0` on GCS): exactly one of several racing writers wins.
+    fn create_exclusive(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let r = runtime().block_on(self.store.put_opts(
+            &Path::from(key),
+            PutPayload::from(data.to_vec()),
+            opts,
+        ));
+        match r {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(obj_err(format!("reserving {key}"))(e)),
+        }
+    }
+
+    fn incomplete(&self) -> Result<Vec<Incomplete>> {
+        match &self.s3 {
+            Some(s3) => s3.list_uploads(&self.prefix),
+            // Azure: uncommitted blocks are discarded by the service after 7 days;
+            // GCS and the in-memory store: no listing here (see the README).
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn discard_incomplete(&self, i: &Incomplete) -> Result<()> {
+        match (&self.s3, &i.upload_id) {
+            (Some(s3), Some(id)) => s3.abort_upload(&format!("{}{}", self.prefix, i.key), id),
+            _ => Ok(()),
         }
     }
 }
