@@ -139,7 +139,9 @@ pub fn create_file(path: &Path) -> Result<File, EngineError> {
 pub fn lock(f: &File, path: &Path) -> Result<(), EngineError> {
     match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(EngineError::Locked(path.to_path_buf())),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            Err(EngineError::Locked(path.to_path_buf()))
+        }
         Err(e) => Err(EngineError::io(
             format!("locking {}", path.display()),
             std::io::Error::from_raw_os_error(e.raw_os_error()),
@@ -179,7 +181,9 @@ pub fn lock_files(files: &[FileInfo]) -> Result<FileLocks, EngineError> {
     for f in files {
         let h = match open_file(&f.path, false) {
             Ok(h) => h,
-            Err(EngineError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(EngineError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 continue
             }
             Err(e) => return Err(e),

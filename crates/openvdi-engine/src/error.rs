@@ -366,7 +366,13 @@ pub mod msg {
     /// enough space"), as SQL Server reports a full disk while writing; the POSIX
     /// wording follows so that the cause is plain on Linux.
     pub fn disk_full(path: &str) -> SqlError {
-        SqlError::msg(3202, format!("Write on \"{path}\" failed: {} (no space left on device)", super::os_error_text(112)))
+        SqlError::msg(
+            3202,
+            format!(
+                "Write on \"{path}\" failed: {} (no space left on device)",
+                super::os_error_text(112)
+            ),
+        )
     }
     /// 3234: MOVE names a logical file the backup does not have.
     pub fn not_a_logical_file(logical: &str, db: &str) -> SqlError {

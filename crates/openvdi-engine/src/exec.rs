@@ -772,9 +772,10 @@ struct Targets {
 impl Targets {
     /// Write a run of pages of file `file_id` at `offset`.
     fn write(&self, dev: &str, file_id: u16, offset: u64, data: &[u8]) -> Result<(), SqlError> {
-        let (f, path) = self.handles.get(&file_id).ok_or_else(|| {
-            msg::bad_family(dev, &format!("a page of unknown file {file_id}"))
-        })?;
+        let (f, path) = self
+            .handles
+            .get(&file_id)
+            .ok_or_else(|| msg::bad_family(dev, &format!("a page of unknown file {file_id}")))?;
         if let Some(limit) = self.enospc_after {
             let before = self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
             if before + data.len() as u64 > limit {
@@ -782,7 +783,8 @@ impl Targets {
                 return Err(write_error(path, &e));
             }
         }
-        f.write_all_at(data, offset).map_err(|e| write_error(path, &e))
+        f.write_all_at(data, offset)
+            .map_err(|e| write_error(path, &e))
     }
 }
 
@@ -860,8 +862,7 @@ where
                         let write = matches!(go, Go::Write);
                         // Set once by the plan before Go; read without a lock so the
                         // devices restore in parallel.
-                        let files: Option<&Targets> =
-                            if write { targets.get() } else { None };
+                        let files: Option<&Targets> = if write { targets.get() } else { None };
                         let res =
                             fr.for_each_page(&mut r, &mut |portion, file_id, offset, data| {
                                 if let Some(t) = files {
@@ -1432,10 +1433,11 @@ fn plan_full(
                 // an unusable physical name is 5105 (then 3156).
                 let bad = if !p.is_absolute() {
                     Some("WITH MOVE needs an absolute path")
-                } else if p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().ends_with(".openvdi.json"))
-                {
+                } else if p.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .to_ascii_lowercase()
+                        .ends_with(".openvdi.json")
+                }) {
                     Some("the name of an openvdi catalog file")
                 } else if p.file_name().is_none() {
                     Some("no file name")
@@ -1459,8 +1461,12 @@ fn plan_full(
             .find(|x: &&FileInfo| db::normalize(&x.path) == db::normalize(&path))
         {
             problems.extend(
-                msg::file_claimed_twice(&path.display().to_string(), &other.logical_name, &f.logical_name)
-                    .messages,
+                msg::file_claimed_twice(
+                    &path.display().to_string(),
+                    &other.logical_name,
+                    &f.logical_name,
+                )
+                .messages,
             );
         }
         if let Some(owner) = engine.dir().owner_of(&path, database) {

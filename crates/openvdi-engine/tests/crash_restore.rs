@@ -52,11 +52,17 @@ fn a_restore_killed_at_any_instant_is_restoring_or_consistent() {
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = engine(
         &dir,
-        &["exec", &format!("BACKUP DATABASE cr TO DISK = '{}' WITH INIT", bak.display())],
+        &[
+            "exec",
+            &format!("BACKUP DATABASE cr TO DISK = '{}' WITH INIT", bak.display()),
+        ],
     );
     assert_eq!(code, Some(0), "{out}");
     let backup_files = files(&dir);
-    let restore_sql = format!("RESTORE DATABASE cr FROM DISK = '{}' WITH REPLACE", bak.display());
+    let restore_sql = format!(
+        "RESTORE DATABASE cr FROM DISK = '{}' WITH REPLACE",
+        bak.display()
+    );
 
     // How long a whole restore takes (process start included): kills fall in
     // 0..that.
@@ -66,7 +72,11 @@ fn a_restore_killed_at_any_instant_is_restoring_or_consistent() {
     let (code, out, _) = ChildGuard::engine_exec(&dir, &restore_sql, &[]).wait();
     let full = t.elapsed();
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(files(&dir), backup_files, "a completed restore gives the backup's files");
+    assert_eq!(
+        files(&dir),
+        backup_files,
+        "a completed restore gives the backup's files"
+    );
 
     let seed = std::env::var("OPENVDI_CRASH_SEED")
         .ok()

@@ -71,7 +71,11 @@ impl World {
             let mut v: serde_json::Value = serde_json::from_slice(json).unwrap();
             f(&mut v);
             let mut out = serde_json::to_vec(&v).unwrap();
-            assert!(out.len() <= n, "the patched record must fit ({} > {n})", out.len());
+            assert!(
+                out.len() <= n,
+                "the patched record must fit ({} > {n})",
+                out.len()
+            );
             out.resize(n, b' ');
             b[start + 12..start + 12 + n].copy_from_slice(&out);
             patched += 1;
@@ -135,7 +139,10 @@ impl World {
     fn assert_sizes_bounded(&self) {
         let limit = std::fs::metadata(&self.bak).unwrap().len() + (64 << 20);
         for (n, len) in self.data_files() {
-            assert!(len <= limit, "{n} is {len} bytes, more than the stream fills");
+            assert!(
+                len <= limit,
+                "{n} is {len} bytes, more than the stream fills"
+            );
         }
     }
 }
@@ -197,7 +204,12 @@ fn assert_restored_inside(r: &openvdi_engine::Execution, dir: &Path) {
     let rep = r.restores().next().unwrap();
     assert_eq!(rep.files.len(), 2);
     for (_, p, _) in &rep.files {
-        assert_eq!(p.parent(), Some(dir), "{} escaped the data directory", p.display());
+        assert_eq!(
+            p.parent(),
+            Some(dir),
+            "{} escaped the data directory",
+            p.display()
+        );
     }
 }
 
@@ -206,11 +218,18 @@ fn absolute_recorded_paths_land_in_the_data_directory() {
     let w = World::new();
     let victim = w.root.path().join("outside/victim.mdf");
     let victim_log = w.root.path().join("outside/deeper/victim_log.ldf");
-    w.names(&victim.display().to_string(), &victim_log.display().to_string());
+    w.names(
+        &victim.display().to_string(),
+        &victim_log.display().to_string(),
+    );
     let before = w.outside();
     let r = w.restore("h", "");
     assert_restored_inside(&r, &w.data());
-    assert_eq!(w.outside(), before, "a file outside the data directory changed");
+    assert_eq!(
+        w.outside(),
+        before,
+        "a file outside the data directory changed"
+    );
     let names: Vec<String> = w.data_files().into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"victim.mdf".to_string()), "{names:?}");
     assert!(names.contains(&"victim_log.ldf".to_string()), "{names:?}");
@@ -226,10 +245,20 @@ fn dot_dot_nul_empty_and_catalog_names_are_sanitised() {
             "evil.mdf",
             "evil_log.ldf",
         ),
-        ("/x/ev\u{0}il.mdf", "/x/\u{1}lo\u{7f}g.ldf", "evil.mdf", "log.ldf"),
+        (
+            "/x/ev\u{0}il.mdf",
+            "/x/\u{1}lo\u{7f}g.ldf",
+            "evil.mdf",
+            "log.ldf",
+        ),
         ("", "..", "h.mdf", "h_log.ldf"),
         ("/a/b/", "/a/b/.", "h.mdf", "h_log.ldf"),
-        ("h.openvdi.json", "x/.h.openvdi.json.tmp1", "h.mdf", "h.openvdi.json.tmp1"),
+        (
+            "h.openvdi.json",
+            "x/.h.openvdi.json.tmp1",
+            "h.mdf",
+            "h.openvdi.json.tmp1",
+        ),
     ] {
         let w = World::new();
         w.names(data, log);
@@ -242,7 +271,11 @@ fn dot_dot_nul_empty_and_catalog_names_are_sanitised() {
             .iter()
             .map(|(_, p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(got, vec![want_data.to_string(), want_log.to_string()], "{data:?} {log:?}");
+        assert_eq!(
+            got,
+            vec![want_data.to_string(), want_log.to_string()],
+            "{data:?} {log:?}"
+        );
         assert_eq!(w.outside(), before, "{data:?}: a file outside changed");
         // The only catalog is the restored database's own.
         let catalogs: Vec<String> = w
@@ -261,16 +294,29 @@ fn a_windows_path_from_a_real_backup_gives_its_file_name() {
     let root = tempfile::tempdir().unwrap();
     let e = Engine::open(root.path().join("data")).unwrap();
     let full = common::fixtures().join("sql2008r2-db2-full.bak");
-    let fl = e
-        .execute_detailed(&format!("RESTORE FILELISTONLY FROM DISK = '{}'", full.display()));
-    let physical = fl.result_sets().next().unwrap().get(0, "PhysicalName").unwrap().to_string();
+    let fl = e.execute_detailed(&format!(
+        "RESTORE FILELISTONLY FROM DISK = '{}'",
+        full.display()
+    ));
+    let physical = fl
+        .result_sets()
+        .next()
+        .unwrap()
+        .get(0, "PhysicalName")
+        .unwrap()
+        .to_string();
     assert!(physical.contains('\\'), "{physical}");
-    let r = e.execute_detailed(&format!("RESTORE DATABASE db2 FROM DISK = '{}'", full.display()));
+    let r = e.execute_detailed(&format!(
+        "RESTORE DATABASE db2 FROM DISK = '{}'",
+        full.display()
+    ));
     assert_restored_inside(&r, &root.path().join("data"));
     let want = physical.rsplit('\\').next().unwrap();
     let rep = r.restores().next().unwrap();
     assert!(
-        rep.files.iter().any(|(_, p, _)| p.file_name().unwrap() == want),
+        rep.files
+            .iter()
+            .any(|(_, p, _)| p.file_name().unwrap() == want),
         "{want} not among {:?}",
         rep.files
     );
@@ -295,7 +341,10 @@ fn a_symlink_at_the_target_is_refused_not_followed() {
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert!(e.has(3013), "{e}");
         assert_eq!(w.outside(), before, "the link's target changed");
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         // Nothing of the refused restore is left: no log file, no catalog.
         assert!(!w.data().join("evil_log.ldf").exists());
         assert!(!w.data().join("h.openvdi.json").exists());
@@ -313,7 +362,11 @@ fn a_symlink_at_the_target_is_refused_not_followed() {
             w.data().join("m_log.ldf").display()
         ),
     );
-    assert!(r.error.as_ref().is_some_and(|e| e.has(5120)), "{}", err_text(&r));
+    assert!(
+        r.error.as_ref().is_some_and(|e| e.has(5120)),
+        "{}",
+        err_text(&r)
+    );
     assert_eq!(w.outside(), before);
 }
 
@@ -329,7 +382,10 @@ fn a_symlink_swapped_in_for_a_database_file_is_refused_on_replace() {
     let before = w.outside();
     let r = w.restore("h", "REPLACE");
     let e = r.error.as_ref().expect("refused");
-    assert!(e.has(5120) && e.to_string().contains("symbolic link"), "{e}");
+    assert!(
+        e.has(5120) && e.to_string().contains("symbolic link"),
+        "{e}"
+    );
     assert_eq!(w.outside(), before);
     // BACKUP does not read through it either, and drop removes only the link.
     let e = w
@@ -341,7 +397,10 @@ fn a_symlink_swapped_in_for_a_database_file_is_refused_on_replace() {
         .unwrap_err();
     assert!(e.has(5120), "{e}");
     w.engine.drop_database("h").unwrap();
-    assert!(std::fs::symlink_metadata(&own).is_err(), "the link is removed");
+    assert!(
+        std::fs::symlink_metadata(&own).is_err(),
+        "the link is removed"
+    );
     assert_eq!(
         std::fs::read(w.root.path().join("sentinel.txt")).unwrap(),
         b"sentinel: must never change"
@@ -357,7 +416,10 @@ fn an_existing_stray_file_is_not_overwritten() {
     let e = r.error.as_ref().expect("refused");
     assert!(e.has(3142), "{e}");
     assert_eq!(std::fs::read(&stray).unwrap(), b"not a database file");
-    assert!(!w.data().join("h_log.ldf").exists(), "the log file created is removed again");
+    assert!(
+        !w.data().join("h_log.ldf").exists(),
+        "the log file created is removed again"
+    );
     // A MOVE onto an existing file outside the data directory is refused even
     // WITH REPLACE (it may be another engine's).
     let victim = w.root.path().join("outside/victim.mdf");
@@ -370,7 +432,11 @@ fn an_existing_stray_file_is_not_overwritten() {
             w.data().join("h_log.ldf").display()
         ),
     );
-    assert!(r.error.as_ref().is_some_and(|e| e.has(3142)), "{}", err_text(&r));
+    assert!(
+        r.error.as_ref().is_some_and(|e| e.has(3142)),
+        "{}",
+        err_text(&r)
+    );
     assert_eq!(w.outside(), before);
     // WITH REPLACE takes over the leftover inside the data directory.
     let r = w.restore("h", "REPLACE");
@@ -381,7 +447,10 @@ fn an_existing_stray_file_is_not_overwritten() {
 fn move_targets_must_be_absolute() {
     let w = World::new();
     let before = w.outside();
-    let r = w.restore("h", "MOVE 'h' TO 'relative.mdf', MOVE 'h_log' TO '../up_log.ldf'");
+    let r = w.restore(
+        "h",
+        "MOVE 'h' TO 'relative.mdf', MOVE 'h_log' TO '../up_log.ldf'",
+    );
     let e = r.error.as_ref().expect("refused");
     assert!(e.has(5105) && e.has(3156) && e.has(3119), "{e}");
     assert!(e.to_string().contains("absolute path"), "{e}");
@@ -391,9 +460,17 @@ fn move_targets_must_be_absolute() {
     let one = w.data().join("one.mdf");
     let r = w.restore(
         "h",
-        &format!("MOVE 'h' TO '{}', MOVE 'h_log' TO '{}'", one.display(), one.display()),
+        &format!(
+            "MOVE 'h' TO '{}', MOVE 'h_log' TO '{}'",
+            one.display(),
+            one.display()
+        ),
     );
-    assert!(r.error.as_ref().is_some_and(|e| e.has(3176)), "{}", err_text(&r));
+    assert!(
+        r.error.as_ref().is_some_and(|e| e.has(3176)),
+        "{}",
+        err_text(&r)
+    );
     assert!(w.data_files().is_empty(), "{:?}", w.data_files());
 }
 
@@ -436,10 +513,16 @@ fn a_huge_size_field_in_a_real_backup_is_refused() {
     assert!(n >= 2);
     let bak = root.path().join("huge.bak");
     std::fs::write(&bak, &b).unwrap();
-    let r = e.execute_detailed(&format!("RESTORE DATABASE db2 FROM DISK = '{}'", bak.display()));
+    let r = e.execute_detailed(&format!(
+        "RESTORE DATABASE db2 FROM DISK = '{}'",
+        bak.display()
+    ));
     let err = r.error.as_ref().expect("refused");
     assert!(err.has(3241), "{err}");
-    let left: Vec<_> = std::fs::read_dir(root.path().join("data")).unwrap().flatten().collect();
+    let left: Vec<_> = std::fs::read_dir(root.path().join("data"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -451,17 +534,28 @@ fn disk_full_names_the_file_and_leaves_the_database_restoring() {
     let e = Engine::open(w.data())
         .unwrap()
         .with_fault(FaultPlan::parse("enospc-after:65536").unwrap());
-    let r = e.execute_detailed(&format!("RESTORE DATABASE h FROM DISK = '{}'", w.bak.display()));
+    let r = e.execute_detailed(&format!(
+        "RESTORE DATABASE h FROM DISK = '{}'",
+        w.bak.display()
+    ));
     let err = r.error.as_ref().expect("fails");
     let text = err.to_string();
     assert!(err.has(3202), "{text}");
     assert!(text.contains("no space left on device"), "{text}");
-    assert!(text.contains(&w.data().join("h.mdf").display().to_string()), "{text}");
+    assert!(
+        text.contains(&w.data().join("h.mdf").display().to_string()),
+        "{text}"
+    );
     assert!(err.has(3013), "{text}");
     let info = e.database_info("h").unwrap();
     assert_eq!(info.state, openvdi_engine::catalog::DbState::Restoring);
     // It cannot be brought online without a complete restore.
-    assert_eq!(e.execute("RESTORE DATABASE h WITH RECOVERY").unwrap_err().number(), 4333);
+    assert_eq!(
+        e.execute("RESTORE DATABASE h WITH RECOVERY")
+            .unwrap_err()
+            .number(),
+        4333
+    );
     // Without the fault the restore completes over it.
     let r = w.restore("h", "");
     assert!(r.error.is_none(), "{}", err_text(&r));

@@ -62,13 +62,19 @@ fn a_restore_or_drop_in_one_data_dir_never_touches_the_other() {
 
     // Without MOVE the recorded paths (engine A's files) give only file names:
     // the restore lands in B's data directory.
-    let (code, out) = exec(&b, &format!("RESTORE DATABASE a FROM DISK = '{}'", bak.display()));
+    let (code, out) = exec(
+        &b,
+        &format!("RESTORE DATABASE a FROM DISK = '{}'", bak.display()),
+    );
     assert_eq!(code, Some(0), "{out}");
     assert!(b.join("a.mdf").is_file() && b.join("a_log.ldf").is_file());
     assert_eq!(snapshot(&a), before, "engine A's files changed");
 
     // Under another name, the same recorded file names are database a's in B: 1834.
-    let (code, out) = exec(&b, &format!("RESTORE DATABASE a2 FROM DISK = '{}'", bak.display()));
+    let (code, out) = exec(
+        &b,
+        &format!("RESTORE DATABASE a2 FROM DISK = '{}'", bak.display()),
+    );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("Msg 1834"), "{out}");
     assert!(out.contains("It is being used by database 'a'"), "{out}");
@@ -163,13 +169,22 @@ fn a_second_engine_process_cannot_write_or_drop_files_the_first_holds() {
     // Another data directory whose catalog names the same files.
     let (code, out) = exec(
         &b,
-        &format!("RESTORE DATABASE a FROM DISK = '{}' WITH REPLACE", bak.display()),
+        &format!(
+            "RESTORE DATABASE a FROM DISK = '{}' WITH REPLACE",
+            bak.display()
+        ),
     );
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("Msg 5120") && out.contains("32(The process cannot access"), "{out}");
+    assert!(
+        out.contains("Msg 5120") && out.contains("32(The process cannot access"),
+        "{out}"
+    );
     let (code, out) = exec(
         &b,
-        &format!("BACKUP DATABASE a TO DISK = '{}' WITH INIT", root.path().join("b.bak").display()),
+        &format!(
+            "BACKUP DATABASE a TO DISK = '{}' WITH INIT",
+            root.path().join("b.bak").display()
+        ),
     );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("Msg 5120"), "{out}");
@@ -185,5 +200,9 @@ fn a_second_engine_process_cannot_write_or_drop_files_the_first_holds() {
     assert_eq!(code, Some(1), "{out}");
     let _ = set.close();
     let (code, out) = engine(&a, &["modify", "a", "--pages", "3"]);
-    assert_eq!(code, Some(0), "the lock, not something else, refused it: {out}");
+    assert_eq!(
+        code,
+        Some(0),
+        "the lock, not something else, refused it: {out}"
+    );
 }
