@@ -4,8 +4,11 @@
 //! pages changed since it, where the next log backup starts) and, while a restore
 //! sequence is in progress, where redo stands.
 //!
-//! It is written atomically (a temporary file renamed over the old one), so a crash
-//! leaves either the old or the new catalog.
+//! It is written atomically and durably: a temporary file is written and fsynced,
+//! renamed over the old one, and the directory fsynced. A crash (of the process or
+//! of the machine) leaves either the old or the new catalog, never a torn one, and a
+//! catalog that [`Catalog::save`] returned from is on disk. A restore relies on this:
+//! it saves the catalog as RESTORING before it truncates or writes any file.
 
 use std::path::{Path, PathBuf};
 
@@ -144,8 +147,10 @@ impl Catalog {
         Ok(c)
     }
 
-    /// Write it atomically.
+    /// Write it atomically and durably: write-temp → fsync → rename → fsync(dir).
     pub fn save(&self, dir: &Path) -> Result<(), EngineError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let p = Catalog::path(dir, &self.name);
         let tmp = dir.join(format!(
             ".{}.openvdi.json.tmp{}",
@@ -156,11 +161,22 @@ impl Catalog {
             name: self.name.clone(),
             reason: e.to_string(),
         })?;
-        std::fs::write(&tmp, text)
+        // O_NOFOLLOW: a link planted at the temporary name is refused, not written
+        // through.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
             .map_err(|e| EngineError::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &p)
             .map_err(|e| EngineError::io(format!("renaming {}", p.display()), e))?;
-        Ok(())
+        crate::db::sync_dir(dir)
     }
 
     /// The file with this id.

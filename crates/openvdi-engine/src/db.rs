@@ -8,9 +8,19 @@
 //!   records) carry something.
 //! * [`Database::redo`] replays log records onto the data file, which is how a log
 //!   restore rolls forward.
+//!
+//! Files: every database file is opened with `O_NOFOLLOW` ([`open_file`]) and every
+//! new one created with `O_CREAT|O_EXCL|O_NOFOLLOW` ([`create_file`]), so a symbolic
+//! link planted at a file's name is refused, never followed. Whatever writes or
+//! deletes a database's files first takes an exclusive `flock` on each of them
+//! ([`lock`], [`lock_files`]) and keeps it for the length of the operation: a
+//! second engine process (another data directory, another process) that reaches
+//! the same files fails with [`EngineError::Locked`] instead of writing into them.
+//! `flock` locks belong to the open file description, so the lock dies with the
+//! process that held it, even under SIGKILL.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{self, Catalog, DbState, FileInfo, FileKind};
@@ -60,6 +70,135 @@ pub fn default_data_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
     home.join(".local/share/openvdi")
+}
+
+/// `O_NOFOLLOW` for [`OpenOptions::custom_flags`].
+fn nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// An I/O error on `path`, with the cases the engine reports by name: ELOOP from
+/// `O_NOFOLLOW` (a symbolic link), EEXIST from `O_EXCL`.
+fn file_error(path: &Path, what: &str, e: std::io::Error) -> EngineError {
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        return EngineError::Symlink(path.to_path_buf());
+    }
+    if e.kind() == std::io::ErrorKind::AlreadyExists {
+        let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        return if link {
+            EngineError::Symlink(path.to_path_buf())
+        } else {
+            EngineError::FileExists(path.to_path_buf())
+        };
+    }
+    EngineError::io(format!("{what} {}", path.display()), e)
+}
+
+/// Open an existing database file (read-only, or read-write) without following a
+/// symbolic link at its last component (`open(2)` with `O_NOFOLLOW`).
+pub fn open_file(path: &Path, write: bool) -> Result<File, EngineError> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| file_error(path, "opening", e))
+}
+
+/// Open a database file for writing, creating it if it is missing, never through a
+/// symbolic link (`O_CREAT|O_NOFOLLOW`, no `O_EXCL`): for files the database's
+/// own catalog lists.
+pub fn open_or_create_file(path: &Path) -> Result<File, EngineError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| file_error(path, "opening", e))
+}
+
+/// Create a new database file: `O_CREAT|O_EXCL|O_NOFOLLOW`. Fails with
+/// [`EngineError::FileExists`] if anything is at `path` (with
+/// [`EngineError::Symlink`] if it is a link, dangling or not).
+pub fn create_file(path: &Path) -> Result<File, EngineError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| file_error(path, "creating", e))
+}
+
+/// Take the exclusive lock on an open database file without waiting
+/// (`flock(LOCK_EX|LOCK_NB)`): held until every descriptor of this open file is
+/// closed. Fails with [`EngineError::Locked`] when another process (or another
+/// open of the file) holds it.
+pub fn lock(f: &File, path: &Path) -> Result<(), EngineError> {
+    match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            Err(EngineError::Locked(path.to_path_buf()))
+        }
+        Err(e) => Err(EngineError::io(
+            format!("locking {}", path.display()),
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )),
+    }
+}
+
+/// Exclusive locks on a database's files, released when dropped.
+#[derive(Debug)]
+pub struct FileLocks {
+    held: Vec<File>,
+}
+
+impl FileLocks {
+    /// No locks yet.
+    pub fn new() -> FileLocks {
+        FileLocks { held: Vec::new() }
+    }
+
+    /// Keep `f`, whose lock was taken with [`lock`].
+    pub fn keep(&mut self, f: File) {
+        self.held.push(f);
+    }
+}
+
+impl Default for FileLocks {
+    fn default() -> Self {
+        FileLocks::new()
+    }
+}
+
+/// Lock every file of `files` that exists (opened read-only with `O_NOFOLLOW`; a
+/// missing file has nothing to protect). A symbolic link fails with
+/// [`EngineError::Symlink`].
+pub fn lock_files(files: &[FileInfo]) -> Result<FileLocks, EngineError> {
+    let mut locks = FileLocks::new();
+    for f in files {
+        let h = match open_file(&f.path, false) {
+            Ok(h) => h,
+            Err(EngineError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        lock(&h, &f.path)?;
+        locks.keep(h);
+    }
+    Ok(locks)
+}
+
+/// fsync a directory, so that a rename or a new entry in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), EngineError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| EngineError::io(format!("syncing directory {}", dir.display()), e))
 }
 
 /// Check a database name: 1..=128 characters, no `/`, NUL or leading `.`.
@@ -190,8 +329,21 @@ impl DataDir {
         let log_pages = (data_pages / 8).max(16);
         let (dp, lp) = self.default_paths(name);
         let seed = u64::from_le_bytes(catalog::random_bytes()[..8].try_into().unwrap_or([7; 8]));
-        write_data_file(&dp, seed, data_pages)?;
-        write_empty_log(&lp, 0, log_pages)?;
+        // New files only (O_EXCL): a leftover or planted file is never overwritten.
+        let df = create_file(&dp)?;
+        lock(&df, &dp)?;
+        let lf = match create_file(&lp) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&dp);
+                return Err(e);
+            }
+        };
+        lock(&lf, &lp)?;
+        write_data_file(&df, &dp, seed, data_pages)?;
+        write_empty_log(&lf, &lp, 0, log_pages)?;
+        lf.sync_all()
+            .map_err(|e| EngineError::io(format!("syncing {}", lp.display()), e))?;
         let cat = Catalog {
             version: catalog::VERSION,
             name: name.to_string(),
@@ -234,9 +386,25 @@ impl DataDir {
         db.modify(pages)
     }
 
-    /// Remove database `name`: its files and catalog.
+    /// Remove database `name`: the files its own catalog lists, then the catalog.
+    /// Every file is locked first (so a file another engine process is working on
+    /// is not deleted under it); a symbolic link at a file's path is removed itself,
+    /// its target never (`unlink(2)` does not follow links).
     pub fn drop_database(&self, name: &str) -> Result<(), EngineError> {
         let db = self.database(name)?;
+        let mut locks = FileLocks::new();
+        for f in &db.cat.files {
+            match open_file(&f.path, false) {
+                Ok(h) => {
+                    lock(&h, &f.path)?;
+                    locks.keep(h);
+                }
+                Err(EngineError::Symlink(_)) => {}
+                Err(EngineError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         for f in &db.cat.files {
             match std::fs::remove_file(&f.path) {
                 Ok(()) => {}
@@ -245,7 +413,10 @@ impl DataDir {
             }
         }
         std::fs::remove_file(Catalog::path(&self.root, name))
-            .map_err(|e| EngineError::io("removing the catalog", e))
+            .map_err(|e| EngineError::io("removing the catalog", e))?;
+        sync_dir(&self.root)?;
+        drop(locks);
+        Ok(())
     }
 }
 
@@ -262,9 +433,7 @@ pub fn normalize(p: &Path) -> PathBuf {
     })
 }
 
-fn write_data_file(path: &Path, seed: u64, pages: u32) -> Result<(), EngineError> {
-    let f = File::create(path)
-        .map_err(|e| EngineError::io(format!("creating {}", path.display()), e))?;
+fn write_data_file(f: &File, path: &Path, seed: u64, pages: u32) -> Result<(), EngineError> {
     let mut buf = vec![0u8; CHUNK_PAGES * PAGE_SIZE];
     let mut p = 0u32;
     while p < pages {
@@ -284,14 +453,8 @@ fn write_data_file(path: &Path, seed: u64, pages: u32) -> Result<(), EngineError
         .map_err(|e| EngineError::io(format!("syncing {}", path.display()), e))
 }
 
-/// Write empty log pages `from..to` (creating the file if needed).
-fn write_empty_log(path: &Path, from: u32, to: u32) -> Result<(), EngineError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| EngineError::io(format!("opening {}", path.display()), e))?;
+/// Write empty log pages `from..to` into the open log file `f` at `path`.
+fn write_empty_log(f: &File, path: &Path, from: u32, to: u32) -> Result<(), EngineError> {
     let mut page = vec![0u8; PAGE_SIZE];
     for p in from..to {
         page::empty_log_page(&mut page, 2, p);
@@ -352,7 +515,7 @@ impl Database {
 
     /// Pages in a file (its length / 8 KiB).
     pub fn pages_of(&self, f: &FileInfo) -> Result<u64, EngineError> {
-        let len = std::fs::metadata(&f.path)
+        let len = std::fs::symlink_metadata(&f.path)
             .map_err(|e| EngineError::io(format!("reading {}", f.path.display()), e))?
             .len();
         Ok(len / PAGE_SIZE as u64)
@@ -377,11 +540,7 @@ impl Database {
     /// 16-page steps of empty log pages) when it is full.
     pub fn append_log(&mut self, recs: &[(u16, u16, u32)]) -> Result<Vec<u64>, EngineError> {
         let lf = self.log_file()?.clone();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&lf.path)
-            .map_err(|e| EngineError::io(format!("opening {}", lf.path.display()), e))?;
+        let f = open_file(&lf.path, true)?;
         let mut have = self.pages_of(&lf)? as u32;
         let mut numbers = Vec::with_capacity(recs.len());
         let mut cur: Option<(u32, Vec<u8>)> = None;
@@ -398,7 +557,7 @@ impl Database {
                 }
                 if pg >= have {
                     let to = (pg + 1).div_ceil(16) * 16;
-                    write_empty_log(&lf.path, have, to)?;
+                    write_empty_log(&f, &lf.path, have, to)?;
                     have = to;
                 }
                 let mut b = vec![0u8; PAGE_SIZE];
@@ -440,8 +599,8 @@ impl Database {
     /// completed either).
     pub fn sync_log(&self) -> Result<(), EngineError> {
         let lf = self.log_file()?;
-        File::open(&lf.path)
-            .and_then(|f| f.sync_data())
+        open_file(&lf.path, false)?
+            .sync_data()
             .map_err(|e| EngineError::io(format!("syncing {}", lf.path.display()), e))
     }
 
@@ -453,6 +612,8 @@ impl Database {
                 self.name()
             )));
         }
+        // Writes the data and log files: hold their locks throughout.
+        let _locks = lock_files(&self.cat.files)?;
         let df = self.data_file()?.clone();
         let total = self.pages_of(&df)? as u32;
         let candidates = total.saturating_sub(4);
@@ -478,10 +639,7 @@ impl Database {
             .collect();
         let numbers = self.append_log(&recs)?;
         self.sync_log()?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&df.path)
-            .map_err(|e| EngineError::io(format!("opening {}", df.path.display()), e))?;
+        let f = open_file(&df.path, true)?;
         let mut buf = vec![0u8; PAGE_SIZE];
         for (&p, &num) in pages.iter().zip(&numbers) {
             page::data_page(&mut buf, self.cat.seed, df.file_id, p, Lsn::of_record(num));
@@ -498,8 +656,7 @@ impl Database {
     /// Read log records `from..to` (record numbers) from the log file.
     pub fn read_log(&self, from: u64, to: u64) -> Result<Vec<LogRecord>, EngineError> {
         let lf = self.log_file()?;
-        let f = File::open(&lf.path)
-            .map_err(|e| EngineError::io(format!("opening {}", lf.path.display()), e))?;
+        let f = open_file(&lf.path, false)?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; PAGE_SIZE];
         let mut loaded = None;
@@ -530,11 +687,7 @@ impl Database {
     /// page. Returns the pages written.
     pub fn redo(&self, from: u64, to: u64) -> Result<u64, EngineError> {
         let df = self.data_file()?;
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&df.path)
-            .map_err(|e| EngineError::io(format!("opening {}", df.path.display()), e))?;
+        let f = open_file(&df.path, true)?;
         let mut hdr = vec![0u8; PAGE_SIZE];
         f.read_exact_at(&mut hdr, 0)
             .map_err(|e| EngineError::io(format!("reading {}", df.path.display()), e))?;

@@ -179,6 +179,17 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// Another process holds the exclusive lock on a database file (flock, see
+    /// `db::lock`): an engine has the database open and is working on it.
+    #[error("the file '{}' is in use by another engine process (it holds the file's lock)", .0.display())]
+    Locked(std::path::PathBuf),
+    /// A database file's path is a symbolic link: the engine never follows one, so a
+    /// link planted at a file's name cannot redirect a write (or a delete) elsewhere.
+    #[error("the file '{}' is a symbolic link; the engine does not follow links to database files", .0.display())]
+    Symlink(std::path::PathBuf),
+    /// A new database file would replace a file that already exists.
+    #[error("the file '{}' already exists", .0.display())]
+    FileExists(std::path::PathBuf),
     /// A T-SQL statement failed.
     #[error("{0}")]
     Sql(#[from] SqlError),
@@ -327,6 +338,42 @@ pub mod msg {
     pub fn cannot_restore_file(logical: &str, path: &str) -> SqlError {
         SqlError::msg(3156, format!("File '{logical}' cannot be restored to '{path}'. Use WITH MOVE to identify a valid location for the file."))
     }
+    /// 5120: a database file is locked by another engine process. SQL Server gives
+    /// 5120 with operating system error 32 when another process holds a file open.
+    pub fn file_locked(path: &str) -> SqlError {
+        SqlError::msg(5120, format!("Unable to open the physical file \"{path}\". Operating system error 32: \"{}\" (another openvdi engine process holds the file's lock).", super::os_error_text(32)))
+    }
+    /// 5120 again for a symbolic link at a database file's path: SQL Server has no
+    /// such case; the closest is a physical file it cannot open.
+    pub fn file_is_symlink(path: &str) -> SqlError {
+        SqlError::msg(5120, format!("Unable to open the physical file \"{path}\". It is a symbolic link, and the openvdi engine never follows a link to a database file."))
+    }
+    /// 3142: a restore would overwrite a file that belongs to no database of this
+    /// engine.
+    pub fn file_exists(logical: &str, path: &str) -> SqlError {
+        SqlError::msg(3142, format!("File \"{logical}\" cannot be restored over the existing \"{path}\". Reissue the RESTORE statement using WITH REPLACE to overwrite pre-existing files, or WITH MOVE to identify an alternate location."))
+    }
+    /// 5105: a MOVE target that is not an absolute path (SQL Server's message for a
+    /// physical file name it cannot use; it too rejects relative paths).
+    pub fn bad_physical_name(path: &str, why: &str) -> SqlError {
+        SqlError::msg(5105, format!("A file activation error occurred. The physical file name '{path}' may be incorrect. Diagnose and correct additional errors, and retry the operation. ({why})"))
+    }
+    /// 3176: two files of the backup would go to the same path.
+    pub fn file_claimed_twice(path: &str, a: &str, b: &str) -> SqlError {
+        SqlError::msg(3176, format!("File '{path}' is claimed by '{a}' and '{b}'. The WITH MOVE clause can be used to relocate one or more files."))
+    }
+    /// 3202 with operating system error 112 (ERROR_DISK_FULL's neighbour, "not
+    /// enough space"), as SQL Server reports a full disk while writing; the POSIX
+    /// wording follows so that the cause is plain on Linux.
+    pub fn disk_full(path: &str) -> SqlError {
+        SqlError::msg(
+            3202,
+            format!(
+                "Write on \"{path}\" failed: {} (no space left on device)",
+                super::os_error_text(112)
+            ),
+        )
+    }
     /// 3234: MOVE names a logical file the backup does not have.
     pub fn not_a_logical_file(logical: &str, db: &str) -> SqlError {
         SqlError::msg(3234, format!("Logical file '{logical}' is not part of database '{db}'. Use RESTORE FILELISTONLY to list the logical file names."))
@@ -347,7 +394,19 @@ pub mod msg {
     pub fn bad_family(dev: &str, why: &str) -> SqlError {
         SqlError::msg(3241, format!("The media family on device '{dev}' is incorrectly formed. SQL Server cannot process this media family. ({why})"))
     }
-    /// 3189 + 3183-style damage.
+    /// Msg 3257: the files a restore must create do not fit on the volume (SQL
+    /// Server checks the recorded file sizes against free space before it creates
+    /// anything).
+    pub fn insufficient_space(volume: &str, need: u64, avail: u64) -> SqlError {
+        SqlError::msg(
+            3257,
+            format!(
+                "There is insufficient free space on disk volume '{volume}' to create the \
+                 database. The database requires {need} additional free bytes, while only \
+                 {avail} bytes are available."
+            ),
+        )
+    }
     /// Msg 195: an unknown SET option.
     pub fn not_a_set_option(name: &str) -> SqlError {
         SqlError::new(195, 15, format!("'{name}' is not a recognized SET option."))
@@ -399,6 +458,7 @@ pub fn os_error_text(code: u32) -> String {
         0 => "The operation completed successfully.",
         6 => "The handle is invalid.",
         29 => "The system cannot write to the specified device.",
+        32 => "The process cannot access the file because it is being used by another process.",
         30 => "The system cannot read from the specified device.",
         38 => "Reached the end of the file.",
         39 => "The disk is full.",

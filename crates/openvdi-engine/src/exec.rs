@@ -10,7 +10,7 @@
 //! ends with SQL Server's messages and 3013.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use crate::media::{FileSink, Media};
 use crate::mtf_io;
 use crate::page::{self, record_kind, Lsn, PAGE_SIZE};
 use crate::sql::{BackupOptions, Device, InfoKind, RestoreOptions, Statement, Target};
-use crate::stream::{self, Chunk, FileMeta, Portion, SetMeta};
+use crate::stream::{self, Chunk, FileMeta, Portion, SetMeta, UNFILLED_SLACK};
 use crate::vdi::{DeviceWriter, Direction, TransferOptions};
 use crate::{BackupKind, BackupReport, Engine, Output, Report, RestoreReport, ResultSet};
 
@@ -218,6 +218,8 @@ fn engine_err(e: crate::error::EngineError) -> SqlError {
     match e {
         crate::error::EngineError::Sql(s) => s,
         crate::error::EngineError::NotFound(n) => msg::no_database(&n),
+        crate::error::EngineError::Locked(p) => msg::file_locked(&p.display().to_string()),
+        crate::error::EngineError::Symlink(p) => msg::file_is_symlink(&p.display().to_string()),
         other => SqlError::msg(3013, other.to_string()),
     }
 }
@@ -308,6 +310,10 @@ fn backup(
     if dbh.cat.state == DbState::Restoring {
         return Err(msg::restoring(database));
     }
+    // The backup appends a checkpoint to the log and reads every file: hold the
+    // files' locks for the whole statement, so another engine process cannot write
+    // them meanwhile (nor this one be reading files another is rewriting).
+    let _locks = db::lock_files(&dbh.cat.files).map_err(engine_err)?;
     let kind = match (target, o.differential) {
         (Target::Log, _) => BackupKind::Log,
         (Target::Database, true) => BackupKind::Differential,
@@ -395,6 +401,7 @@ fn backup(
         start_unix,
         finish_unix: start_unix,
         files: files_meta,
+        carried_bytes: 0,
         openvdi: true,
         software_version: (
             mtf_io::SOFTWARE_MAJOR,
@@ -418,7 +425,7 @@ fn backup(
     let total_bytes = (data_pages + log_pages) * PAGE_SIZE as u64;
     session.set_total_hint(total_bytes);
     let progress = Progress::new(total_bytes, o.stats);
-    let files = match open_files(&dbh.cat.files, false) {
+    let files = match open_files(&dbh.cat.files) {
         Ok(f) => f,
         Err(e) => {
             session.abort_and_close();
@@ -653,25 +660,22 @@ fn prepare_backup(
     Ok((files, data, log))
 }
 
-/// Open the files of a database by id (read-only, or read-write for restore).
-fn open_files(files: &[FileInfo], write: bool) -> Result<HashMap<u16, File>, SqlError> {
+/// Open the files of a database by id, read-only, never through a symbolic link.
+/// (Not locked here: the caller holds the locks on its own descriptors, and a
+/// second `flock` from this process on a new descriptor would conflict with them.)
+fn open_files(files: &[FileInfo]) -> Result<HashMap<u16, File>, SqlError> {
     let mut m = HashMap::new();
     for f in files {
-        let h = OpenOptions::new()
-            .read(true)
-            .write(write)
-            .create(write)
-            .truncate(false)
-            .open(&f.path)
-            .map_err(|e| {
-                SqlError::msg(
-                    3201,
-                    format!(
-                        "Cannot open database file '{}'. Operating system error {e}.",
-                        f.path.display()
-                    ),
-                )
-            })?;
+        let h = db::open_file(&f.path, false).map_err(|e| match e {
+            crate::error::EngineError::Symlink(p) => msg::file_is_symlink(&p.display().to_string()),
+            other => SqlError::msg(
+                3201,
+                format!(
+                    "Cannot open database file '{}'. Operating system error {other}.",
+                    f.path.display()
+                ),
+            ),
+        })?;
         m.insert(f.file_id, h);
     }
     Ok(m)
@@ -753,11 +757,44 @@ enum Go {
     Stop,
 }
 
-/// Where each file of the backup goes.
+/// Where each file of the backup goes: the open (and locked) target files.
 #[derive(Debug)]
 struct Targets {
     files: Vec<(FileMeta, PathBuf)>,
-    handles: HashMap<u16, File>,
+    /// By file id: the descriptor, which holds the file's lock, and its path.
+    handles: HashMap<u16, (File, PathBuf)>,
+    /// Fault `enospc-after:N`: writes fail with ENOSPC past N bytes (test only).
+    enospc_after: Option<u64>,
+    /// Bytes written so far, over all devices (for `enospc_after`).
+    written: AtomicU64,
+}
+
+impl Targets {
+    /// Write a run of pages of file `file_id` at `offset`.
+    fn write(&self, dev: &str, file_id: u16, offset: u64, data: &[u8]) -> Result<(), SqlError> {
+        let (f, path) = self
+            .handles
+            .get(&file_id)
+            .ok_or_else(|| msg::bad_family(dev, &format!("a page of unknown file {file_id}")))?;
+        if let Some(limit) = self.enospc_after {
+            let before = self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+            if before + data.len() as u64 > limit {
+                let e = std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
+                return Err(write_error(path, &e));
+            }
+        }
+        f.write_all_at(data, offset)
+            .map_err(|e| write_error(path, &e))
+    }
+}
+
+/// A failed write into a database file: a full disk by name (3202 with 112, "no
+/// space left on device", and the path), anything else as 3202 with the OS error.
+fn write_error(path: &Path, e: &std::io::Error) -> SqlError {
+    if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        return msg::disk_full(&path.display().to_string());
+    }
+    SqlError::msg(3202, format!("Write on \"{}\" failed: {e}", path.display()))
 }
 
 /// Pages and bytes a device thread wrote.
@@ -825,26 +862,11 @@ where
                         let write = matches!(go, Go::Write);
                         // Set once by the plan before Go; read without a lock so the
                         // devices restore in parallel.
-                        let files: Option<&HashMap<u16, File>> = if write {
-                            targets.get().map(|t| &t.handles)
-                        } else {
-                            None
-                        };
+                        let files: Option<&Targets> = if write { targets.get() } else { None };
                         let res =
                             fr.for_each_page(&mut r, &mut |portion, file_id, offset, data| {
-                                if let Some(files) = files {
-                                    let f = files.get(&file_id).ok_or_else(|| {
-                                        msg::bad_family(
-                                            &dev.name,
-                                            &format!("a page of unknown file {file_id}"),
-                                        )
-                                    })?;
-                                    f.write_all_at(data, offset).map_err(|e| {
-                                        SqlError::msg(
-                                            3203,
-                                            format!("Write on database file {file_id} failed: {e}"),
-                                        )
-                                    })?;
+                                if let Some(t) = files {
+                                    t.write(&dev.name, file_id, offset, data)?;
                                 }
                                 let pages = data.len().div_ceil(PAGE_SIZE) as u64;
                                 match portion {
@@ -947,23 +969,51 @@ fn check_media_set(devices: &[Device], metas: &[SetMeta]) -> Result<(), SqlError
     Ok(())
 }
 
-/// Where a file of the backup goes without MOVE: its recorded path if that is a
-/// usable absolute path here, else the data directory with the file's base name
-/// (real SQL Server backups record Windows paths).
+/// Where a file of the backup goes without MOVE: always the engine's data
+/// directory. The physical name a backup records is the source server's path (a
+/// Windows path for SQL Server, another machine's directory for openvdi) and is
+/// data from the stream, not an instruction: only its last component is used, and
+/// sanitised ([`confined_name`]), so no backup can make a restore write outside the
+/// data directory. Writing elsewhere takes an explicit MOVE.
 fn default_target(engine: &Engine, f: &FileMeta) -> PathBuf {
-    let p = Path::new(&f.physical_name);
-    if p.is_absolute() && p.parent().is_some_and(|d| d.is_dir()) && !f.physical_name.contains('\\')
-    {
-        return p.to_path_buf();
+    engine.data_dir().join(confined_name(
+        &f.physical_name,
+        &f.logical_name,
+        f.kind,
+        f.file_id,
+    ))
+}
+
+/// The file name (one path component) a restored file gets in the data directory:
+/// the last component of the recorded physical name (after the last `/` or `\\`),
+/// without control characters (NUL included) and leading dots. If nothing usable is
+/// left (empty, `..`, longer than NAME_MAX, or a name ending in `.openvdi.json`,
+/// which would pose as a catalog), the logical name, cleaned the same way, plus
+/// `.mdf` / `.ldf`; failing that `file<ID>.mdf`.
+pub(crate) fn confined_name(physical: &str, logical: &str, kind: FileKind, file_id: u16) -> String {
+    fn clean(s: &str) -> String {
+        let last = s.rsplit(['/', '\\']).next().unwrap_or("");
+        let t: String = last.chars().filter(|c| !c.is_control()).collect();
+        t.trim().trim_start_matches('.').trim().to_string()
     }
-    let base = f
-        .physical_name
-        .rsplit(['\\', '/'])
-        .next()
-        .filter(|b| !b.is_empty())
-        .unwrap_or(&f.logical_name)
-        .to_string();
-    engine.data_dir().join(base)
+    fn usable(n: &str) -> bool {
+        !n.is_empty() && n.len() <= 240 && !n.to_ascii_lowercase().ends_with(".openvdi.json")
+    }
+    let name = clean(physical);
+    if usable(&name) {
+        return name;
+    }
+    let ext = match kind {
+        FileKind::Data => "mdf",
+        FileKind::Log => "ldf",
+    };
+    let base = clean(logical);
+    let base = if base.is_empty() || base.len() > 200 {
+        format!("file{file_id}")
+    } else {
+        base
+    };
+    format!("{base}.{ext}")
 }
 
 fn restore(
@@ -989,6 +1039,7 @@ fn restore(
     let plan = |metas: &[SetMeta]| -> Result<Go, SqlError> {
         check_media_set(devices, metas)?;
         let m = &metas[0];
+        check_sizes(&devices[0].name, metas, dir.root())?;
         if o.file.is_some_and(|f| f != 1) {
             // A virtual device stream holds one backup set: FILE = 1.
             let n = o.file.unwrap_or(1);
@@ -1002,6 +1053,11 @@ fn restore(
         } else {
             None
         };
+        // The files this database's own catalog lists (they may be replaced).
+        let own: Vec<PathBuf> = existing
+            .as_ref()
+            .map(|e| e.cat.files.iter().map(|f| f.path.clone()).collect())
+            .unwrap_or_default();
         let kind = m.kind;
         match (target, kind) {
             (Target::Log, BackupKind::Log) => {}
@@ -1069,40 +1125,37 @@ fn restore(
             };
             files.push((f.clone(), path));
         }
-        let handles = open_files(
-            &files
-                .iter()
-                .map(|(f, p)| FileInfo {
-                    file_id: f.file_id,
-                    logical_name: f.logical_name.clone(),
-                    path: p.clone(),
-                    kind: f.kind,
-                })
-                .collect::<Vec<_>>(),
-            true,
-        )?;
+        // The files this database's own catalog lists may be replaced; any other
+        // target must be new. Each is opened without following a link and locked
+        // before anything is truncated or written.
+        let handles = open_targets(engine, &files, &own, kind == BackupKind::Full, o.replace)?;
         if kind == BackupKind::Full {
-            // A full restore replaces the files: start from empty files of the
-            // recorded sizes.
-            for (f, _) in &files {
-                if let Some(h) = handles.get(&f.file_id) {
-                    h.set_len(0)
-                        .and_then(|()| h.set_len(f.size_bytes))
-                        .map_err(|e| {
-                            SqlError::msg(3203, format!("Cannot size file {}: {e}", f.logical_name))
-                        })?;
-                }
-            }
-            // From here on the files are being replaced: until the restore
-            // completes, the database is RESTORING and cannot be recovered (as SQL
+            // Crash ordering: the catalog says RESTORING (durably: fsynced, and its
+            // directory) before any file is truncated or written, so a crash from
+            // here on leaves a database that is RESTORING, never ONLINE with partial
+            // files. It cannot be recovered until a full restore completes (as SQL
             // Server leaves a database whose restore failed).
             let mut interim = cat.clone();
             interim.state = DbState::Restoring;
             interim.restore = None;
             interim.save(dir.root()).map_err(engine_err)?;
+            // A full restore replaces the files: start from empty files. They get
+            // their recorded sizes only at the end, once the stream has delivered
+            // its pages (finish_file), so a damaged size field never leaves a huge
+            // file behind a stream that did not fill it.
+            for (f, _) in &files {
+                if let Some((h, path)) = handles.get(&f.file_id) {
+                    h.set_len(0).map_err(|e| write_error(path, &e))?;
+                }
+            }
         }
         targets
-            .set(Targets { files, handles })
+            .set(Targets {
+                files,
+                handles,
+                enospc_after: engine.fault().enospc_after(),
+                written: AtomicU64::new(0),
+            })
             .map_err(|_| msg::damaged("restore targets planned twice"))?;
         *decided.lock().map_err(|_| msg::damaged("lock poisoned"))? = Some((cat, kind));
         Ok(Go::Write)
@@ -1142,13 +1195,21 @@ fn restore(
     let tg = targets
         .into_inner()
         .ok_or_else(|| msg::damaged("no restore targets"))?;
-    // Files keep the size the backup recorded; a grown log gets empty log pages.
-    for (f, path) in &tg.files {
-        if let Some(h) = tg.handles.get(&f.file_id) {
-            finish_file(h, f, path, m.openvdi)?;
+    // An openvdi stream's page counts are only claims until delivered: check the
+    // recorded sizes against what came before any file is given its size. (A SQL
+    // Server stream's files are bounded by free space instead: see check_sizes.)
+    let delivered = (written.data_pages + written.log_pages) * PAGE_SIZE as u64;
+    for (f, _) in tg.files.iter().filter(|_| m.openvdi) {
+        if f.size_bytes > delivered.saturating_add(UNFILLED_SLACK) {
+            return Err(size_refused(&devices[0].name, f, delivered));
         }
     }
-    drop(tg.handles);
+    // Files keep the size the backup recorded; a grown log gets empty log pages.
+    for (f, path) in &tg.files {
+        if let Some((h, _)) = tg.handles.get(&f.file_id) {
+            finish_file(h, f, path, m.openvdi, kind == BackupKind::Full)?;
+        }
+    }
 
     // Chain state.
     let mut dbh = Database::from_catalog(dir.root(), cat.clone());
@@ -1189,6 +1250,8 @@ fn restore(
         finish_recovery(&mut dbh);
     }
     dbh.save().map_err(engine_err)?;
+    // The files' locks are held until the catalog says what the files now are.
+    drop(tg);
     cat = dbh.cat.clone();
     let secs = start.elapsed().as_secs_f64();
 
@@ -1238,6 +1301,131 @@ fn restore(
     }))
 }
 
+/// The recorded file sizes must be ones this restore can honour, checked while
+/// planning, before any file is created, so a size field of 2^40 in a 3 MB backup
+/// creates nothing.
+///
+/// An openvdi stream carries every page of its files (its chunk tables cover them;
+/// the set carries their sum), so a file may exceed its pages by at most
+/// [`UNFILLED_SLACK`]: anything more is damage (3241). A SQL Server stream carries
+/// only allocated extents, so its files are legitimately far larger than its pages
+/// (a 100 GB data file with 5 GB used, a log file of which one page is backed up);
+/// refusing them would refuse real restores. There the engine does what SQL Server
+/// does: the files must fit in the free space of the volume they go to (3257), so a
+/// hostile size field cannot claim more than the disk has.
+fn check_sizes(dev: &str, metas: &[SetMeta], volume: &Path) -> Result<(), SqlError> {
+    let m = &metas[0];
+    if m.openvdi {
+        let carried: u64 = metas.iter().map(|x| x.carried_bytes).sum();
+        for f in &m.files {
+            if f.size_bytes > carried.saturating_add(UNFILLED_SLACK) {
+                return Err(size_refused(dev, f, carried));
+            }
+        }
+        return Ok(());
+    }
+    let need = m
+        .files
+        .iter()
+        .fold(0u64, |a, f| a.saturating_add(f.size_bytes));
+    match free_bytes(volume) {
+        Some(avail) if need > avail => Err(msg::insufficient_space(
+            &volume.display().to_string(),
+            need,
+            avail,
+        )),
+        Some(_) => Ok(()),
+        // No answer from the file system: fall back to the strict bound.
+        None => {
+            let carried = metas.iter().map(|x| x.carried_bytes).max().unwrap_or(0);
+            match m
+                .files
+                .iter()
+                .find(|f| f.size_bytes > carried.saturating_add(UNFILLED_SLACK))
+            {
+                Some(f) => Err(size_refused(dev, f, carried)),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the volume holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// 3241 for a file size the stream cannot fill.
+fn size_refused(dev: &str, f: &FileMeta, carried: u64) -> SqlError {
+    msg::bad_family(
+        dev,
+        &format!(
+            "file '{}' records a size of {} bytes, but the backup set carries only {carried} bytes of pages",
+            f.logical_name, f.size_bytes
+        ),
+    )
+}
+
+/// Open (and lock) the target files of a restore. `own`: the files the database's
+/// own catalog lists, which may be replaced (opened with `O_NOFOLLOW`, created if
+/// missing). Every other target of a full restore is created with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`; if a file is already there, WITH REPLACE may take it
+/// over only inside the data directory (a leftover of a failed restore or a
+/// dropped database), never elsewhere, since a file outside could belong to
+/// another engine's database (SQL Server would overwrite it; refusing is the
+/// deliberate difference). On failure, files this call created are removed again.
+fn open_targets(
+    engine: &Engine,
+    files: &[(FileMeta, PathBuf)],
+    own: &[PathBuf],
+    full: bool,
+    replace: bool,
+) -> Result<HashMap<u16, (File, PathBuf)>, SqlError> {
+    let mut handles = HashMap::new();
+    let mut created: Vec<PathBuf> = Vec::new();
+    let res = (|| -> Result<(), SqlError> {
+        for (f, path) in files {
+            let shown = path.display().to_string();
+            let mapped = |e: crate::error::EngineError| match e {
+                crate::error::EngineError::FileExists(_) => {
+                    msg::file_exists(&f.logical_name, &shown)
+                }
+                other => engine_err(other),
+            };
+            let h = if !full || own.contains(path) {
+                db::open_or_create_file(path).map_err(mapped)?
+            } else {
+                match db::create_file(path) {
+                    Ok(h) => {
+                        created.push(path.clone());
+                        h
+                    }
+                    Err(crate::error::EngineError::FileExists(_))
+                        if replace && path.parent() == Some(engine.data_dir()) =>
+                    {
+                        db::open_file(path, true).map_err(mapped)?
+                    }
+                    Err(e) => return Err(mapped(e)),
+                }
+            };
+            db::lock(&h, path).map_err(engine_err)?;
+            handles.insert(f.file_id, (h, path.clone()));
+        }
+        Ok(())
+    })();
+    match res {
+        Ok(()) => Ok(handles),
+        Err(e) => {
+            drop(handles);
+            for p in created {
+                let _ = std::fs::remove_file(p);
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Plan a full restore: REPLACE, MOVE and file-conflict checks; the new catalog.
 fn plan_full(
     engine: &Engine,
@@ -1272,12 +1460,50 @@ fn plan_full(
             .rev()
             .find(|(l, _)| l.eq_ignore_ascii_case(&f.logical_name))
         {
-            Some((_, p)) => PathBuf::from(p),
+            Some((_, p)) => {
+                let p = PathBuf::from(p);
+                // MOVE names where a file goes, in full: a relative path would
+                // depend on the engine's working directory, and a name ending in
+                // `.openvdi.json` would pose as a catalog. SQL Server's message for
+                // an unusable physical name is 5105 (then 3156).
+                let bad = if !p.is_absolute() {
+                    Some("WITH MOVE needs an absolute path")
+                } else if p.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .to_ascii_lowercase()
+                        .ends_with(".openvdi.json")
+                }) {
+                    Some("the name of an openvdi catalog file")
+                } else if p.file_name().is_none() {
+                    Some("no file name")
+                } else {
+                    None
+                };
+                if let Some(why) = bad {
+                    let shown = p.display().to_string();
+                    problems.extend(msg::bad_physical_name(&shown, why).messages);
+                    problems.extend(msg::cannot_restore_file(&f.logical_name, &shown).messages);
+                }
+                p
+            }
             None => match existing.and_then(|ex| ex.cat.file(f.file_id)) {
                 Some(c) => c.path.clone(),
                 None => default_target(engine, f),
             },
         };
+        if let Some(other) = files
+            .iter()
+            .find(|x: &&FileInfo| db::normalize(&x.path) == db::normalize(&path))
+        {
+            problems.extend(
+                msg::file_claimed_twice(
+                    &path.display().to_string(),
+                    &other.logical_name,
+                    &f.logical_name,
+                )
+                .messages,
+            );
+        }
         if let Some(owner) = engine.dir().owner_of(&path, database) {
             problems.extend(msg::file_in_use(&path.display().to_string(), &owner).messages);
             problems.extend(
@@ -1339,13 +1565,29 @@ fn plan_full(
 
 /// Give a restored file the size its backup recorded; pages of a log file that the
 /// backup did not carry are written as empty log pages (what the source has).
-fn finish_file(h: &File, f: &FileMeta, path: &Path, openvdi: bool) -> Result<(), SqlError> {
-    let err = |e: std::io::Error| {
-        SqlError::msg(3203, format!("Write on \"{}\" failed: {e}", path.display()))
-    };
+/// After a full restore (`full`), the file was empty before the stream: pages the
+/// stream did not carry stay zero (holes), as they did when the file was sized
+/// before writing.
+fn finish_file(
+    h: &File,
+    f: &FileMeta,
+    path: &Path,
+    openvdi: bool,
+    full: bool,
+) -> Result<(), SqlError> {
+    let err = |e: std::io::Error| write_error(path, &e);
     let len = h.metadata().map_err(err)?.len();
     if f.size_bytes == 0 {
-        return Ok(());
+        return h.sync_all().map_err(err);
+    }
+    if full {
+        let size = if openvdi {
+            f.size_bytes
+        } else {
+            f.size_bytes.max(len)
+        };
+        h.set_len(size).map_err(err)?;
+        return h.sync_all().map_err(err);
     }
     if f.kind == FileKind::Log && openvdi && len < f.size_bytes {
         let mut p = vec![0u8; PAGE_SIZE];

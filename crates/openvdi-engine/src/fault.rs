@@ -12,6 +12,7 @@
 //! | `multi-flush:N` | sends VDC_Flush N times per device at the end (as with FILESTREAM) | each Flush must be completed; a client that took the first Flush as the end fails; with VDF_RequestComplete, VDC_Complete still comes last |
 //! | `stall[:MS]` | after the first command on each device, stops sending and stops waiting for completions for MS (default 60000), then aborts | the client's own GetCommand timeout fires (`VD_E_TIMEOUT`); a client that gives up calls SignalAbort and the statement fails with 3013 (`VD_E_ABORT` in the engine) |
 //! | `fail-command:N` | as the Nth command on the first device sends VDC_Rewind, which a pipe-like device does not support; expects `ERROR_NOT_SUPPORTED`, then sends VDC_ClearError and carries on | the client completes the unknown command with 50 (ERROR_NOT_SUPPORTED) and VDC_ClearError with 0; the operation succeeds. Completing the Rewind with success fails the statement (the engine cannot trust the device) |
+//! | `enospc-after:N` | RESTORE's writes into database files fail with ENOSPC once N bytes (all devices) have been written — a test-only stand-in for a full disk, so the disk-full path is tested without filling one | the statement fails with 3202 "… no space left on device" naming the file; the database stays RESTORING |
 //! | `short-reads` | RESTORE asks for reads of one to eight blocks in an irregular pattern, BACKUP writes such sizes too | a client that assumed read sizes equal write sizes, or full-size reads, fails; a correct one succeeds |
 //!
 //! The serverTimeOut path (the client stops completing and the engine gives up after
@@ -57,6 +58,8 @@ pub enum Fault {
     FailCommand(u64),
     /// `short-reads`.
     ShortReads,
+    /// `enospc-after:N`.
+    EnospcAfter(u64),
 }
 
 /// A set of faults for one run.
@@ -117,6 +120,7 @@ impl FaultPlan {
                 "stall" => Fault::Stall(if arg.is_some() { num("MS")? } else { 60_000 }),
                 "fail-command" => Fault::FailCommand(num("N")?.max(1)),
                 "short-reads" => Fault::ShortReads,
+                "enospc-after" => Fault::EnospcAfter(num("N")?),
                 _ => return Err(format!("unknown fault mode {mode:?}")),
             };
             faults.push(f);
@@ -131,6 +135,14 @@ impl FaultPlan {
 
     fn find<T>(&self, f: impl Fn(&Fault) -> Option<T>) -> Option<T> {
         self.faults.iter().find_map(f)
+    }
+
+    /// `enospc-after:N`: bytes a restore may write before writes fail with ENOSPC.
+    pub fn enospc_after(&self) -> Option<u64> {
+        self.find(|f| match f {
+            Fault::EnospcAfter(n) => Some(*n),
+            _ => None,
+        })
     }
 
     /// The crash point, if any.
@@ -237,10 +249,11 @@ mod tests {
     #[test]
     fn parses_every_mode() {
         let p = FaultPlan::parse(
-            "abort-after-bytes:100, abort-after-commands:3,crash-at:mid,delay:5,multi-flush:3,stall,fail-command:2,short-reads",
+            "abort-after-bytes:100, abort-after-commands:3,crash-at:mid,delay:5,multi-flush:3,stall,fail-command:2,short-reads,enospc-after:4096",
         )
         .unwrap();
-        assert_eq!(p.faults.len(), 8);
+        assert_eq!(p.faults.len(), 9);
+        assert_eq!(p.enospc_after(), Some(4096));
         assert_eq!(p.crash_at(), Some(CrashPoint::Mid));
         assert_eq!(p.delay(), Some(Duration::from_millis(5)));
         assert_eq!(p.flushes(), 3);

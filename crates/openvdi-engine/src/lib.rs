@@ -348,7 +348,14 @@ impl Engine {
     /// and the error that stopped the run (statements after it do not run).
     pub fn execute_detailed(&self, sql: &str) -> Execution {
         let mut run = Execution::default();
-        for batch in sql::lexer::split_batches(sql) {
+        let batches = match sql::lexer::split_batches(sql) {
+            Ok(b) => b,
+            Err(e) => {
+                run.error = Some(e);
+                return run;
+            }
+        };
+        for batch in batches {
             for _ in 0..batch.count.max(1) {
                 self.run_batch(&batch.text, &mut run);
                 if run.error.is_some() {

@@ -200,6 +200,7 @@ fn decode_ours(b: &[u8]) -> Option<(SetMeta, Vec<Chunk>, Vec<Chunk>)> {
         description: o.description,
         start_unix: o.start_unix,
         finish_unix: o.finish_unix,
+        carried_bytes: 0,
         files: o
             .files
             .into_iter()
@@ -766,6 +767,14 @@ impl FamilyReader {
                 "the RAID stream and the metadata disagree about the media family",
             ));
         }
+        let carried: u64 = data
+            .iter()
+            .chain(&log)
+            .map(|c| u64::from(c.pages) * PAGE_SIZE as u64)
+            .sum();
+        if m.openvdi {
+            m.carried_bytes = carried;
+        }
         let fr = FamilyReader {
             meta: m.clone(),
             data,
@@ -986,6 +995,10 @@ impl FamilyReader {
         portion: Portion,
         f: &mut PageFn<'_>,
     ) -> Result<(), SqlError> {
+        let unknown_limit = self
+            .meta
+            .carried_bytes
+            .saturating_add(crate::stream::UNFILLED_SLACK);
         match portion {
             Portion::Data => {
                 for p in bytes.chunks(PAGE_SIZE) {
@@ -994,8 +1007,8 @@ impl FamilyReader {
                     }
                     let h = page::header(p);
                     // Only a data file of this backup, and inside its recorded size
-                    // (or 1 TiB when unknown): a stale page must not create a huge
-                    // sparse file.
+                    // (or, when unknown, what the set carries plus the slack): a
+                    // stale page must not create a huge sparse file.
                     let limit = self
                         .meta
                         .files
@@ -1005,7 +1018,7 @@ impl FamilyReader {
                             if x.size_bytes > 0 {
                                 x.size_bytes
                             } else {
-                                1 << 40
+                                unknown_limit
                             }
                         });
                     let at = u64::from(h.page_id) * PAGE_SIZE as u64;
@@ -1027,7 +1040,7 @@ impl FamilyReader {
                     .find(|x| x.kind == FileKind::Log)
                     .map_or((2, 0), |x| (x.file_id, x.size_bytes));
                 let off = self.log_offset.unwrap_or(0);
-                let limit = if size > 0 { size } else { 1 << 40 };
+                let limit = if size > 0 { size } else { unknown_limit };
                 if off + bytes.len() as u64 > limit {
                     return Err(msg::damaged(&format!(
                         "the log portion at offset {off} lies outside the log file ({limit} bytes)"
@@ -1089,7 +1102,7 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
     let lsn = |at: usize| Lsn::from_bytes(&mq[at..at + 10]);
     let database_name = s16(104);
     let server_name = s16(108);
-    let files = foreign_files(mq);
+    let (files, carried_bytes) = foreign_files(mq);
     Ok(SetMeta {
         database_name,
         server_name: server_name.clone(),
@@ -1124,6 +1137,7 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
         start_unix: 0,
         finish_unix: 0,
         files,
+        carried_bytes,
         openvdi: false,
         software_version: (0, 0, 0),
         database_version: 0,
@@ -1134,8 +1148,11 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
 /// file), +20 the file id, +24 pages in the backup, +32 the source block size, +40
 /// the file size in bytes, +48 and +52 (byte length, offset) pairs of the logical
 /// name and the physical path (UTF-16), as the fixtures show.
-fn foreign_files(mq: &[u8]) -> Vec<FileMeta> {
+///
+/// Also returns the bytes of pages the records say the backup carries (+24).
+fn foreign_files(mq: &[u8]) -> (Vec<FileMeta>, u64) {
     let mut out = Vec::new();
+    let mut carried = 0u64;
     let mut at = 0;
     while let Some(p) = find(&mq[at..], b"SFIN") {
         let start = at + p;
@@ -1170,6 +1187,7 @@ fn foreign_files(mq: &[u8]) -> Vec<FileMeta> {
             continue;
         }
         let file_id = u16::try_from(u32_at(20).unwrap_or(0)).unwrap_or(0);
+        carried = carried.saturating_add(u64::from(u32_at(24).unwrap_or(0)) * PAGE_SIZE as u64);
         // +40: the file's size in bytes (u64); +24 holds the pages in the backup.
         let size = mq
             .get(start + 40..start + 48)
@@ -1189,7 +1207,7 @@ fn foreign_files(mq: &[u8]) -> Vec<FileMeta> {
             filegroup: (kind == FileKind::Data).then(|| "PRIMARY".to_string()),
         });
     }
-    out
+    (out, carried)
 }
 
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {

@@ -284,7 +284,19 @@ pub fn run(
         }
     }
     for s in scripts {
-        for batch in split_batches(&s) {
+        let batches = match split_batches(&s) {
+            Ok(b) => b,
+            Err(e) => {
+                // Nothing of a script with a bad GO line runs (sqlcmd stops too).
+                let run = Execution {
+                    error: Some(e),
+                    ..Execution::default()
+                };
+                let _ = print_execution(&run, &f, a.redirect, out, err);
+                return 1;
+            }
+        };
+        for batch in batches {
             for _ in 0..batch.count.max(1) {
                 let mut run = Execution::default();
                 engine.run_batch(&batch.text, &mut run);

@@ -69,6 +69,11 @@ pub struct SetMeta {
     pub finish_unix: u64,
     /// The files.
     pub files: Vec<FileMeta>,
+    /// Bytes of page data this family says it carries (a reader fills it in):
+    /// for an openvdi stream its chunk tables, for a SQL Server stream the page
+    /// counts of the set's file records. A restore creates no file larger than
+    /// this (over the set) plus [`UNFILLED_SLACK`].
+    pub carried_bytes: u64,
     /// Whether the stream was written by openvdi (its pages carry openvdi content and
     /// its log can be redone) rather than by a real SQL Server.
     pub openvdi: bool,
@@ -88,6 +93,15 @@ pub struct SetMeta {
 pub fn read_head(r: &mut dyn std::io::Read) -> Result<SetMeta, crate::SqlError> {
     crate::mtf_io::FamilyReader::open(r).map(|(_, m)| m)
 }
+
+/// How much larger than the pages a backup set carries a restored file may be.
+/// Files are legitimately larger than their pages (SQL Server backs up allocated
+/// extents only; a log file has unused space), but a size field far beyond the
+/// stream is damage or an attack: restoring it would create a huge sparse file.
+/// 64 MiB covers every real backup among the fixtures (the largest gap is a 5.7 MiB
+/// log of which the backup carries one page) with room to spare, and is small next
+/// to the 2^40 a hostile size field can claim.
+pub const UNFILLED_SLACK: u64 = 64 << 20;
 
 /// A run of pages of one file that a family carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

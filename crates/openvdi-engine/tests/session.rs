@@ -3,6 +3,8 @@
 //! `openvdi-sqlcmd` binary: answered as SQL Server answers them, and anything else
 //! still refused with SQL Server's message.
 
+mod common;
+
 use std::process::Command;
 
 fn sqlcmd(data: &std::path::Path, q: &str) -> (i32, String) {
@@ -66,4 +68,46 @@ fn unknown_session_statements_get_sql_servers_messages() {
         assert_eq!(rc, 1, "{q}: {out}");
         assert!(out.contains(msg), "{q}: expected {msg} in {out}");
     }
+}
+
+#[test]
+fn a_go_repeat_count_is_bounded_and_nothing_of_the_script_runs() {
+    let d = tempfile::tempdir().unwrap();
+    // The script goes in on standard input, as a script file would.
+    for (script, ok) in [
+        ("PRINT 'once'\nGO 3\n", true),
+        ("PRINT 'once'\nGO\nPRINT 'never'\nGO 10001\n", false),
+        ("PRINT 'once'\nGO 0\n", false),
+        ("PRINT 'once'\nGO 4294967296\n", false),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_openvdi-sqlcmd"))
+            .arg("-b")
+            .env("OPENVDI_DATA_DIR", d.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let (code, stdout, stderr) = common::ChildGuard(Some(child)).wait();
+        let text = format!("{stdout}{stderr}");
+        if ok {
+            assert_eq!(code, Some(0), "{script:?}: {text}");
+            assert_eq!(text.matches("once").count(), 3, "{text}");
+        } else {
+            assert_eq!(code, Some(1), "{script:?}: {text}");
+            assert!(text.contains("near command 'GO'"), "{script:?}: {text}");
+            assert!(!text.contains("once") && !text.contains("never"), "{text}");
+        }
+    }
+    // The library refuses it the same way.
+    let e = openvdi_engine::Engine::open(d.path()).unwrap();
+    let err = e.execute("PRINT 'x'\nGO 20000\n").unwrap_err();
+    assert!(err.to_string().contains("between 1 and 10000"), "{err}");
 }

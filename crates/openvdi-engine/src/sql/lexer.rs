@@ -233,28 +233,53 @@ fn rest(chars: &[char], i: usize) -> String {
     chars[i.min(chars.len())..].iter().collect()
 }
 
+/// The largest `GO n` repeat count accepted. sqlcmd itself only requires a
+/// positive integer (go-sqlcmd rejects `n < 1` and takes any `int`); here every
+/// batch is a BACKUP or RESTORE that waits for a device set, so a script asking for
+/// billions of runs is a typo or hostile, and running it would occupy the engine
+/// practically forever. 10 000 is far beyond any real repeat use.
+pub const MAX_GO_COUNT: u32 = 10_000;
+
 /// Split a script into batches at lines that hold only `GO` (any case, optionally
 /// followed by a repeat count, as sqlcmd accepts). Returns each batch with the
-/// 1-based script line it starts on and how many times to run it.
-pub fn split_batches(script: &str) -> Vec<Batch> {
+/// 1-based script line it starts on and how many times to run it; a count of 0 or
+/// above [`MAX_GO_COUNT`] is an error (sqlcmd's "Syntax error … near command
+/// 'GO'"), and nothing of the script runs.
+pub fn split_batches(script: &str) -> Result<Vec<Batch>, SqlError> {
     let mut batches = Vec::new();
     let mut cur = String::new();
     let mut start = 1u32;
     for (n, l) in script.split_inclusive('\n').enumerate() {
         let t = l.trim();
         let mut words = t.split_whitespace();
-        let is_go = words.next().is_some_and(|w| w.eq_ignore_ascii_case("go"))
-            && match (words.next(), words.next()) {
+        let first_is_go = words.next().is_some_and(|w| w.eq_ignore_ascii_case("go"));
+        let count_word = words.next();
+        let is_count = |c: &str| {
+            let digits = c.strip_prefix('-').unwrap_or(c);
+            !digits.is_empty() && digits.chars().all(|ch| ch.is_ascii_digit())
+        };
+        let is_go = first_is_go
+            && match (count_word, words.next()) {
                 (None, _) => true,
-                (Some(c), None) => c.parse::<u32>().is_ok(),
+                (Some(c), None) => is_count(c),
                 _ => false,
             };
         if is_go {
-            let count = t
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1);
+            let count = match count_word {
+                None => 1,
+                Some(c) => match c.parse::<u32>() {
+                    Ok(k) if (1..=MAX_GO_COUNT).contains(&k) => k,
+                    _ => {
+                        return Err(SqlError::msg(
+                            50000,
+                            format!(
+                                "Sqlcmd: Error: Syntax error at line {} near command 'GO'. (The repeat count '{c}' must be between 1 and {MAX_GO_COUNT}.)",
+                                n + 1
+                            ),
+                        ))
+                    }
+                },
+            };
             if !cur.trim().is_empty() {
                 batches.push(Batch {
                     text: std::mem::take(&mut cur),
@@ -275,7 +300,7 @@ pub fn split_batches(script: &str) -> Vec<Batch> {
             count: 1,
         });
     }
-    batches
+    Ok(batches)
 }
 
 /// One batch of a script.
@@ -352,7 +377,7 @@ mod tests {
 
     #[test]
     fn go_batches() {
-        let b = split_batches("a\nGO\n\ngo 2\nb\nc\n  Go  \nGOAL\n");
+        let b = split_batches("a\nGO\n\ngo 2\nb\nc\n  Go  \nGOAL\n").unwrap();
         assert_eq!(b.len(), 3);
         assert_eq!(b[2].text, "GOAL\n");
         assert_eq!(b[0].text, "a\n");
@@ -360,8 +385,25 @@ mod tests {
         assert_eq!(b[1].text, "b\nc\n");
         // `go 2` after an empty batch starts the next batch at line 5.
         assert_eq!(b[1].first_line, 5);
-        let b = split_batches("x\nGO\nGOAL\n");
+        let b = split_batches("x\nGO\nGOAL\n").unwrap();
         assert_eq!(b[1].text, "GOAL\n");
-        assert_eq!(split_batches("x\ngo 3\n")[0].count, 3);
+        assert_eq!(split_batches("x\ngo 3\n").unwrap()[0].count, 3);
+    }
+
+    #[test]
+    fn go_count_is_bounded() {
+        let max = format!("x\nGO {MAX_GO_COUNT}\n");
+        assert_eq!(split_batches(&max).unwrap()[0].count, MAX_GO_COUNT);
+        for bad in [
+            format!("x\nGO {}\n", MAX_GO_COUNT + 1),
+            "x\nGO 0\n".to_string(),
+            "x\nGO -1\n".to_string(),
+            "x\nGO 4294967295\n".to_string(),
+            "x\nGO 99999999999999999999\n".to_string(),
+        ] {
+            let e = split_batches(&bad).unwrap_err();
+            assert!(e.to_string().contains("near command 'GO'"), "{bad}: {e}");
+            assert!(e.to_string().contains("line 2"), "{bad}: {e}");
+        }
     }
 }
