@@ -850,6 +850,8 @@ where
                     }
                 };
                 progress.expect(fr.expected_bytes());
+                // For `crash-at:mid` / `abort-at:mid` of a restore.
+                session.add_total_hint(fr.expected_bytes());
                 let _ = htx.send((i, Ok(meta)));
                 // Drop the sender now: if another thread panics before sending, the
                 // main thread's receive loop ends instead of waiting for it.

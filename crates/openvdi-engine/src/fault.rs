@@ -13,6 +13,8 @@
 //! | `stall[:MS]` | after the first command on each device, stops sending and stops waiting for completions for MS (default 60000), then aborts | the client's own GetCommand timeout fires (`VD_E_TIMEOUT`); a client that gives up calls SignalAbort and the statement fails with 3013 (`VD_E_ABORT` in the engine) |
 //! | `fail-command:N` | as the Nth command on the first device sends VDC_Rewind, which a pipe-like device does not support; expects `ERROR_NOT_SUPPORTED`, then sends VDC_ClearError and carries on | the client completes the unknown command with 50 (ERROR_NOT_SUPPORTED) and VDC_ClearError with 0; the operation succeeds. Completing the Rewind with success fails the statement (the engine cannot trust the device) |
 //! | `enospc-after:N` | RESTORE's writes into database files fail with ENOSPC once N bytes (all devices) have been written — a test-only stand-in for a full disk, so the disk-full path is tested without filling one | the statement fails with 3202 "… no space left on device" naming the file; the database stays RESTORING |
+//! | `no-complete` | never sends VDC_Complete, even to a client that asked for it (VDF_RequestComplete), as SQL Server did before KB 3188454: the end of a backup is the last VDC_Flush, then the devices close | a client must harden its data by the last Flush (or at the latest when the device closes) and succeed without VDC_Complete |
+//! | `abort-at:POINT` | SignalAbort at POINT (`open`, `configured`, `first-transfer`, `mid`, `flush`, `complete`, as for `crash-at`) and fail the statement | `VD_E_ABORT`; the client must exit non-zero and keep nothing it presents as a backup |
 //! | `short-reads` | RESTORE asks for reads of one to eight blocks in an irregular pattern, BACKUP writes such sizes too | a client that assumed read sizes equal write sizes, or full-size reads, fails; a correct one succeeds |
 //!
 //! The serverTimeOut path (the client stops completing and the engine gives up after
@@ -60,6 +62,10 @@ pub enum Fault {
     ShortReads,
     /// `enospc-after:N`.
     EnospcAfter(u64),
+    /// `no-complete`.
+    NoComplete,
+    /// `abort-at:POINT`.
+    AbortAt(CrashPoint),
 }
 
 /// A set of faults for one run.
@@ -99,19 +105,9 @@ impl FaultPlan {
             let f = match mode {
                 "abort-after-bytes" => Fault::AbortAfterBytes(num("N")?),
                 "abort-after-commands" => Fault::AbortAfterCommands(num("N")?),
-                "crash-at" => Fault::CrashAt(match arg {
-                    Some("open") => CrashPoint::Open,
-                    Some("configured") => CrashPoint::Configured,
-                    Some("first-transfer") => CrashPoint::FirstTransfer,
-                    Some("mid") => CrashPoint::Mid,
-                    Some("flush") => CrashPoint::Flush,
-                    Some("complete") => CrashPoint::Complete,
-                    other => {
-                        return Err(format!(
-                            "crash-at needs one of open, configured, first-transfer, mid, flush, complete (got {other:?})"
-                        ))
-                    }
-                }),
+                "crash-at" => Fault::CrashAt(point(mode, arg)?),
+                "abort-at" => Fault::AbortAt(point(mode, arg)?),
+                "no-complete" => Fault::NoComplete,
                 "delay" => Fault::Delay(num("MS")?),
                 "multi-flush" => {
                     let n = num("N")?;
@@ -126,6 +122,19 @@ impl FaultPlan {
             faults.push(f);
         }
         Ok(FaultPlan { faults })
+    }
+
+    /// `no-complete`: VDC_Complete is never sent.
+    pub fn no_complete(&self) -> bool {
+        self.faults.contains(&Fault::NoComplete)
+    }
+
+    /// `abort-at:POINT`, if any.
+    pub fn abort_at(&self) -> Option<CrashPoint> {
+        self.find(|f| match f {
+            Fault::AbortAt(p) => Some(*p),
+            _ => None,
+        })
     }
 
     /// Whether there are no faults.
@@ -192,6 +201,23 @@ impl FaultPlan {
     }
 }
 
+/// A `crash-at` / `abort-at` point by name.
+fn point(mode: &str, arg: Option<&str>) -> Result<CrashPoint, String> {
+    Ok(match arg {
+        Some("open") => CrashPoint::Open,
+        Some("configured") => CrashPoint::Configured,
+        Some("first-transfer") => CrashPoint::FirstTransfer,
+        Some("mid") => CrashPoint::Mid,
+        Some("flush") => CrashPoint::Flush,
+        Some("complete") => CrashPoint::Complete,
+        other => {
+            return Err(format!(
+                "{mode} needs one of open, configured, first-transfer, mid, flush, complete (got {other:?})"
+            ))
+        }
+    })
+}
+
 /// Counters shared by the device threads of one operation, to decide when an
 /// `abort-after-*` fault or `crash-at:mid` fires.
 #[derive(Debug, Default)]
@@ -249,10 +275,13 @@ mod tests {
     #[test]
     fn parses_every_mode() {
         let p = FaultPlan::parse(
-            "abort-after-bytes:100, abort-after-commands:3,crash-at:mid,delay:5,multi-flush:3,stall,fail-command:2,short-reads,enospc-after:4096",
+            "abort-after-bytes:100, abort-after-commands:3,crash-at:mid,delay:5,multi-flush:3,stall,fail-command:2,short-reads,enospc-after:4096,no-complete,abort-at:flush",
         )
         .unwrap();
-        assert_eq!(p.faults.len(), 9);
+        assert_eq!(p.faults.len(), 11);
+        assert!(p.no_complete());
+        assert_eq!(p.abort_at(), Some(CrashPoint::Flush));
+        assert!(FaultPlan::parse("abort-at:never").is_err());
         assert_eq!(p.enospc_after(), Some(4096));
         assert_eq!(p.crash_at(), Some(CrashPoint::Mid));
         assert_eq!(p.delay(), Some(Duration::from_millis(5)));

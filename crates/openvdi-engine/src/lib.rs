@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod conformance;
 pub mod db;
 pub mod error;
 mod exec;

@@ -101,6 +101,17 @@ impl Media {
         }
     }
 
+    /// Add one family's expected bytes to the hint (a restore learns them family
+    /// by family, from each stream's metadata).
+    pub fn add_total_hint(&self, bytes: u64) {
+        if let Media::Vdi(s) = self {
+            s.shared
+                .state
+                .total_hint
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
     /// A reader for device `i`.
     pub fn source(&self, i: usize) -> Result<Source<'_>, SqlError> {
         match self {

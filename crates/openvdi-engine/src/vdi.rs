@@ -145,6 +145,9 @@ impl Session {
             let _ = set.close();
             e
         };
+        if let Err(e) = abort_if_due(plan, CrashPoint::Open, &set, &first.name) {
+            return Err(fail(&set, e));
+        }
         let client = match set.get_configuration() {
             Ok(c) => c,
             Err(e) => {
@@ -166,7 +169,9 @@ impl Session {
             );
             return Err(fail(&set, e));
         }
-        let complete_enabled = client.features & vdf::VDF_RequestComplete != 0;
+        // `no-complete` plays a server from before KB 3188454: it ignores the request.
+        let complete_enabled =
+            client.features & vdf::VDF_RequestComplete != 0 && !plan.no_complete();
         let mut features = match dir {
             Direction::Write => vdf::VDF_WriteMedia,
             Direction::Read => vdf::VDF_ReadMedia,
@@ -196,6 +201,9 @@ impl Session {
             return Err(fail(&set, vdi_error("Configure", &first.name, &e)));
         }
         fault::maybe_crash(plan, CrashPoint::Configured);
+        if let Err(e) = abort_if_due(plan, CrashPoint::Configured, &set, &first.name) {
+            return Err(fail(&set, e));
+        }
         let cfg = set.config().unwrap_or_default();
         let mut devs = Vec::with_capacity(devices.len());
         for d in devices {
@@ -439,9 +447,15 @@ impl<'s> DeviceIo<'s> {
         st.bytes.fetch_add(u64::from(size), Ordering::Relaxed);
         if self.sent == 1 {
             fault::maybe_crash(&self.sh.plan, CrashPoint::FirstTransfer);
+            if self.sh.plan.abort_at() == Some(CrashPoint::FirstTransfer) {
+                let _ = self.sh.set.signal_abort();
+            }
         }
         if self.sh.plan.crash_at() == Some(CrashPoint::Mid) && st.past_middle() {
             fault::crash_now(CrashPoint::Mid);
+        }
+        if self.sh.plan.abort_at() == Some(CrashPoint::Mid) && st.past_middle() {
+            let _ = self.sh.set.signal_abort();
         }
         if st.should_abort(&self.sh.plan) {
             let _ = self.sh.set.signal_abort();
@@ -693,6 +707,12 @@ impl<'s> DeviceWriter<'s> {
     fn finish_inner(&mut self) -> Result<u64, SqlError> {
         self.finish_data()?;
         fault::maybe_crash(&self.io.sh.plan, CrashPoint::Flush);
+        abort_if_due(
+            &self.io.sh.plan,
+            CrashPoint::Flush,
+            &self.io.sh.set,
+            self.io.name(),
+        )?;
         for _ in 0..self.io.sh.plan.flushes() {
             self.io.before_command()?;
             let c = self.io.control(vdc::VDC_Flush)?;
@@ -703,6 +723,7 @@ impl<'s> DeviceWriter<'s> {
                     &os_error_text(c.completion_code),
                 ));
             }
+            self.probe_durable("RequestDurableMedia", "VDC_Flush")?;
         }
         if !self.io.sh.rendezvous.arrive() {
             return Err(msg::vdi_failure(
@@ -715,6 +736,12 @@ impl<'s> DeviceWriter<'s> {
             ));
         }
         fault::maybe_crash(&self.io.sh.plan, CrashPoint::Complete);
+        abort_if_due(
+            &self.io.sh.plan,
+            CrashPoint::Complete,
+            &self.io.sh.set,
+            self.io.name(),
+        )?;
         if self.io.sh.complete_enabled {
             self.io.before_command()?;
             let c = self.io.control(vdc::VDC_Complete)?;
@@ -728,9 +755,35 @@ impl<'s> DeviceWriter<'s> {
                     ),
                 ));
             }
+            self.probe_durable("Complete", "VDC_Complete")?;
         }
         self.io.close()?;
         Ok(self.bytes)
+    }
+
+    /// The conformance kit's durability probe (`OPENVDI_PROBE_DURABLE`, a path with
+    /// `{i}` for the device index, set only by `openvdi-engine conformance`): once the
+    /// client has answered `what`, the file it keeps this device's stream in must
+    /// hold every byte sent so far — a client that answers VDC_Flush or VDC_Complete
+    /// before its data is on its medium fails the statement here.
+    fn probe_durable(&self, func: &str, what: &str) -> Result<(), SqlError> {
+        let Some(pattern) = durable_probe() else {
+            return Ok(());
+        };
+        let path = pattern.replace("{i}", &self.io.dev.index().to_string());
+        let held = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if held < self.bytes {
+            return Err(msg::vdi_failure(
+                func,
+                self.io.name(),
+                &format!(
+                    "conformance probe: the client answered {what} while {path} held {held} of \
+                     the {} bytes sent to the device",
+                    self.bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Mark the operation failed (other devices stop at their rendezvous).
@@ -998,6 +1051,36 @@ impl io::Read for DeviceReader<'_> {
         }
         Ok(k)
     }
+}
+
+/// `abort-at:POINT`: SignalAbort now and fail the statement, if the plan says so.
+fn abort_if_due(
+    plan: &FaultPlan,
+    point: CrashPoint,
+    set: &ServerSet,
+    dev: &str,
+) -> Result<(), SqlError> {
+    if plan.abort_at() != Some(point) {
+        return Ok(());
+    }
+    let _ = set.signal_abort();
+    Err(vdi_error(
+        "SignalAbort",
+        dev,
+        &VdiError::Abort(openvdi::AbortReason::Server),
+    ))
+}
+
+/// The durability probe's path pattern, read once from `OPENVDI_PROBE_DURABLE`.
+fn durable_probe() -> Option<&'static str> {
+    static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            std::env::var("OPENVDI_PROBE_DURABLE")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+        .as_deref()
 }
 
 #[cfg(test)]

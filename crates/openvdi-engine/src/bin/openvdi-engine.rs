@@ -70,6 +70,146 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         open_timeout: u64,
     },
+    /// Put a VDI client through what SQL Server may do to it, scenario by scenario
+    /// (docs/CONFORMANCE.md). Exit 0 only when every scenario passed.
+    Conformance(ConformanceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ConformanceArgs {
+    /// The client command, run through `sh -c`, with {op} (backup|restore), {set},
+    /// {stripes}, {file} (a directory for the client's data), {db}, {datadir} and
+    /// {sqlcmd} filled in, e.g.
+    /// 'openvdi-vdiclient {op} --set {set} --stripes {stripes} --dir {file}'.
+    #[arg(long)]
+    client: String,
+    /// A separate command for restores (default: --client).
+    #[arg(long)]
+    restore_client: Option<String>,
+    /// A command run once per scenario before the client (same placeholders).
+    #[arg(long)]
+    setup: Option<String>,
+    /// The client sends the T-SQL itself (through {sqlcmd}); the kit passes the
+    /// scenario's fault in OPENVDI_FAULT.
+    #[arg(long)]
+    client_sends_sql: bool,
+    /// Where the client keeps device {i}'s raw stream, relative to {file} (e.g.
+    /// 'dev{i}.bin'): enables the durability scenario.
+    #[arg(long)]
+    stores: Option<String>,
+    /// quick (for CI) or full.
+    #[arg(long, default_value = "quick")]
+    profile: String,
+    /// Only scenarios whose name contains PATTERN.
+    #[arg(long, value_name = "PATTERN")]
+    only: Option<String>,
+    /// Write JUnit XML here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Run every scenario even after a failure.
+    #[arg(long)]
+    keep_going: bool,
+    /// Seconds each step may take before it counts as a hang.
+    #[arg(long, default_value_t = 60)]
+    deadline: u64,
+    /// Scratch directory (default: a new one under the system's temp dir; failed
+    /// scenarios' directories are kept for inspection).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+fn conformance(a: ConformanceArgs, json: bool) -> anyhow::Result<ExitCode> {
+    use openvdi_engine::conformance::{self as kit, Options, Profile, Verdict};
+    let profile = match a.profile.as_str() {
+        "quick" => Profile::Quick,
+        "full" => Profile::Full,
+        p => anyhow::bail!("--profile {p}: quick or full"),
+    };
+    let exe = std::env::current_exe().context("locating openvdi-engine")?;
+    let sqlcmd = exe.with_file_name("openvdi-sqlcmd");
+    let work = match a.work_dir.clone() {
+        Some(w) => w,
+        None => std::env::temp_dir().join(format!("openvdi-conformance-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let o = Options {
+        client: a.client.clone(),
+        restore_client: a.restore_client.clone(),
+        setup: a.setup.clone(),
+        client_sends: a.client_sends_sql,
+        stores: a.stores.clone(),
+        profile,
+        only: a.only.clone(),
+        keep_going: a.keep_going,
+        deadline: std::time::Duration::from_secs(a.deadline.max(1)),
+        work_dir: work.clone(),
+        engine_exe: exe.clone(),
+        sqlcmd_exe: sqlcmd,
+    };
+    let rerun = |name: &str| {
+        let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let mut c = format!(
+            "{} conformance --client {} --only {name} --profile full",
+            exe.display(),
+            q(&a.client)
+        );
+        if let Some(r) = &a.restore_client {
+            c.push_str(&format!(" --restore-client {}", q(r)));
+        }
+        if let Some(r) = &a.setup {
+            c.push_str(&format!(" --setup {}", q(r)));
+        }
+        if let Some(r) = &a.stores {
+            c.push_str(&format!(" --stores {}", q(r)));
+        }
+        if a.client_sends_sql {
+            c.push_str(" --client-sends-sql");
+        }
+        c
+    };
+    let mut err = std::io::stderr().lock();
+    let outcomes = kit::run(&o, &mut |r| {
+        if json {
+            return;
+        }
+        let v = match &r.verdict {
+            Verdict::Pass => "pass".to_string(),
+            Verdict::Skip(w) => format!("skip ({w})"),
+            Verdict::Fail(w) => format!("FAIL: {w}"),
+        };
+        let _ = writeln!(err, "{:<32} {:>6.2}s  {v}", r.name, r.seconds);
+        if matches!(r.verdict, Verdict::Fail(_)) {
+            let _ = writeln!(err, "{}", r.evidence.trim_end());
+            let _ = writeln!(err, "  rerun alone: {}", rerun(&r.name));
+            let _ = writeln!(
+                err,
+                "  kept for inspection: {}",
+                work.join(&r.name).display()
+            );
+        }
+    });
+    if let Some(p) = &a.junit {
+        std::fs::write(p, kit::junit(&outcomes))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", kit::json(&outcomes))?;
+    } else {
+        write!(out, "{}", kit::table(&outcomes))?;
+    }
+    let failed = outcomes
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Fail(_)))
+        .count();
+    if failed == 0 && a.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn main() -> ExitCode {
@@ -84,6 +224,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Cmd::Conformance(a) = cli.cmd {
+        return conformance(a, cli.json);
+    }
     let dir = cli.data_dir.clone().unwrap_or_else(db::default_data_dir);
     let plan = match &cli.fault {
         Some(f) => FaultPlan::parse(f).map_err(anyhow::Error::msg)?,
@@ -185,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+        Cmd::Conformance(_) => unreachable!("handled before the data directory is opened"),
     }
     Ok(ExitCode::SUCCESS)
 }
