@@ -288,3 +288,57 @@ fn c_server_against_the_rust_client() {
     assert!(ok && out.contains("server=OK"), "{out}");
     set.close().expect("close");
 }
+
+/// The C++ client (written the way existing Linux VDI clients are) through the whole
+/// conformance kit, as a client author would run it: every scenario passes.
+#[test]
+fn cpp_client_passes_the_conformance_kit() {
+    if !mode().is_empty() {
+        eprintln!(
+            "skipped under {}: the kit's own run covers it in plain mode",
+            mode()
+        );
+        return;
+    }
+    let client = compile("client.cpp", "client", true);
+    let built = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "openvdi-engine",
+            "--bin",
+            "openvdi-engine",
+        ])
+        .current_dir(root())
+        .status()
+        .expect("cargo");
+    assert!(built.success());
+    let kit = lib_dir().join("openvdi-engine");
+    let work = tempfile::tempdir().expect("tempdir");
+    // SERVER is /bin/true: the kit, not the client, starts the statement.
+    let template = format!(
+        "LD_LIBRARY_PATH={} {} {{op}} {{set}} {{stripes}} {{file}} /bin/true 0 0",
+        lib_dir().display(),
+        client.display()
+    );
+    let o = Command::new(&kit)
+        .args(["--json", "conformance", "--profile", "full", "--keep-going"])
+        .args(["--stores", "dev{i}.bin", "--deadline", "60", "--client"])
+        .arg(&template)
+        .arg("--work-dir")
+        .arg(work.path())
+        .output()
+        .expect("run the kit");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&o.stderr));
+    });
+    let failed: Vec<&serde_json::Value> = v["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .filter(|s| s["verdict"] != "pass")
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(o.status.code(), Some(0));
+}

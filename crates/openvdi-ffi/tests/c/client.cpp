@@ -25,12 +25,15 @@
 static bool g_restore;
 static std::string g_dir;
 
-static void handle_command(ClientVirtualDevice *dev, FILE *f, int idx, long *count) {
+// Returns 0 when the server closed the device, 3 on a failure (the caller aborts
+// and closes the set: a client must Close even after a failure, or a dead
+// server leaves the set's objects behind).
+static int handle_command(ClientVirtualDevice *dev, FILE *f, int idx, long *count) {
     for (;;) {
         VDC_Command *cmd = NULL;
         int hr = dev->GetCommand(60000, &cmd);
-        if (hr == VD_E_CLOSE) return;
-        if (hr != 0) { fprintf(stderr, "dev %d: GetCommand 0x%x\n", idx, (unsigned)hr); exit(3); }
+        if (hr == VD_E_CLOSE) return 0;
+        if (hr != 0) { fprintf(stderr, "dev %d: GetCommand 0x%x\n", idx, (unsigned)hr); return 3; }
         int completion = ERROR_SUCCESS;
         unsigned long bytes = 0;
         switch (cmd->commandCode) {
@@ -51,11 +54,21 @@ static void handle_command(ClientVirtualDevice *dev, FILE *f, int idx, long *cou
             completion = ERROR_NOT_SUPPORTED;
         }
         hr = dev->CompleteCommand(cmd, completion, bytes, 0);
-        if (hr != 0) { fprintf(stderr, "dev %d: CompleteCommand 0x%x\n", idx, (unsigned)hr); exit(3); }
+        if (hr != 0) { fprintf(stderr, "dev %d: CompleteCommand 0x%x\n", idx, (unsigned)hr); return 3; }
         // Like Microsoft's sample: read the command block after completing it.
-        if (cmd->commandCode < VDC_Read || cmd->commandCode > VDC_Complete) { fprintf(stderr, "command block changed\n"); exit(3); }
+        if (cmd->commandCode < VDC_Read || cmd->commandCode > VDC_Complete) { fprintf(stderr, "command block changed\n"); return 3; }
         (*count)++;
     }
+}
+
+// A failure after Create: abort the set (the server's statement fails) and Close
+// it, so nothing is left in /dev/shm whatever state the server is in.
+static int give_up(ClientVirtualDeviceSet *vds, const char *what, int hr) {
+    fprintf(stderr, "%s 0x%x\n", what, (unsigned)hr);
+    vds->SignalAbort();
+    vds->Close();
+    delete vds;
+    return 3;
 }
 
 static pid_t start(const char *exe, std::vector<std::string> args) {
@@ -113,39 +126,47 @@ int main(int argc, char **argv) {
     cfg.deviceCount = (uint32_t)devices;
     int hr = vds->Create(set_name, &cfg);
     if (hr != 0) { fprintf(stderr, "Create 0x%x\n", (unsigned)hr); return 3; }
-    if (vds->Create(set_name, &cfg) != VD_E_PROTOCOL) { fprintf(stderr, "second Create not refused\n"); return 3; }
+    if (vds->Create(set_name, &cfg) != VD_E_PROTOCOL) return give_up(vds, "second Create not refused", 0);
 
     pid_t server = start(argv[5], {set_name, g_restore ? "restore" : "backup", argv[6], argv[3], argv[7]});
     hr = vds->GetConfiguration(10000, &cfg);
-    if (hr != 0) { fprintf(stderr, "GetConfiguration 0x%x\n", (unsigned)hr); return 3; }
-    if (!!(cfg.features & VDF_ReadMedia) != g_restore) { fprintf(stderr, "wrong direction 0x%x\n", cfg.features); return 3; }
+    if (hr != 0) return give_up(vds, "GetConfiguration", hr);
+    if (!!(cfg.features & VDF_ReadMedia) != g_restore) return give_up(vds, "wrong direction", (int)cfg.features);
 
     char bogus[] = "no-such-device";
     ClientVirtualDevice *extra = NULL;
-    if (vds->OpenDevice(bogus, &extra) != VD_E_INVALID || extra != NULL) { fprintf(stderr, "unknown device accepted\n"); return 3; }
+    if (vds->OpenDevice(bogus, &extra) != VD_E_INVALID || extra != NULL) return give_up(vds, "unknown device accepted", 0);
     std::vector<ClientVirtualDevice *> devs((size_t)devices);
     for (int i = 0; i < devices; i++) {
         std::string name = i == 0 ? std::string(set_name) : std::string(set_name) + std::to_string(i);
         hr = vds->OpenDevice(const_cast<char *>(name.c_str()), &devs[(size_t)i]);
-        if (hr != 0) { fprintf(stderr, "OpenDevice %s 0x%x\n", name.c_str(), (unsigned)hr); return 3; }
+        if (hr != 0) return give_up(vds, name.c_str(), hr);
     }
-    if (vds->OpenDevice(set_name, &extra) != VD_E_OPEN || extra != NULL) { fprintf(stderr, "VD_E_OPEN expected\n"); return 3; }
+    if (vds->OpenDevice(set_name, &extra) != VD_E_OPEN || extra != NULL) return give_up(vds, "VD_E_OPEN expected", 0);
     long total_commands = 0;
 
     if (!mp) {
         std::vector<std::thread> threads;
         std::vector<long> counts((size_t)devices, 0);
+        std::vector<int> results((size_t)devices, 0);
         for (int i = 0; i < devices; i++) {
-            threads.emplace_back([i, &devs, &counts]() {
+            threads.emplace_back([i, &devs, &counts, &results]() {
                 std::string path = g_dir + "/dev" + std::to_string(i) + ".bin";
                 FILE *f = fopen(path.c_str(), g_restore ? "rb" : "wb");
-                if (!f) { perror(path.c_str()); exit(3); }
-                handle_command(devs[(size_t)i], f, i, &counts[(size_t)i]);
+                if (!f) { perror(path.c_str()); results[(size_t)i] = 3; return; }
+                results[(size_t)i] = handle_command(devs[(size_t)i], f, i, &counts[(size_t)i]);
                 fclose(f);
             });
         }
         for (auto &t : threads) t.join();
         for (long c : counts) total_commands += c;
+        for (int r : results) {
+            if (r != 0) {
+                int st = 0;
+                waitpid(server, &st, 0);
+                return give_up(vds, "a device failed", r);
+            }
+        }
     } else {
         // Multi-process: a secondary moves the bytes through MapBufferHandle.
         int to_child[2], from_child[2];
@@ -166,13 +187,13 @@ int main(int argc, char **argv) {
             VDC_Command *cmd = NULL;
             hr = dev->GetCommand(60000, &cmd);
             if (hr == VD_E_CLOSE) break;
-            if (hr != 0) { fprintf(stderr, "GetCommand 0x%x\n", (unsigned)hr); return 3; }
+            if (hr != 0) return give_up(vds, "GetCommand", hr);
             int completion = ERROR_SUCCESS;
             unsigned long bytes = 0;
             if (cmd->commandCode == VDC_Read || cmd->commandCode == VDC_Write) {
                 unsigned int handle = 0;
                 hr = vds->GetBufferHandle(cmd->buffer, &handle);
-                if (hr != 0) { fprintf(stderr, "GetBufferHandle 0x%x\n", (unsigned)hr); return 3; }
+                if (hr != 0) return give_up(vds, "GetBufferHandle", hr);
                 fprintf(to, "%u %d\n", handle, cmd->size);
                 fflush(to);
                 long n = -1;
@@ -183,7 +204,7 @@ int main(int argc, char **argv) {
                 completion = ERROR_NOT_SUPPORTED;
             }
             hr = dev->CompleteCommand(cmd, completion, bytes, 0);
-            if (hr != 0) { fprintf(stderr, "CompleteCommand 0x%x\n", (unsigned)hr); return 3; }
+            if (hr != 0) return give_up(vds, "CompleteCommand", hr);
             total_commands++;
         }
         uint8_t *p = NULL;
