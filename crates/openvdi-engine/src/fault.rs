@@ -255,7 +255,12 @@ impl FaultState {
 /// Kill this process with SIGKILL: no destructors, no atexit, no shared-memory
 /// cleanup — what a crashed SQL Server looks like to the client.
 pub fn crash_now(point: CrashPoint) -> ! {
-    eprintln!("openvdi-engine: fault crash-at:{point:?}: killing this process with SIGKILL");
+    // Straight to fd 2, not through `eprintln!`: another thread of this process may
+    // hold the standard error lock for as long as it likes (openvdi-sqlcmd holds it
+    // while a statement runs), and a crash must never wait for it.
+    let msg =
+        format!("openvdi-engine: fault crash-at:{point:?}: killing this process with SIGKILL\n");
+    let _ = rustix::io::write(rustix::stdio::stderr(), msg.as_bytes());
     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     // SIGKILL cannot be caught; if kill itself failed, abort is the next best thing.
     std::process::abort()
