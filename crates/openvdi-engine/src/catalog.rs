@@ -84,6 +84,14 @@ pub struct RestoreProgress {
     /// Whether the restored backups came from a foreign (real SQL Server) stream: then
     /// there is no openvdi log to redo and chain checks use the LSNs in the stream.
     pub foreign: bool,
+    /// Foreign sequences: the last database or differential backup restored (its
+    /// kind and LastLSN), which is what the data files reflect, and how many log
+    /// backups were stored after it without their records being applied.
+    #[serde(default)]
+    pub data_reflects: Option<(String, Lsn)>,
+    /// Log backups of a foreign sequence stored but not applied.
+    #[serde(default)]
+    pub unapplied_logs: u32,
 }
 
 /// A database's catalog.

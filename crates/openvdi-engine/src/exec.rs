@@ -706,6 +706,7 @@ fn recover_only(
         ));
     }
     if o.recovers() {
+        outs.extend(recovery_note(&dbh).map(Output::Message));
         finish_recovery(&mut dbh);
         dbh.save().map_err(engine_err)?;
     }
@@ -729,6 +730,25 @@ fn recover_only(
         recovered: dbh.cat.state == DbState::Online,
         message: text,
     })
+}
+
+/// On recovery of a sequence restored from real SQL Server backups: which backup
+/// the data files reflect, since the log backups after it were stored, not applied.
+fn recovery_note(dbh: &Database) -> Option<Message> {
+    let r = dbh.cat.restore.as_ref().filter(|r| r.foreign)?;
+    let (what, lsn) = r.data_reflects.as_ref()?;
+    let logs = match r.unapplied_logs {
+        0 => String::new(),
+        1 => "; the log backup restored after it was stored but not applied".to_string(),
+        n => format!("; the {n} log backups restored after it were stored but not applied"),
+    };
+    Some(Message::info(
+        50000,
+        format!(
+            "The data files of database '{}' reflect the {what} backup ending at LSN {lsn}{logs}.",
+            dbh.cat.name
+        ),
+    ))
 }
 
 /// Bring a restoring database online: the end of its log is where redo stopped.
@@ -1222,6 +1242,8 @@ fn restore(
                 last_backup_type: 1,
                 diff_applied: false,
                 foreign: !m.openvdi,
+                data_reflects: (!m.openvdi).then(|| ("database".to_string(), m.last_lsn)),
+                unapplied_logs: 0,
             });
         }
         BackupKind::Differential => {
@@ -1229,6 +1251,10 @@ fn restore(
                 r.redo_lsn = m.last_lsn;
                 r.last_backup_type = 5;
                 r.diff_applied = true;
+                if !m.openvdi {
+                    r.data_reflects = Some(("differential".to_string(), m.last_lsn));
+                    r.unapplied_logs = 0;
+                }
             }
         }
         BackupKind::Log => {
@@ -1242,11 +1268,27 @@ fn restore(
             if let Some(r) = dbh.cat.restore.as_mut() {
                 r.redo_lsn = m.last_lsn;
                 r.last_backup_type = 2;
+                if !m.openvdi {
+                    r.unapplied_logs += 1;
+                }
             }
         }
     }
     dbh.cat.state = DbState::Restoring;
+    // openvdi cannot replay SQL Server's log records: say so rather than let a
+    // "successfully processed" stand alone.
+    let mut notes = Vec::new();
+    if kind == BackupKind::Log && !m.openvdi {
+        notes.push(Message::info(
+            50000,
+            format!(
+                "The log records of this backup (LSN {} to {}) were stored in the log file but were not applied: openvdi cannot replay SQL Server's log records.",
+                m.first_lsn, m.last_lsn
+            ),
+        ));
+    }
     if o.recovers() {
+        notes.extend(recovery_note(&dbh));
         finish_recovery(&mut dbh);
     }
     dbh.save().map_err(engine_err)?;
@@ -1278,6 +1320,7 @@ fn restore(
         )));
         files_out.push((f.logical_name.clone(), path, pages));
     }
+    outs.extend(notes.into_iter().map(Output::Message));
     let pages = written.data_pages + written.log_pages;
     let what = if kind == BackupKind::Log {
         "RESTORE LOG"

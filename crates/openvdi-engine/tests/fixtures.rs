@@ -39,82 +39,152 @@ fn one_set(r: &Execution) -> ResultSet {
 struct Expect {
     file: &'static str,
     database: &'static str,
-    server: Option<&'static str>,
+    server: &'static str,
     backup_type: &'static str,
-    files: &'static [(&'static str, &'static str)],
+    software_major: u32,
+    /// (logical name, end of the physical name, FILELISTONLY Type).
+    files: &'static [(&'static str, &'static str, &'static str)],
 }
 
+/// Every fixture, with what its README (and, where the README's file name misleads,
+/// its own metadata) says. `sql2016-restoretimeclean2-full.bak` is a differential
+/// despite its name (msdb type letter `I`; see the README).
 const EXPECT: &[Expect] = &[
     Expect {
         file: "sql2008r2-db2-full.bak",
         database: "db2",
-        server: Some("SQL2008"),
+        server: "SQL2008",
         backup_type: "1",
-        files: &[
-            ("FullRecoveryModel", "\\FullRecoveryModel.mdf"),
-            ("FullRecoveryModel_log", "\\FullRecoveryModel_log.ldf"),
-        ],
+        software_major: 10,
+        files: &[("FullRecoveryModel", "\\FullRecoveryModel.mdf", "D"), ("FullRecoveryModel_log", "\\FullRecoveryModel_log.ldf", "L")],
     },
     Expect {
         file: "sql2008r2-db2-diff.bak",
         database: "db2",
-        server: Some("SQL2008"),
+        server: "SQL2008",
         backup_type: "5",
-        files: &[
-            ("FullRecoveryModel", "\\FullRecoveryModel.mdf"),
-            ("FullRecoveryModel_log", "\\FullRecoveryModel_log.ldf"),
-        ],
+        software_major: 10,
+        files: &[("FullRecoveryModel", "\\FullRecoveryModel.mdf", "D"), ("FullRecoveryModel_log", "\\FullRecoveryModel_log.ldf", "L")],
     },
     Expect {
         file: "sql2008r2-db1-log.trn",
         database: "db1",
-        server: None,
+        server: "SQL2008",
         backup_type: "2",
-        files: &[
-            ("db1", "C:\\Move\\db1.mdf"),
-            ("db1_1", "C:\\Move\\db1_1.ndf"),
-            ("db1_log", "C:\\Tests\\db1_log.ldf"),
-        ],
+        software_major: 10,
+        files: &[("db1", "C:\\Move\\db1.mdf", "D"), ("db1_1", "C:\\Move\\db1_1.ndf", "D"), ("db1_log", "C:\\Tests\\db1_log.ldf", "L")],
     },
     Expect {
-        // The README calls this a full backup; its metadata says differential (msdb
-        // type letter 'I', the differential flag, 10 extents of data).
+        file: "sql2016-restoretimeclean-full.bak",
+        database: "RestoreTimeClean",
+        server: "WIN-JNMR8KM0U3B\\SQL2016",
+        backup_type: "1",
+        software_major: 13,
+        files: &[("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"), ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L")],
+    },
+    Expect {
         file: "sql2016-restoretimeclean2-full.bak",
         database: "RestoreTimeClean",
-        server: Some("WIN-JNMR8KM0U3B\\SQL2016"),
+        server: "WIN-JNMR8KM0U3B\\SQL2016",
         backup_type: "5",
-        files: &[
-            ("RestoreTimeClean", "\\RestoreTimeClean.mdf"),
-            ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF"),
-        ],
+        software_major: 13,
+        files: &[("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"), ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L")],
     },
     Expect {
         file: "sql2016-restoretimeclean2-log1.trn",
         database: "RestoreTimeClean",
-        server: Some("WIN-JNMR8KM0U3B\\SQL2016"),
+        server: "WIN-JNMR8KM0U3B\\SQL2016",
         backup_type: "2",
-        files: &[
-            ("RestoreTimeClean", "\\RestoreTimeClean.mdf"),
-            ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF"),
-        ],
+        software_major: 13,
+        files: &[("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"), ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L")],
     },
     Expect {
-        // SQL Server 2012; its TAPE block declares a soft filemark block size of 8.
+        file: "sql2016-restoretimeclean2-log2.trn",
+        database: "RestoreTimeClean",
+        server: "WIN-JNMR8KM0U3B\\SQL2016",
+        backup_type: "2",
+        software_major: 13,
+        files: &[("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"), ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L")],
+    },
+    Expect {
+        file: "sql2008r2-dbareports-full.bak",
+        database: "dbareports",
+        server: "SQL2008",
+        backup_type: "1",
+        software_major: 10,
+        files: &[("dbareports", "\\dbareports.mdf", "D"), ("dbareports_log", "\\dbareports_log.LDF", "L")],
+    },
+    Expect {
+        file: "sql2008r2-dbareports-log1.trn",
+        database: "dbareports",
+        server: "SQL2008",
+        backup_type: "2",
+        software_major: 10,
+        files: &[("dbareports", "\\dbareports.mdf", "D"), ("dbareports_log", "\\dbareports_log.LDF", "L")],
+    },
+    Expect {
+        file: "sql2008r2-dbareports-log2.trn",
+        database: "dbareports",
+        server: "SQL2008",
+        backup_type: "2",
+        software_major: 10,
+        files: &[("dbareports", "\\dbareports.mdf", "D"), ("dbareports_log", "\\dbareports_log.LDF", "L")],
+    },
+    Expect {
+        file: "sql2008r2-simplebacktest-full.bak",
+        database: "SimpleBackTest",
+        server: "CGE100LAP-42\\SQL2008R2SP2",
+        backup_type: "1",
+        software_major: 10,
+        files: &[("SimpleBackTest", "\\SimpleBackTest.mdf", "D"), ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L")],
+    },
+    Expect {
+        file: "sql2008r2-simplebacktest-diff1.bak",
+        database: "SimpleBackTest",
+        server: "CGE100LAP-42\\SQL2008R2SP2",
+        backup_type: "5",
+        software_major: 10,
+        files: &[("SimpleBackTest", "\\SimpleBackTest.mdf", "D"), ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L")],
+    },
+    Expect {
+        file: "sql2008r2-simplebacktest-diff2.bak",
+        database: "SimpleBackTest",
+        server: "CGE100LAP-42\\SQL2008R2SP2",
+        backup_type: "5",
+        software_major: 10,
+        files: &[("SimpleBackTest", "\\SimpleBackTest.mdf", "D"), ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L")],
+    },
+    Expect {
+        file: "sql2019-northwind-full.bak",
+        database: "Northwind",
+        server: "DESKTOP-8G1N3T8",
+        backup_type: "1",
+        software_major: 15,
+        files: &[("Northwind", "\\NORTHWND.MDF", "D"), ("Northwind_log", "\\NORTHWND_log.ldf", "L")],
+    },
+    Expect {
         file: "sql2012-pubs-full.bak",
         database: "pubs",
-        server: None,
+        server: "DESKTOP-7789AN9\\SQLEXPRESS",
         backup_type: "1",
-        files: &[("pubs", "pubs.mdf"), ("pubs_log", "pubs_log.ldf")],
+        software_major: 11,
+        files: &[("pubs", "\\pubs.mdf", "D"), ("pubs_log", "\\pubs_log.ldf", "L")],
     },
     Expect {
         file: "sql2008r2-stripe-1of2.bak",
         database: "RestoreTimeStripe",
-        server: Some("CGE100LAP-42\\SQL2008R2SP2"),
+        server: "CGE100LAP-42\\SQL2008R2SP2",
         backup_type: "1",
-        files: &[
-            ("restoretimestripe", "\\restoretimestripe.mdf"),
-            ("restoretimestripe_log", "\\restoretimestripe_log.LDF"),
-        ],
+        software_major: 10,
+        files: &[("restoretimestripe", "\\restoretimestripe.mdf", "D"), ("restoretimestripe_log", "\\restoretimestripe_log.LDF", "L")],
+    },
+    Expect {
+        file: "sql2008r2-stripe-2of2.bak",
+        database: "RestoreTimeStripe",
+        server: "CGE100LAP-42\\SQL2008R2SP2",
+        backup_type: "1",
+        software_major: 10,
+        files: &[("restoretimestripe", "\\restoretimestripe.mdf", "D"), ("restoretimestripe_log", "\\restoretimestripe_log.LDF", "L")],
     },
 ];
 
@@ -130,9 +200,13 @@ fn headeronly_and_filelistonly_report_the_readme_metadata() {
             vec![fixture(x.file)],
         ));
         assert_eq!(h.get(0, "DatabaseName"), Some(x.database), "{}", x.file);
-        if let Some(s) = x.server {
-            assert_eq!(h.get(0, "ServerName"), Some(s), "{}", x.file);
-        }
+        assert_eq!(h.get(0, "ServerName"), Some(x.server), "{}", x.file);
+        assert_eq!(
+            h.get(0, "SoftwareVersionMajor"),
+            Some(x.software_major.to_string().as_str()),
+            "{}",
+            x.file
+        );
         assert_eq!(h.get(0, "BackupType"), Some(x.backup_type), "{}", x.file);
         assert!(h.get(0, "FirstLSN").is_some(), "{}", x.file);
         let f = one_set(&with_streams(
@@ -145,8 +219,11 @@ fn headeronly_and_filelistonly_report_the_readme_metadata() {
         for i in 0..f.rows.len() {
             assert_ne!(f.get(i, "Size"), Some("0"), "{}: file sizes", x.file);
         }
-        for (i, (logical, physical)) in x.files.iter().enumerate() {
+        for (i, (logical, physical, ty)) in x.files.iter().enumerate() {
             assert_eq!(f.get(i, "LogicalName"), Some(*logical), "{}", x.file);
+            assert_eq!(f.get(i, "Type"), Some(*ty), "{}: {logical}", x.file);
+            let fg = if *ty == "D" { Some("PRIMARY") } else { None };
+            assert_eq!(f.get(i, "FileGroupName"), fg, "{}: {logical}", x.file);
             let p = f.get(i, "PhysicalName").unwrap();
             assert!(
                 p.ends_with(physical),
@@ -338,4 +415,121 @@ fn a_differential_or_log_alone_is_refused() {
         vec![fixture("sql2016-restoretimeclean2-log1.trn")],
     );
     assert_eq!(r.error.unwrap().number(), 3117);
+}
+
+fn expect(file: &str) -> &'static Expect {
+    EXPECT.iter().find(|x| x.file == file).expect("fixture listed")
+}
+
+/// The file a restore without MOVE puts a recorded file at: the data directory
+/// plus the last component of the Windows path.
+fn restored_path(d: &std::path::Path, physical_end: &str) -> std::path::PathBuf {
+    d.join(physical_end.rsplit('\\').next().unwrap())
+}
+
+#[test]
+fn every_full_restores_with_every_page_in_place_and_the_data_file_typed_d() {
+    for file in [
+        "sql2008r2-db2-full.bak",
+        "sql2008r2-dbareports-full.bak",
+        "sql2008r2-simplebacktest-full.bak",
+        "sql2016-restoretimeclean-full.bak",
+        "sql2019-northwind-full.bak",
+        "sql2012-pubs-full.bak",
+    ] {
+        let d = data_dir();
+        let e = Engine::open(d.path()).unwrap();
+        let r = with_streams(&e, "RESTORE DATABASE r", "", vec![fixture(file)]);
+        assert!(r.error.is_none(), "{file}: {:?}", r.error);
+        assert!(r.restores().next().unwrap().recovered, "{file}");
+        let x = expect(file);
+        let (logical, physical, ty) = x.files[0];
+        assert_eq!(ty, "D");
+        let n = check_pages(&restored_path(d.path(), physical), 1);
+        assert!(n >= 100, "{file}: {logical}: only {n} pages in place");
+        let db = e.list_databases().unwrap();
+        assert_eq!(db.len(), 1, "{file}");
+    }
+}
+
+/// The log an MSTL block records, straight from the fixture's bytes: its range
+/// (block-specific bytes +8/+16 after the 52-byte header) and the first
+/// `end - start` bytes of its MQTL stream (after the 2-byte prefix).
+fn mstl_log(bak: &[u8], block_at: usize) -> (u64, Vec<u8>) {
+    let u16_at = |i: usize| u16::from_le_bytes([bak[i], bak[i + 1]]) as usize;
+    let u64_at = |i: usize| u64::from_le_bytes(bak[i..i + 8].try_into().unwrap());
+    assert_eq!(&bak[block_at..block_at + 4], b"MSTL");
+    let (start, end) = (u64_at(block_at + 52 + 8), u64_at(block_at + 52 + 16));
+    let mut at = block_at + u16_at(block_at + 8);
+    loop {
+        at = (at + 3) & !3;
+        let len = u64_at(at + 8) as usize;
+        if &bak[at..at + 4] == b"MQTL" {
+            let data = &bak[at + 22 + 2..at + 22 + len];
+            return (start, data[..(end - start) as usize].to_vec());
+        }
+        assert_ne!(&bak[at..at + 4], b"SPAD", "no MQTL in the block at {block_at}");
+        at += 22 + len;
+    }
+}
+
+#[test]
+fn a_wrapped_log_lands_at_the_offsets_its_blocks_record_then_the_empty_log_is_too_early() {
+    let d = data_dir();
+    let e = Engine::open(d.path()).unwrap();
+    let r = with_streams(
+        &e,
+        "RESTORE DATABASE dr",
+        "WITH NORECOVERY",
+        vec![fixture("sql2008r2-dbareports-full.bak")],
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let ldf = d.path().join("dbareports_log.LDF");
+    let before = std::fs::read(&ldf).unwrap();
+    assert_eq!(before.len(), 0x90000, "the log file has its recorded size");
+    // The full's own log portion went to the range its block records, and nothing
+    // past it: the block's MQTL is 64 KiB, the range 0x6400..0xb000.
+    let full = fixture("sql2008r2-dbareports-full.bak");
+    let (at, log) = mstl_log(&full, 1712640);
+    assert_eq!((at, log.len()), (0x6400, 0x4c00));
+    assert_eq!(&before[at as usize..at as usize + log.len()], &log[..]);
+    assert!(before[..at as usize].iter().all(|&b| b == 0));
+    assert!(before[at as usize + log.len()..].iter().all(|&b| b == 0));
+
+    let trn = fixture("sql2008r2-dbareports-log1.trn");
+    let r = with_streams(&e, "RESTORE LOG dr", "WITH NORECOVERY", vec![trn.clone()]);
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let t = texts(&r.outputs);
+    assert!(
+        t.iter().any(|m| m.contains("were not applied")),
+        "a real log restore says its records were not applied: {t:?}"
+    );
+    let after = std::fs::read(&ldf).unwrap();
+    assert_eq!(after.len(), before.len());
+    // The log wrapped: the first block holds the file's end, the second its start.
+    let mut want = before.clone();
+    let blocks = [mstl_log(&trn, 6656), mstl_log(&trn, 205312)];
+    assert_eq!((blocks[0].0, blocks[0].1.len()), (0x6dc00, 0x22400));
+    assert_eq!(blocks[0].0 as usize + blocks[0].1.len(), after.len());
+    assert_eq!((blocks[1].0, blocks[1].1.len()), (0x4000, 0xa000));
+    for (at, log) in &blocks {
+        want[*at as usize..*at as usize + log.len()].copy_from_slice(log);
+    }
+    assert!(
+        after == want,
+        "the log file is the full's log with exactly the recorded ranges replaced"
+    );
+
+    // log2 is empty (FirstLSN = LastLSN = log1's LastLSN): SQL Server refuses it
+    // with 4326, the log terminates too early to apply.
+    let r = with_streams(
+        &e,
+        "RESTORE LOG dr",
+        "WITH RECOVERY",
+        vec![fixture("sql2008r2-dbareports-log2.trn")],
+    );
+    let err = r.error.expect("the empty log is refused");
+    assert_eq!(err.number(), 4326, "{err}");
+    let r = e.execute_detailed("RESTORE DATABASE dr WITH RECOVERY");
+    assert!(r.error.is_none(), "{:?}", r.error);
 }
