@@ -74,6 +74,12 @@ pub struct RestoreProgress {
     pub base_checkpoint_lsn: Lsn,
     /// That full backup's BackupSetGUID.
     pub base_guid: String,
+    /// That full backup's first and last LSN (the database keeps it as its
+    /// differential base after recovery).
+    #[serde(default)]
+    pub base_first_lsn: Lsn,
+    #[serde(default)]
+    pub base_last_lsn: Lsn,
     /// Redo point: the LastLSN of the last backup restored. A log backup applies if
     /// FirstLSN ≤ redo < LastLSN.
     pub redo_lsn: Lsn,

@@ -591,6 +591,7 @@ fn prepare_backup(
     let lf = dbh.log_file().map_err(engine_err)?.clone();
     let dp = dbh.pages_of(&df).map_err(engine_err)? as u32;
     let lp = dbh.pages_of(&lf).map_err(engine_err)? as u32;
+    let log_file_pages = lp;
     let files = vec![
         FileMeta {
             file_id: df.file_id,
@@ -609,7 +610,15 @@ fn prepare_backup(
             filegroup: None,
         },
     ];
-    // Log pages from the one holding `from` to the end of the log file.
+    // Log pages from the one holding `from` to the one holding the last record
+    // written (the backup's own checkpoint): the log since `from`, not the whole
+    // file — pages past the end of the log hold nothing a restore needs.
+    let last_page = dbh
+        .cat
+        .next_record
+        .checked_sub(1)
+        .map_or(0, |r| page::LogRecord::place(r).0);
+    let lp = lp.min(last_page.saturating_add(1));
     let log_from = |from: Lsn| -> Vec<Chunk> {
         let first_page = from.record().map_or(0, |r| page::LogRecord::place(r).0);
         // Page 0 (the log file header) always travels, so a restore can rebuild it.
@@ -638,7 +647,7 @@ fn prepare_backup(
             vec![Chunk {
                 file_id: lf.file_id,
                 start_page: 0,
-                pages: lp,
+                pages: log_file_pages,
             }],
         ),
         BackupKind::Differential => {
@@ -707,7 +716,7 @@ fn recover_only(
     }
     if o.recovers() {
         outs.extend(recovery_note(&dbh).map(Output::Message));
-        finish_recovery(&mut dbh);
+        finish_recovery(&mut dbh)?;
         dbh.save().map_err(engine_err)?;
     }
     let what = if target == Target::Log {
@@ -752,15 +761,39 @@ fn recovery_note(dbh: &Database) -> Option<Message> {
 }
 
 /// Bring a restoring database online: the end of its log is where redo stopped.
-fn finish_recovery(dbh: &mut Database) {
+///
+/// The database keeps the chain of the backups it was restored from, as SQL
+/// Server's does: the restored full is its differential base (differentials taken
+/// now are based on it), the pages changed since that full's checkpoint (read
+/// from the pages' own LSNs) are its differential bitmap, and the log chain
+/// continues from the redo point, so DIFFERENTIAL and LOG backups work at once.
+fn finish_recovery(dbh: &mut Database) -> Result<(), SqlError> {
     if let Some(r) = dbh.cat.restore.take() {
-        if let Some(n) = r.redo_lsn.record() {
-            if !r.foreign {
+        if !r.foreign {
+            if let Some(n) = r.redo_lsn.record() {
                 dbh.cat.next_record = n;
             }
         }
+        dbh.cat.last_full = Some(FullBackupInfo {
+            backup_set_guid: r.base_guid.clone(),
+            checkpoint_lsn: r.base_checkpoint_lsn,
+            first_lsn: r.base_first_lsn,
+            last_lsn: r.base_last_lsn,
+        });
+        let changed = dbh
+            .pages_changed_after(r.base_checkpoint_lsn)
+            .map_err(engine_err)?;
+        dbh.cat.changed_pages = catalog::compress(&changed);
+        // A real SQL Server log cannot be continued by openvdi's: a restored real
+        // database's next log backup starts at the end of openvdi's own log.
+        dbh.cat.log_backup_lsn = Some(if r.foreign {
+            dbh.cat.end_lsn()
+        } else {
+            r.redo_lsn
+        });
     }
     dbh.cat.state = DbState::Online;
+    Ok(())
 }
 
 /// A device thread's first phase: the metadata of its family.
@@ -1105,9 +1138,20 @@ fn restore(
                     .clone()
                     .filter(|_| ex.cat.state == DbState::Restoring)
                     .ok_or_else(msg::nothing_to_rollforward)?;
-                if r.last_backup_type != 1
-                    || r.diff_applied
-                    || m.database_backup_lsn != r.base_checkpoint_lsn
+                // SQL Server takes any differential of the restored full (its
+                // DatabaseBackupLSN is that full's CheckpointLSN, and an openvdi
+                // one names its GUID) that does not lie before what is already
+                // restored: after the full, after another differential of the
+                // same base (full → diff → diff), or after log backups (full → log
+                // … → diff → log …). Differentials are cumulative, so a later one
+                // holds every page an earlier one did.
+                let guid_differs = m.openvdi
+                    && m.differential_base_guid
+                        .as_ref()
+                        .is_some_and(|g| !r.base_guid.is_empty() && *g != r.base_guid);
+                if m.database_backup_lsn != r.base_checkpoint_lsn
+                    || guid_differs
+                    || m.last_lsn < r.redo_lsn
                 {
                     return Err(msg::diff_wrong_base());
                 }
@@ -1238,6 +1282,8 @@ fn restore(
             dbh.cat.restore = Some(RestoreProgress {
                 base_checkpoint_lsn: m.checkpoint_lsn,
                 base_guid: m.backup_set_guid.clone(),
+                base_first_lsn: m.first_lsn,
+                base_last_lsn: m.last_lsn,
                 redo_lsn: m.last_lsn,
                 last_backup_type: 1,
                 diff_applied: false,
@@ -1274,6 +1320,16 @@ fn restore(
             }
         }
     }
+    if kind == BackupKind::Full {
+        // The data file's header page holds the seed its pages were made from;
+        // the catalog must agree, or the next `modify` writes pages that redo of
+        // its log would not reproduce.
+        dbh.cat.seed = if m.openvdi {
+            dbh.header_seed().map_err(engine_err)?.unwrap_or(0)
+        } else {
+            0
+        };
+    }
     dbh.cat.state = DbState::Restoring;
     // openvdi cannot replay SQL Server's log records: say so rather than let a
     // "successfully processed" stand alone.
@@ -1289,7 +1345,7 @@ fn restore(
     }
     if o.recovers() {
         notes.extend(recovery_note(&dbh));
-        finish_recovery(&mut dbh);
+        finish_recovery(&mut dbh)?;
     }
     dbh.save().map_err(engine_err)?;
     // The files' locks are held until the catalog says what the files now are.

@@ -827,7 +827,8 @@ impl FamilyReader {
                         // Each MSTL block records where its log lies in the log
                         // file; a log that wrapped around its file comes as two
                         // blocks, the file's end and then its start.
-                        let r = openvdi_mtf::sql::log_range(&b.spec).map_err(|e| msg::damaged(&e))?;
+                        let r =
+                            openvdi_mtf::sql::log_range(&b.spec).map_err(|e| msg::damaged(&e))?;
                         let size = self
                             .meta
                             .files

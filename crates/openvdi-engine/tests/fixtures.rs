@@ -56,7 +56,10 @@ const EXPECT: &[Expect] = &[
         server: "SQL2008",
         backup_type: "1",
         software_major: 10,
-        files: &[("FullRecoveryModel", "\\FullRecoveryModel.mdf", "D"), ("FullRecoveryModel_log", "\\FullRecoveryModel_log.ldf", "L")],
+        files: &[
+            ("FullRecoveryModel", "\\FullRecoveryModel.mdf", "D"),
+            ("FullRecoveryModel_log", "\\FullRecoveryModel_log.ldf", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-db2-diff.bak",
@@ -64,7 +67,10 @@ const EXPECT: &[Expect] = &[
         server: "SQL2008",
         backup_type: "5",
         software_major: 10,
-        files: &[("FullRecoveryModel", "\\FullRecoveryModel.mdf", "D"), ("FullRecoveryModel_log", "\\FullRecoveryModel_log.ldf", "L")],
+        files: &[
+            ("FullRecoveryModel", "\\FullRecoveryModel.mdf", "D"),
+            ("FullRecoveryModel_log", "\\FullRecoveryModel_log.ldf", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-db1-log.trn",
@@ -72,7 +78,11 @@ const EXPECT: &[Expect] = &[
         server: "SQL2008",
         backup_type: "2",
         software_major: 10,
-        files: &[("db1", "C:\\Move\\db1.mdf", "D"), ("db1_1", "C:\\Move\\db1_1.ndf", "D"), ("db1_log", "C:\\Tests\\db1_log.ldf", "L")],
+        files: &[
+            ("db1", "C:\\Move\\db1.mdf", "D"),
+            ("db1_1", "C:\\Move\\db1_1.ndf", "D"),
+            ("db1_log", "C:\\Tests\\db1_log.ldf", "L"),
+        ],
     },
     Expect {
         file: "sql2016-restoretimeclean-full.bak",
@@ -80,7 +90,10 @@ const EXPECT: &[Expect] = &[
         server: "WIN-JNMR8KM0U3B\\SQL2016",
         backup_type: "1",
         software_major: 13,
-        files: &[("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"), ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L")],
+        files: &[
+            ("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"),
+            ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2016-restoretimeclean2-full.bak",
@@ -88,7 +101,10 @@ const EXPECT: &[Expect] = &[
         server: "WIN-JNMR8KM0U3B\\SQL2016",
         backup_type: "5",
         software_major: 13,
-        files: &[("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"), ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L")],
+        files: &[
+            ("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"),
+            ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2016-restoretimeclean2-log1.trn",
@@ -96,7 +112,10 @@ const EXPECT: &[Expect] = &[
         server: "WIN-JNMR8KM0U3B\\SQL2016",
         backup_type: "2",
         software_major: 13,
-        files: &[("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"), ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L")],
+        files: &[
+            ("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"),
+            ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2016-restoretimeclean2-log2.trn",
@@ -104,7 +123,10 @@ const EXPECT: &[Expect] = &[
         server: "WIN-JNMR8KM0U3B\\SQL2016",
         backup_type: "2",
         software_major: 13,
-        files: &[("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"), ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L")],
+        files: &[
+            ("RestoreTimeClean", "\\RestoreTimeClean.mdf", "D"),
+            ("RestoreTimeClean_log", "\\RestoreTimeClean_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-dbareports-full.bak",
@@ -112,7 +134,10 @@ const EXPECT: &[Expect] = &[
         server: "SQL2008",
         backup_type: "1",
         software_major: 10,
-        files: &[("dbareports", "\\dbareports.mdf", "D"), ("dbareports_log", "\\dbareports_log.LDF", "L")],
+        files: &[
+            ("dbareports", "\\dbareports.mdf", "D"),
+            ("dbareports_log", "\\dbareports_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-dbareports-log1.trn",
@@ -120,7 +145,10 @@ const EXPECT: &[Expect] = &[
         server: "SQL2008",
         backup_type: "2",
         software_major: 10,
-        files: &[("dbareports", "\\dbareports.mdf", "D"), ("dbareports_log", "\\dbareports_log.LDF", "L")],
+        files: &[
+            ("dbareports", "\\dbareports.mdf", "D"),
+            ("dbareports_log", "\\dbareports_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-dbareports-log2.trn",
@@ -128,7 +156,10 @@ const EXPECT: &[Expect] = &[
         server: "SQL2008",
         backup_type: "2",
         software_major: 10,
-        files: &[("dbareports", "\\dbareports.mdf", "D"), ("dbareports_log", "\\dbareports_log.LDF", "L")],
+        files: &[
+            ("dbareports", "\\dbareports.mdf", "D"),
+            ("dbareports_log", "\\dbareports_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-simplebacktest-full.bak",
@@ -136,7 +167,10 @@ const EXPECT: &[Expect] = &[
         server: "CGE100LAP-42\\SQL2008R2SP2",
         backup_type: "1",
         software_major: 10,
-        files: &[("SimpleBackTest", "\\SimpleBackTest.mdf", "D"), ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L")],
+        files: &[
+            ("SimpleBackTest", "\\SimpleBackTest.mdf", "D"),
+            ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-simplebacktest-diff1.bak",
@@ -144,7 +178,10 @@ const EXPECT: &[Expect] = &[
         server: "CGE100LAP-42\\SQL2008R2SP2",
         backup_type: "5",
         software_major: 10,
-        files: &[("SimpleBackTest", "\\SimpleBackTest.mdf", "D"), ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L")],
+        files: &[
+            ("SimpleBackTest", "\\SimpleBackTest.mdf", "D"),
+            ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-simplebacktest-diff2.bak",
@@ -152,7 +189,10 @@ const EXPECT: &[Expect] = &[
         server: "CGE100LAP-42\\SQL2008R2SP2",
         backup_type: "5",
         software_major: 10,
-        files: &[("SimpleBackTest", "\\SimpleBackTest.mdf", "D"), ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L")],
+        files: &[
+            ("SimpleBackTest", "\\SimpleBackTest.mdf", "D"),
+            ("SimpleBackTest_log", "\\SimpleBackTest_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2019-northwind-full.bak",
@@ -160,7 +200,10 @@ const EXPECT: &[Expect] = &[
         server: "DESKTOP-8G1N3T8",
         backup_type: "1",
         software_major: 15,
-        files: &[("Northwind", "\\NORTHWND.MDF", "D"), ("Northwind_log", "\\NORTHWND_log.ldf", "L")],
+        files: &[
+            ("Northwind", "\\NORTHWND.MDF", "D"),
+            ("Northwind_log", "\\NORTHWND_log.ldf", "L"),
+        ],
     },
     Expect {
         file: "sql2012-pubs-full.bak",
@@ -168,7 +211,10 @@ const EXPECT: &[Expect] = &[
         server: "DESKTOP-7789AN9\\SQLEXPRESS",
         backup_type: "1",
         software_major: 11,
-        files: &[("pubs", "\\pubs.mdf", "D"), ("pubs_log", "\\pubs_log.ldf", "L")],
+        files: &[
+            ("pubs", "\\pubs.mdf", "D"),
+            ("pubs_log", "\\pubs_log.ldf", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-stripe-1of2.bak",
@@ -176,7 +222,10 @@ const EXPECT: &[Expect] = &[
         server: "CGE100LAP-42\\SQL2008R2SP2",
         backup_type: "1",
         software_major: 10,
-        files: &[("restoretimestripe", "\\restoretimestripe.mdf", "D"), ("restoretimestripe_log", "\\restoretimestripe_log.LDF", "L")],
+        files: &[
+            ("restoretimestripe", "\\restoretimestripe.mdf", "D"),
+            ("restoretimestripe_log", "\\restoretimestripe_log.LDF", "L"),
+        ],
     },
     Expect {
         file: "sql2008r2-stripe-2of2.bak",
@@ -184,7 +233,10 @@ const EXPECT: &[Expect] = &[
         server: "CGE100LAP-42\\SQL2008R2SP2",
         backup_type: "1",
         software_major: 10,
-        files: &[("restoretimestripe", "\\restoretimestripe.mdf", "D"), ("restoretimestripe_log", "\\restoretimestripe_log.LDF", "L")],
+        files: &[
+            ("restoretimestripe", "\\restoretimestripe.mdf", "D"),
+            ("restoretimestripe_log", "\\restoretimestripe_log.LDF", "L"),
+        ],
     },
 ];
 
@@ -418,7 +470,10 @@ fn a_differential_or_log_alone_is_refused() {
 }
 
 fn expect(file: &str) -> &'static Expect {
-    EXPECT.iter().find(|x| x.file == file).expect("fixture listed")
+    EXPECT
+        .iter()
+        .find(|x| x.file == file)
+        .expect("fixture listed")
 }
 
 /// The file a restore without MOVE puts a recorded file at: the data directory
@@ -468,7 +523,11 @@ fn mstl_log(bak: &[u8], block_at: usize) -> (u64, Vec<u8>) {
             let data = &bak[at + 22 + 2..at + 22 + len];
             return (start, data[..(end - start) as usize].to_vec());
         }
-        assert_ne!(&bak[at..at + 4], b"SPAD", "no MQTL in the block at {block_at}");
+        assert_ne!(
+            &bak[at..at + 4],
+            b"SPAD",
+            "no MQTL in the block at {block_at}"
+        );
         at += 22 + len;
     }
 }
