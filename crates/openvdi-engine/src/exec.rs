@@ -872,6 +872,7 @@ fn run_restore_threads<F>(
     plan: F,
     targets: &OnceLock<Targets>,
     progress: &Progress,
+    check_pages: bool,
 ) -> ThreadResults
 where
     F: FnOnce(&[SetMeta]) -> Result<Go, SqlError>,
@@ -902,6 +903,7 @@ where
                         return Err(e);
                     }
                 };
+                fr.check_page_checksums(check_pages);
                 progress.expect(fr.expected_bytes());
                 let _ = htx.send((i, Ok(meta)));
                 // Drop the sender now: if another thread panics before sending, the
@@ -1225,7 +1227,14 @@ fn restore(
         Ok(Go::Write)
     };
 
-    let (metas, results) = run_restore_threads(&session, devices, plan, &targets, &progress);
+    let (metas, results) = run_restore_threads(
+        &session,
+        devices,
+        plan,
+        &targets,
+        &progress,
+        o.checksum == Some(true),
+    );
     let metas = match metas {
         Ok(m) => m,
         Err(e) => {
@@ -1730,7 +1739,14 @@ fn info(
             _ => Ok(Go::Stop),
         }
     };
-    let (metas, results) = run_restore_threads(&session, devices, plan, &targets, &progress);
+    let (metas, results) = run_restore_threads(
+        &session,
+        devices,
+        plan,
+        &targets,
+        &progress,
+        o.checksum == Some(true),
+    );
     let metas = match metas {
         Ok(m) => m,
         Err(e) => {
