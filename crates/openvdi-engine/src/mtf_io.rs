@@ -102,6 +102,8 @@ struct OurMeta {
     description: Option<String>,
     start_unix: u64,
     finish_unix: u64,
+    #[serde(default)]
+    created_unix: u64,
     files: Vec<(u16, String, String, String, u64)>,
     data: Vec<(u16, u32, u32)>,
     log: Vec<(u16, u32, u32)>,
@@ -129,6 +131,7 @@ fn encode_meta(m: &SetMeta, data: &[Chunk], log: &[Chunk]) -> Vec<u8> {
         description: m.description.clone(),
         start_unix: m.start_unix,
         finish_unix: m.finish_unix,
+        created_unix: m.database_creation_unix,
         files: m
             .files
             .iter()
@@ -216,14 +219,30 @@ fn decode_ours(b: &[u8]) -> Option<(SetMeta, Vec<Chunk>, Vec<Chunk>)> {
                     },
                     size_bytes,
                     filegroup: (t != "L").then(|| "PRIMARY".to_string()),
+                    filegroup_id: Some(u32::from(t != "L")),
+                    source_block_size: Some(512),
+                    backup_bytes: None,
                 },
             )
             .collect(),
         openvdi: true,
         software_version: (SOFTWARE_MAJOR, SOFTWARE_MINOR, SOFTWARE_BUILD),
         database_version: DATABASE_VERSION,
+        database_creation_unix: o.created_unix,
+        collation: None,
+        backup_size: None,
     };
     let (data, log) = (chunks(&o.data), chunks(&o.log));
+    let mut meta = meta;
+    for f in &mut meta.files {
+        f.backup_bytes = Some(
+            data.iter()
+                .chain(&log)
+                .filter(|c| c.file_id == f.file_id)
+                .map(|c| u64::from(c.pages) * PAGE_SIZE as u64)
+                .sum(),
+        );
+    }
     // Every page run must lie inside its file's recorded size: a damaged table must
     // not make the restore write far past the end of a file.
     let inside = |c: &Chunk| {
@@ -488,17 +507,24 @@ pub fn write_family(
     o.pages(b"MQTL", log, files, meta.checksum, progress)?;
     o.spad(o.base)?;
 
+    // The trailing copy of the metadata carries the finish time, as SQL Server's
+    // does (the head's was written before any page).
+    let mut fin = meta.clone();
+    fin.finish_unix = crate::catalog::now_unix().max(meta.start_unix);
     o.block(b"MSLS", 0, &[0u8; 4], 2, None)?;
-    o.stream(b"MQCI", &mqci)?;
+    o.stream(b"MQCI", &encode_meta(&fin, data, log))?;
     o.spad(o.base)?;
     o.sfmb(1)?;
     let eset_base = o.pos;
     let mut spec = vec![0u8; 36];
     spec[0] = 4;
     spec[26] = 1; // data set number
-    spec[28..33].copy_from_slice(&mtf_date(meta.finish_unix.max(meta.start_unix)));
+    spec[28..33].copy_from_slice(&mtf_date(fin.finish_unix));
     o.block(b"ESET", 0, &spec, 0, Some(0))?;
     o.spad(eset_base)?;
+    // The second ESET records the bytes of the set up to the first, as SQL
+    // Server's does.
+    spec[8..16].copy_from_slice(&eset_base.to_le_bytes());
     o.block(b"ESET", 0, &spec, 0, Some(0))?;
     o.spad(eset_base)?;
     o.sfmb(2)?;
@@ -645,6 +671,17 @@ pub struct FamilyReader {
     /// WITH CHECKSUM: check the page checksum of every data page of a SQL Server
     /// stream that says it has one (openvdi's pages are always checked).
     check_pages: bool,
+    /// From the end of the stream: the finish date of the trailing MSLS copy of
+    /// the metadata, and the bytes of the backup set the ESET block records.
+    trailer: Trailer,
+}
+
+/// What only the end of a stream says (HEADERONLY's BackupFinishDate and
+/// BackupSize); `None` until [`FamilyReader::for_each_page`] has read that far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trailer {
+    pub finish_unix: Option<u64>,
+    pub set_bytes: Option<u64>,
 }
 
 impl FamilyReader {
@@ -706,6 +743,7 @@ impl FamilyReader {
         }
         let mut base = 0u64;
         let mut sset_info: Option<(u64, u8, u8)> = None;
+        let mut sset_user = String::new();
         let mut meta: Option<(SetMeta, Vec<Chunk>, Vec<Chunk>)> = None;
         while meta.is_none() {
             let b = read_block(&mut i)?;
@@ -719,6 +757,10 @@ impl FamilyReader {
                         d.copy_from_slice(&b.spec[36..41]);
                         sset_info = Some((unpack_date(d), b.spec[41], b.spec[42]));
                     }
+                    // @76: the user name's tape address (size, offset from the
+                    // block's start), as MTF defines it; SQL Server fills it with
+                    // the login that took the backup.
+                    sset_user = tape_string(&b.spec, 76);
                     skip_streams(&mut i)?;
                 }
                 b"VOLB" => skip_streams(&mut i)?,
@@ -768,6 +810,7 @@ impl FamilyReader {
             if let Some((date, _, _)) = sset_info.filter(|_| m.start_unix == 0) {
                 m.start_unix = date;
             }
+            m.user_name = sset_user;
         } else if m.family_number != fam_num || m.family_count != fam_count {
             return Err(msg::damaged(
                 "the RAID stream and the metadata disagree about the media family",
@@ -790,6 +833,7 @@ impl FamilyReader {
             log_range: None,
             sfmb,
             check_pages: false,
+            trailer: Trailer::default(),
         };
         Ok((fr, m))
     }
@@ -799,6 +843,11 @@ impl FamilyReader {
     /// 3183 naming the page.
     pub fn check_page_checksums(&mut self, on: bool) {
         self.check_pages = on;
+    }
+
+    /// What the end of the stream said (after [`FamilyReader::for_each_page`]).
+    pub fn trailer(&self) -> Trailer {
+        self.trailer
     }
 
     /// Page bytes this family will deliver (known for openvdi streams; 0 otherwise).
@@ -869,12 +918,47 @@ impl FamilyReader {
                         }
                     }
                 }
-                b"MSLS" | b"VOLB" | b"SSET" | b"MSCI" => {
+                b"MSLS" => {
+                    check_fla(&b, self.base)?;
+                    // The metadata again, now with the finish date filled in.
+                    loop {
+                        let s = read_stream(&mut i)?;
+                        if &s.id == b"MQCI" && s.len <= 16 << 20 {
+                            let mut v = vec![0u8; s.len as usize];
+                            i.exact(&mut v, "MQCI")?;
+                            self.trailer.finish_unix = if self.meta.openvdi {
+                                decode_ours(&v).map(|(m, _, _)| m.finish_unix)
+                            } else {
+                                openvdi_mtf::sql::metadata(&v)
+                                    .ok()
+                                    .and_then(|md| md.set.finish)
+                            };
+                            continue;
+                        }
+                        i.skip(s.len, "an MSLS stream")?;
+                        if &s.id == b"SPAD" {
+                            break;
+                        }
+                    }
+                }
+                b"VOLB" | b"SSET" | b"MSCI" => {
                     check_fla(&b, self.base)?;
                     skip_streams(&mut i)?;
                 }
                 b"ESET" => {
                     esets += 1;
+                    // The second ESET records (@60) the bytes of the set up to the
+                    // first ESET, which is where the first ESET starts (checked on
+                    // every fixture: 1,459,200 in sql2008r2-db2-full.bak).
+                    let recorded = b
+                        .spec
+                        .get(8..16)
+                        .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])));
+                    if recorded > 0 {
+                        self.trailer.set_bytes = Some(recorded);
+                    } else if self.trailer.set_bytes.is_none() {
+                        self.trailer.set_bytes = Some(b.at);
+                    }
                     skip_streams(&mut i)?;
                 }
                 other => {
@@ -1096,6 +1180,30 @@ impl FamilyReader {
     }
 }
 
+/// A string at an MTF tape address (`u16` size, `u16` offset from the block's
+/// start) whose field is at block offset `field`, read from a block's specific
+/// bytes (`spec` starts at block offset 52). Empty when absent or out of range.
+fn tape_string(spec: &[u8], field: usize) -> String {
+    let at = |k: usize| -> Option<usize> {
+        let j = k.checked_sub(HDR)?;
+        Some(u16::from_le_bytes([*spec.get(j)?, *spec.get(j + 1)?]) as usize)
+    };
+    let (Some(len), Some(off)) = (at(field), at(field + 2)) else {
+        return String::new();
+    };
+    let Some(b) = off
+        .checked_sub(HDR)
+        .and_then(|o| spec.get(o..o.checked_add(len)?))
+    else {
+        return String::new();
+    };
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|w| u16::from_le_bytes([w[0], w[1]]))
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
 fn check_fla(b: &Block, base: u64) -> Result<(), SqlError> {
     if base > 0 && b.at >= base && (b.at - base) / FLB != b.fla {
         return Err(msg::damaged(&format!(
@@ -1160,6 +1268,9 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
                 FileKind::Log => None,
                 FileKind::Data => md.filegroup_name(f.filegroup_id).map(str::to_string),
             },
+            filegroup_id: Some(f.filegroup_id),
+            source_block_size: Some(f.source_block_size),
+            backup_bytes: Some(u64::from(f.pages) * PAGE_SIZE as u64),
         });
     }
     Ok(SetMeta {
@@ -1203,6 +1314,9 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
             u32::from(set.software_version.2),
         ),
         database_version: u32::from(set.database_version),
+        database_creation_unix: set.database_creation.unwrap_or(0),
+        collation: Some(set.collation),
+        backup_size: None,
     })
 }
 

@@ -700,3 +700,102 @@ fn a_flipped_byte_in_a_checksummed_page_is_3183_with_checksum_only() {
     let r = with_streams(&e, "RESTORE DATABASE cs", "WITH REPLACE", vec![bak]);
     assert!(r.error.is_none(), "{:?}", r.error);
 }
+
+#[test]
+fn headeronly_values_come_from_the_stream() {
+    let d = data_dir();
+    let e = Engine::open(d.path()).unwrap();
+    let h = |file: &str| {
+        one_set(&with_streams(
+            &e,
+            "RESTORE HEADERONLY",
+            "",
+            vec![fixture(file)],
+        ))
+    };
+    let full = h("sql2008r2-db2-full.bak");
+    let want = [
+        ("UserName", Some("BASE\\sqlserver")),
+        // The set's bytes as its second ESET block records them (where the first
+        // ESET starts), not the database's size.
+        ("BackupSize", Some("1459200")),
+        ("BackupStartDate", Some("2017-05-18 04:17:38.000")),
+        // From the trailing MSLS copy of the metadata, a second later.
+        ("BackupFinishDate", Some("2017-05-18 04:17:39.000")),
+        ("DatabaseCreationDate", Some("2017-02-06 11:58:24.000")),
+        ("Collation", Some("SQL_Latin1_General_CP1_CI_AS")),
+        ("SortOrder", Some("52")),
+        ("UnicodeLocaleId", Some("1033")),
+        ("UnicodeComparisonStyle", Some("196609")),
+        ("SoftwareVersionBuild", Some("1600")),
+        ("DatabaseVersion", Some("661")),
+        // Not located in a real stream: NULL, not a constant.
+        ("RecoveryModel", None),
+        ("BeginsLogChain", None),
+    ];
+    for (c, v) in want {
+        assert_eq!(full.get(0, c), v, "{c}");
+    }
+    for (file, user, size, finish, collation) in [
+        (
+            "sql2008r2-db2-diff.bak",
+            "BASE\\sqlserver",
+            "345088",
+            "2017-05-18 04:18:19.000",
+            "SQL_Latin1_General_CP1_CI_AS",
+        ),
+        (
+            "sql2008r2-dbareports-log1.trn",
+            "BASE\\sqlserver",
+            "276480",
+            "2017-05-18 04:18:31.000",
+            "SQL_Latin1_General_CP1_CI_AS",
+        ),
+        (
+            "sql2012-pubs-full.bak",
+            "DESKTOP-7789AN9\\Uriel",
+            "3309568",
+            "2024-05-05 19:15:01.000",
+            "Modern_Spanish_CI_AS",
+        ),
+        (
+            "sql2008r2-simplebacktest-full.bak",
+            "ADS\\COM3MOORESM",
+            "1590272",
+            "2018-04-06 10:30:32.000",
+            "Latin1_General_CI_AS",
+        ),
+        (
+            "sql2019-northwind-full.bak",
+            "DESKTOP-8G1N3T8\\salihdemirog",
+            "3963904",
+            "2021-06-16 10:03:28.000",
+            "SQL_Latin1_General_CP1_CI_AS",
+        ),
+    ] {
+        let x = h(file);
+        assert_eq!(x.get(0, "UserName"), Some(user), "{file}");
+        assert_eq!(x.get(0, "BackupSize"), Some(size), "{file}");
+        assert_eq!(x.get(0, "BackupFinishDate"), Some(finish), "{file}");
+        assert_eq!(x.get(0, "Collation"), Some(collation), "{file}");
+    }
+    // FILELISTONLY: per-file bytes in the backup and the source block size from
+    // the SFIN records (168 pages of the data file; 4096-byte sectors in 2012).
+    let f = one_set(&with_streams(
+        &e,
+        "RESTORE FILELISTONLY",
+        "",
+        vec![fixture("sql2008r2-db2-full.bak")],
+    ));
+    assert_eq!(f.get(0, "BackupSizeInBytes"), Some("1376256"));
+    assert_eq!(f.get(0, "FileGroupId"), Some("1"));
+    assert_eq!(f.get(1, "FileGroupId"), Some("0"));
+    assert_eq!(f.get(0, "SourceBlockSize"), Some("512"));
+    let f = one_set(&with_streams(
+        &e,
+        "RESTORE FILELISTONLY",
+        "",
+        vec![fixture("sql2012-pubs-full.bak")],
+    ));
+    assert_eq!(f.get(0, "SourceBlockSize"), Some("4096"));
+}
