@@ -39,9 +39,16 @@ pub fn same_database(a: &Manifest, b: &Manifest) -> bool {
     a.server.eq_ignore_ascii_case(&b.server) && a.database.eq_ignore_ascii_case(&b.database)
 }
 
-/// Orders backups by when they were taken (then by id, for a stable order).
+/// Orders backups by when they were taken, then (backup times have whole seconds,
+/// and a full, a differential and a log often share one) by their last LSN (the later backup ends later in the log), then
+/// by id, for a stable order.
 pub fn sort(all: &mut [Manifest]) {
-    all.sort_by(|a, b| taken(a).cmp(&taken(b)).then_with(|| a.id.cmp(&b.id)));
+    all.sort_by(|a, b| {
+        taken(a)
+            .cmp(&taken(b))
+            .then_with(|| lsn(&a.chain.last_lsn).cmp(&lsn(&b.chain.last_lsn)))
+            .then_with(|| a.id.cmp(&b.id))
+    });
 }
 
 /// How a parent was found.

@@ -74,6 +74,12 @@ pub struct RestoreProgress {
     pub base_checkpoint_lsn: Lsn,
     /// That full backup's BackupSetGUID.
     pub base_guid: String,
+    /// That full backup's first and last LSN (the database keeps it as its
+    /// differential base after recovery).
+    #[serde(default)]
+    pub base_first_lsn: Lsn,
+    #[serde(default)]
+    pub base_last_lsn: Lsn,
     /// Redo point: the LastLSN of the last backup restored. A log backup applies if
     /// FirstLSN ≤ redo < LastLSN.
     pub redo_lsn: Lsn,
@@ -84,6 +90,14 @@ pub struct RestoreProgress {
     /// Whether the restored backups came from a foreign (real SQL Server) stream: then
     /// there is no openvdi log to redo and chain checks use the LSNs in the stream.
     pub foreign: bool,
+    /// Foreign sequences: the last database or differential backup restored (its
+    /// kind and LastLSN), which is what the data files reflect, and how many log
+    /// backups were stored after it without their records being applied.
+    #[serde(default)]
+    pub data_reflects: Option<(String, Lsn)>,
+    /// Log backups of a foreign sequence stored but not applied.
+    #[serde(default)]
+    pub unapplied_logs: u32,
 }
 
 /// A database's catalog.

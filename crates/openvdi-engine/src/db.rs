@@ -653,6 +653,45 @@ impl Database {
         Ok(pages)
     }
 
+    /// The content seed the data file's header page records (`None` when the page
+    /// is not openvdi's, as after restoring a real SQL Server backup). A restore
+    /// takes the seed from here, so the catalog and the data file never disagree.
+    pub fn header_seed(&self) -> Result<Option<u64>, EngineError> {
+        let df = self.data_file()?;
+        let f = open_file(&df.path, false)?;
+        let mut hdr = vec![0u8; PAGE_SIZE];
+        f.read_exact_at(&mut hdr, 0)
+            .map_err(|e| EngineError::io(format!("reading {}", df.path.display()), e))?;
+        let body = &hdr[page::HEADER_SIZE..];
+        Ok((&body[..8] == page::SEED_MAGIC)
+            .then(|| u64::from_le_bytes(body[8..16].try_into().unwrap_or([0; 8]))))
+    }
+
+    /// Data pages (4 on) whose header LSN is after `lsn`: what changed since the
+    /// backup whose checkpoint that is, as a restored database's differential
+    /// bitmap must say.
+    pub fn pages_changed_after(&self, lsn: Lsn) -> Result<Vec<u32>, EngineError> {
+        let df = self.data_file()?;
+        let f = open_file(&df.path, false)?;
+        let total = self.pages_of(df)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 128 * PAGE_SIZE];
+        let mut at = 0u64;
+        while at < total {
+            let n = (total - at).min(128) as usize;
+            f.read_exact_at(&mut buf[..n * PAGE_SIZE], at * PAGE_SIZE as u64)
+                .map_err(|e| EngineError::io(format!("reading {}", df.path.display()), e))?;
+            for (k, p) in buf[..n * PAGE_SIZE].chunks(PAGE_SIZE).enumerate() {
+                let id = at + k as u64;
+                if id >= 4 && page::header(p).lsn > lsn {
+                    out.push(id as u32);
+                }
+            }
+            at += n as u64;
+        }
+        Ok(out)
+    }
+
     /// Read log records `from..to` (record numbers) from the log file.
     pub fn read_log(&self, from: u64, to: u64) -> Result<Vec<LogRecord>, EngineError> {
         let lf = self.log_file()?;
@@ -687,18 +726,13 @@ impl Database {
     /// page. Returns the pages written.
     pub fn redo(&self, from: u64, to: u64) -> Result<u64, EngineError> {
         let df = self.data_file()?;
-        let f = open_file(&df.path, true)?;
-        let mut hdr = vec![0u8; PAGE_SIZE];
-        f.read_exact_at(&mut hdr, 0)
-            .map_err(|e| EngineError::io(format!("reading {}", df.path.display()), e))?;
-        let body = &hdr[page::HEADER_SIZE..];
-        if &body[..8] != page::SEED_MAGIC {
-            return Err(EngineError::Invalid(format!(
+        let seed = self.header_seed()?.ok_or_else(|| {
+            EngineError::Invalid(format!(
                 "the data file of '{}' has no openvdi header page; its log cannot be redone",
                 self.name()
-            )));
-        }
-        let seed = u64::from_le_bytes(body[8..16].try_into().unwrap_or([0; 8]));
+            ))
+        })?;
+        let f = open_file(&df.path, true)?;
         let mut buf = vec![0u8; PAGE_SIZE];
         let mut n = 0;
         for r in self.read_log(from, to)? {

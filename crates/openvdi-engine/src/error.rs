@@ -423,6 +423,16 @@ pub mod msg {
         )
     }
 
+    /// 3183: a page read from the backup set fails its checks (names its place
+    /// as `file:page`).
+    pub fn page_damaged(file_id: u16, page_id: u32, db: &str) -> SqlError {
+        SqlError::msg(
+            3183,
+            format!("RESTORE detected an error on page ({file_id}:{page_id}) in database \"{db}\" as read from the backup set."),
+        )
+    }
+
+    /// 3189: damage to the backup set, with what was found.
     pub fn damaged(why: &str) -> SqlError {
         SqlError::msg(
             3189,

@@ -409,6 +409,9 @@ fn backup(
             mtf_io::SOFTWARE_BUILD,
         ),
         database_version: mtf_io::DATABASE_VERSION,
+        database_creation_unix: dbh.cat.created_unix,
+        collation: None,
+        backup_size: None,
     };
     // Spread the pages over the families in STRIPE_PAGES units, round robin.
     let units_d = stream::split_chunks(&data_chunks, STRIPE_PAGES);
@@ -591,6 +594,7 @@ fn prepare_backup(
     let lf = dbh.log_file().map_err(engine_err)?.clone();
     let dp = dbh.pages_of(&df).map_err(engine_err)? as u32;
     let lp = dbh.pages_of(&lf).map_err(engine_err)? as u32;
+    let log_file_pages = lp;
     let files = vec![
         FileMeta {
             file_id: df.file_id,
@@ -599,6 +603,9 @@ fn prepare_backup(
             kind: FileKind::Data,
             size_bytes: u64::from(dp) * PAGE_SIZE as u64,
             filegroup: Some("PRIMARY".into()),
+            filegroup_id: Some(1),
+            source_block_size: Some(512),
+            backup_bytes: None,
         },
         FileMeta {
             file_id: lf.file_id,
@@ -607,9 +614,20 @@ fn prepare_backup(
             kind: FileKind::Log,
             size_bytes: u64::from(lp) * PAGE_SIZE as u64,
             filegroup: None,
+            filegroup_id: Some(0),
+            source_block_size: Some(512),
+            backup_bytes: None,
         },
     ];
-    // Log pages from the one holding `from` to the end of the log file.
+    // Log pages from the one holding `from` to the one holding the last record
+    // written (the backup's own checkpoint): the log since `from`, not the whole
+    // file — pages past the end of the log hold nothing a restore needs.
+    let last_page = dbh
+        .cat
+        .next_record
+        .checked_sub(1)
+        .map_or(0, |r| page::LogRecord::place(r).0);
+    let lp = lp.min(last_page.saturating_add(1));
     let log_from = |from: Lsn| -> Vec<Chunk> {
         let first_page = from.record().map_or(0, |r| page::LogRecord::place(r).0);
         // Page 0 (the log file header) always travels, so a restore can rebuild it.
@@ -638,7 +656,7 @@ fn prepare_backup(
             vec![Chunk {
                 file_id: lf.file_id,
                 start_page: 0,
-                pages: lp,
+                pages: log_file_pages,
             }],
         ),
         BackupKind::Differential => {
@@ -706,7 +724,8 @@ fn recover_only(
         ));
     }
     if o.recovers() {
-        finish_recovery(&mut dbh);
+        outs.extend(recovery_note(&dbh).map(Output::Message));
+        finish_recovery(&mut dbh)?;
         dbh.save().map_err(engine_err)?;
     }
     let what = if target == Target::Log {
@@ -731,16 +750,59 @@ fn recover_only(
     })
 }
 
+/// On recovery of a sequence restored from real SQL Server backups: which backup
+/// the data files reflect, since the log backups after it were stored, not applied.
+fn recovery_note(dbh: &Database) -> Option<Message> {
+    let r = dbh.cat.restore.as_ref().filter(|r| r.foreign)?;
+    let (what, lsn) = r.data_reflects.as_ref()?;
+    let logs = match r.unapplied_logs {
+        0 => String::new(),
+        1 => "; the log backup restored after it was stored but not applied".to_string(),
+        n => format!("; the {n} log backups restored after it were stored but not applied"),
+    };
+    Some(Message::info(
+        50000,
+        format!(
+            "The data files of database '{}' reflect the {what} backup ending at LSN {lsn}{logs}.",
+            dbh.cat.name
+        ),
+    ))
+}
+
 /// Bring a restoring database online: the end of its log is where redo stopped.
-fn finish_recovery(dbh: &mut Database) {
+///
+/// The database keeps the chain of the backups it was restored from, as SQL
+/// Server's does: the restored full is its differential base (differentials taken
+/// now are based on it), the pages changed since that full's checkpoint (read
+/// from the pages' own LSNs) are its differential bitmap, and the log chain
+/// continues from the redo point, so DIFFERENTIAL and LOG backups work at once.
+fn finish_recovery(dbh: &mut Database) -> Result<(), SqlError> {
     if let Some(r) = dbh.cat.restore.take() {
-        if let Some(n) = r.redo_lsn.record() {
-            if !r.foreign {
+        if !r.foreign {
+            if let Some(n) = r.redo_lsn.record() {
                 dbh.cat.next_record = n;
             }
         }
+        dbh.cat.last_full = Some(FullBackupInfo {
+            backup_set_guid: r.base_guid.clone(),
+            checkpoint_lsn: r.base_checkpoint_lsn,
+            first_lsn: r.base_first_lsn,
+            last_lsn: r.base_last_lsn,
+        });
+        let changed = dbh
+            .pages_changed_after(r.base_checkpoint_lsn)
+            .map_err(engine_err)?;
+        dbh.cat.changed_pages = catalog::compress(&changed);
+        // A real SQL Server log cannot be continued by openvdi's: a restored real
+        // database's next log backup starts at the end of openvdi's own log.
+        dbh.cat.log_backup_lsn = Some(if r.foreign {
+            dbh.cat.end_lsn()
+        } else {
+            r.redo_lsn
+        });
     }
     dbh.cat.state = DbState::Online;
+    Ok(())
 }
 
 /// A device thread's first phase: the metadata of its family.
@@ -753,8 +815,12 @@ enum Go {
     Write,
     /// Read and validate only (VERIFYONLY).
     Verify,
-    /// Stop reading (HEADERONLY etc., or a refused restore).
+    /// Stop reading (FILELISTONLY, LABELONLY, or a refused restore).
     Stop,
+    /// Read to the end for what only the end says (HEADERONLY's finish date and
+    /// backup size); damage there is not HEADERONLY's business, so a walk that
+    /// fails leaves those values NULL instead of failing the statement.
+    Trailer,
 }
 
 /// Where each file of the backup goes: the open (and locked) target files.
@@ -803,6 +869,8 @@ struct Written {
     data_pages: u64,
     log_pages: u64,
     bytes: u64,
+    /// What the end of the family's stream said (HEADERONLY).
+    trailer: mtf_io::Trailer,
 }
 
 /// The families' metadata (or why planning failed), and each device thread's result.
@@ -819,6 +887,7 @@ fn run_restore_threads<F>(
     plan: F,
     targets: &OnceLock<Targets>,
     progress: &Progress,
+    check_pages: bool,
 ) -> ThreadResults
 where
     F: FnOnce(&[SetMeta]) -> Result<Go, SqlError>,
@@ -849,6 +918,7 @@ where
                         return Err(e);
                     }
                 };
+                fr.check_page_checksums(check_pages);
                 progress.expect(fr.expected_bytes());
                 // For `crash-at:mid` / `abort-at:mid` of a restore.
                 session.add_total_hint(fr.expected_bytes());
@@ -860,6 +930,19 @@ where
                 let mut w = Written::default();
                 match go {
                     Go::Stop => {}
+                    Go::Trailer => {
+                        let res = fr.for_each_page(&mut r, &mut |_, _, _, _| Ok(()));
+                        match res {
+                            Ok(()) => w.trailer = fr.trailer(),
+                            Err(e) => {
+                                if let Some(dev_err) = r.take_error() {
+                                    session.signal_abort();
+                                    return Err(dev_err);
+                                }
+                                let _ = e;
+                            }
+                        }
+                    }
                     Go::Write | Go::Verify => {
                         let write = matches!(go, Go::Write);
                         // Set once by the plan before Go; read without a lock so the
@@ -883,6 +966,7 @@ where
                             session.signal_abort();
                             return Err(r.take_error().unwrap_or(e));
                         }
+                        w.trailer = fr.trailer();
                     }
                 }
                 w.bytes = r.bytes();
@@ -1087,9 +1171,20 @@ fn restore(
                     .clone()
                     .filter(|_| ex.cat.state == DbState::Restoring)
                     .ok_or_else(msg::nothing_to_rollforward)?;
-                if r.last_backup_type != 1
-                    || r.diff_applied
-                    || m.database_backup_lsn != r.base_checkpoint_lsn
+                // SQL Server takes any differential of the restored full (its
+                // DatabaseBackupLSN is that full's CheckpointLSN, and an openvdi
+                // one names its GUID) that does not lie before what is already
+                // restored: after the full, after another differential of the
+                // same base (full → diff → diff), or after log backups (full → log
+                // … → diff → log …). Differentials are cumulative, so a later one
+                // holds every page an earlier one did.
+                let guid_differs = m.openvdi
+                    && m.differential_base_guid
+                        .as_ref()
+                        .is_some_and(|g| !r.base_guid.is_empty() && *g != r.base_guid);
+                if m.database_backup_lsn != r.base_checkpoint_lsn
+                    || guid_differs
+                    || m.last_lsn < r.redo_lsn
                 {
                     return Err(msg::diff_wrong_base());
                 }
@@ -1163,7 +1258,14 @@ fn restore(
         Ok(Go::Write)
     };
 
-    let (metas, results) = run_restore_threads(&session, devices, plan, &targets, &progress);
+    let (metas, results) = run_restore_threads(
+        &session,
+        devices,
+        plan,
+        &targets,
+        &progress,
+        o.checksum == Some(true),
+    );
     let metas = match metas {
         Ok(m) => m,
         Err(e) => {
@@ -1220,10 +1322,14 @@ fn restore(
             dbh.cat.restore = Some(RestoreProgress {
                 base_checkpoint_lsn: m.checkpoint_lsn,
                 base_guid: m.backup_set_guid.clone(),
+                base_first_lsn: m.first_lsn,
+                base_last_lsn: m.last_lsn,
                 redo_lsn: m.last_lsn,
                 last_backup_type: 1,
                 diff_applied: false,
                 foreign: !m.openvdi,
+                data_reflects: (!m.openvdi).then(|| ("database".to_string(), m.last_lsn)),
+                unapplied_logs: 0,
             });
         }
         BackupKind::Differential => {
@@ -1231,6 +1337,10 @@ fn restore(
                 r.redo_lsn = m.last_lsn;
                 r.last_backup_type = 5;
                 r.diff_applied = true;
+                if !m.openvdi {
+                    r.data_reflects = Some(("differential".to_string(), m.last_lsn));
+                    r.unapplied_logs = 0;
+                }
             }
         }
         BackupKind::Log => {
@@ -1244,12 +1354,38 @@ fn restore(
             if let Some(r) = dbh.cat.restore.as_mut() {
                 r.redo_lsn = m.last_lsn;
                 r.last_backup_type = 2;
+                if !m.openvdi {
+                    r.unapplied_logs += 1;
+                }
             }
         }
     }
+    if kind == BackupKind::Full {
+        // The data file's header page holds the seed its pages were made from;
+        // the catalog must agree, or the next `modify` writes pages that redo of
+        // its log would not reproduce.
+        dbh.cat.seed = if m.openvdi {
+            dbh.header_seed().map_err(engine_err)?.unwrap_or(0)
+        } else {
+            0
+        };
+    }
     dbh.cat.state = DbState::Restoring;
+    // openvdi cannot replay SQL Server's log records: say so rather than let a
+    // "successfully processed" stand alone.
+    let mut notes = Vec::new();
+    if kind == BackupKind::Log && !m.openvdi {
+        notes.push(Message::info(
+            50000,
+            format!(
+                "The log records of this backup (LSN {} to {}) were stored in the log file but were not applied: openvdi cannot replay SQL Server's log records.",
+                m.first_lsn, m.last_lsn
+            ),
+        ));
+    }
     if o.recovers() {
-        finish_recovery(&mut dbh);
+        notes.extend(recovery_note(&dbh));
+        finish_recovery(&mut dbh)?;
     }
     dbh.save().map_err(engine_err)?;
     // The files' locks are held until the catalog says what the files now are.
@@ -1280,6 +1416,7 @@ fn restore(
         )));
         files_out.push((f.logical_name.clone(), path, pages));
     }
+    outs.extend(notes.into_iter().map(Output::Message));
     let pages = written.data_pages + written.log_pages;
     let what = if kind == BackupKind::Log {
         "RESTORE LOG"
@@ -1630,10 +1767,18 @@ fn info(
                 check_media_set(devices, metas)?;
                 Ok(Go::Verify)
             }
+            InfoKind::HeaderOnly => Ok(Go::Trailer),
             _ => Ok(Go::Stop),
         }
     };
-    let (metas, results) = run_restore_threads(&session, devices, plan, &targets, &progress);
+    let (metas, results) = run_restore_threads(
+        &session,
+        devices,
+        plan,
+        &targets,
+        &progress,
+        o.checksum == Some(true),
+    );
     let metas = match metas {
         Ok(m) => m,
         Err(e) => {
@@ -1641,14 +1786,28 @@ fn info(
             return Err(e);
         }
     };
+    let mut trailers = Vec::new();
     for r in results {
-        if let Err(e) = r {
-            session.abort_and_close();
-            return Err(e);
+        match r {
+            Ok(w) => trailers.push(w.trailer),
+            Err(e) => {
+                session.abort_and_close();
+                return Err(e);
+            }
         }
     }
     session.close();
-    let m = &metas[0];
+    let mut m = metas[0].clone();
+    // BackupSize is the set's bytes over every family; known only if every
+    // family's end was read.
+    m.backup_size = trailers
+        .iter()
+        .map(|t| t.set_bytes)
+        .sum::<Option<u64>>()
+        .filter(|_| !trailers.is_empty());
+    let finish = trailers.iter().filter_map(|t| t.finish_unix).max();
+    m.finish_unix = finish.unwrap_or(0);
+    let m = &m;
     match kind {
         InfoKind::HeaderOnly => outs.push(Output::ResultSet(headeronly(m))),
         InfoKind::FileListOnly => outs.push(Output::ResultSet(filelistonly(m))),
@@ -1690,14 +1849,67 @@ fn lsn_text(l: Lsn) -> Option<String> {
     (l != Lsn::ZERO).then(|| l.to_string())
 }
 
-/// RESTORE HEADERONLY's row, in SQL Server's column order. Values the engine does
-/// not know are NULL.
+/// The collation facts of a SQL Server stream's five collation bytes (`LCID` in the
+/// low 20 bits of the first four, comparison flags in the next 8, then the SQL
+/// sort id): (name, SortOrder, UnicodeLocaleId, UnicodeComparisonStyle). The name
+/// is given only for the collations the engine can name (sort id 52, and the
+/// Windows collations of LCIDs 1033 and 3082, which the fixtures use); NULL
+/// otherwise rather than a guess.
+fn collation_facts(c: &[u8; 5]) -> (Option<String>, u32, u32, u32) {
+    let v = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    let lcid = v & 0xF_FFFF;
+    let flags = (v >> 20) & 0xFF;
+    let sort = u32::from(c[4]);
+    // Flags: 1 ignore case, 2 ignore accents, 4 ignore kana, 8 ignore width.
+    let style = (flags & 1) | (flags & 2) | ((flags & 4) << 14) | ((flags & 8) << 14);
+    let cs = if flags & 1 != 0 { "CI" } else { "CS" };
+    let accent = if flags & 2 != 0 { "AI" } else { "AS" };
+    let mut tail = format!("{cs}_{accent}");
+    if flags & 4 == 0 {
+        tail.push_str("_KS");
+    }
+    if flags & 8 == 0 {
+        tail.push_str("_WS");
+    }
+    let name = match (sort, lcid) {
+        (52, 1033) => Some("SQL_Latin1_General_CP1_CI_AS".to_string()),
+        (0, 1033) => Some(format!("Latin1_General_{tail}")),
+        (0, 3082) => Some(format!("Modern_Spanish_{tail}")),
+        _ => None,
+    };
+    (name, sort, lcid, style)
+}
+
+/// RESTORE HEADERONLY's row, in SQL Server's column order. Values come from the
+/// stream where it holds them; what a real stream does not say (or the engine
+/// cannot read) is NULL, never a constant standing in for a fact. For openvdi's
+/// own streams the engine knows its facts (its collation, the FULL recovery
+/// model, the flags it never sets).
 fn headeronly(m: &SetMeta) -> ResultSet {
     let b = |v: bool| Some(if v { "1" } else { "0" }.to_string());
     let s = |v: &str| (!v.is_empty()).then(|| v.to_string());
     let n = |v: u64| Some(v.to_string());
-    let size: u64 = m.files.iter().map(|f| f.size_bytes).sum();
+    let own = |v: Option<String>| if m.openvdi { v } else { None };
     let diff = m.kind == BackupKind::Differential;
+    let (collation, sort, lcid, style, code_page) = match &m.collation {
+        Some(c) => {
+            let (name, sort, lcid, style) = collation_facts(c);
+            (
+                name,
+                n(u64::from(sort)),
+                n(u64::from(lcid)),
+                n(u64::from(style)),
+                None,
+            )
+        }
+        None => (
+            s("SQL_Latin1_General_CP1_CI_AS"),
+            n(52),
+            n(1033),
+            n(196_609),
+            n(1252),
+        ),
+    };
     let cols: Vec<(&str, Option<String>)> = vec![
         ("BackupName", m.name.clone()),
         ("BackupDescription", m.description.clone()),
@@ -1713,8 +1925,8 @@ fn headeronly(m: &SetMeta) -> ResultSet {
             "DatabaseVersion",
             (m.database_version > 0).then(|| m.database_version.to_string()),
         ),
-        ("DatabaseCreationDate", None),
-        ("BackupSize", n(size)),
+        ("DatabaseCreationDate", date_text(m.database_creation_unix)),
+        ("BackupSize", m.backup_size.map(|v| v.to_string())),
         ("FirstLSN", lsn_text(m.first_lsn)),
         ("LastLSN", lsn_text(m.last_lsn)),
         ("CheckpointLSN", lsn_text(m.checkpoint_lsn)),
@@ -1724,34 +1936,41 @@ fn headeronly(m: &SetMeta) -> ResultSet {
         ),
         ("BackupStartDate", date_text(m.start_unix)),
         ("BackupFinishDate", date_text(m.finish_unix)),
-        ("SortOrder", n(52)),
-        ("CodePage", n(0)),
-        ("UnicodeLocaleId", n(1033)),
-        ("UnicodeComparisonStyle", n(196_609)),
+        ("SortOrder", sort),
+        ("CodePage", code_page),
+        ("UnicodeLocaleId", lcid),
+        ("UnicodeComparisonStyle", style),
         ("CompatibilityLevel", None),
         ("SoftwareVendorId", n(4608)),
         ("SoftwareVersionMajor", n(u64::from(m.software_version.0))),
         ("SoftwareVersionMinor", n(u64::from(m.software_version.1))),
         ("SoftwareVersionBuild", n(u64::from(m.software_version.2))),
         ("MachineName", s(&m.machine_name)),
-        ("Flags", n(if m.checksum { 16 } else { 0 })),
+        ("Flags", own(n(if m.checksum { 16 } else { 0 }))),
         ("BindingID", None),
         ("RecoveryForkID", None),
-        ("Collation", s("SQL_Latin1_General_CP1_CI_AS")),
+        ("Collation", collation),
         ("FamilyGUID", None),
-        ("HasBulkLoggedData", b(false)),
-        ("IsSnapshot", b(false)),
-        ("IsReadOnly", b(false)),
-        ("IsSingleUser", b(false)),
+        ("HasBulkLoggedData", own(b(false))),
+        ("IsSnapshot", own(b(false))),
+        ("IsReadOnly", own(b(false))),
+        ("IsSingleUser", own(b(false))),
         ("HasBackupChecksums", b(m.checksum)),
-        ("IsDamaged", b(false)),
-        ("BeginsLogChain", b(false)),
-        ("HasIncompleteMetaData", b(false)),
-        ("IsForceOffline", b(false)),
-        ("IsCopyOnly", b(m.copy_only)),
+        ("IsDamaged", own(b(false))),
+        (
+            "BeginsLogChain",
+            // An openvdi log backup begins the chain when it starts at the full
+            // backup's checkpoint (the first log backup after that full).
+            own(b(
+                m.kind == BackupKind::Log && m.first_lsn == m.database_backup_lsn
+            )),
+        ),
+        ("HasIncompleteMetaData", own(b(false))),
+        ("IsForceOffline", own(b(false))),
+        ("IsCopyOnly", own(b(m.copy_only))),
         ("FirstRecoveryForkID", None),
         ("ForkPointLSN", None),
-        ("RecoveryModel", s("FULL")),
+        ("RecoveryModel", own(s("FULL"))),
         (
             "DifferentialBaseLSN",
             if diff {
@@ -1770,8 +1989,8 @@ fn headeronly(m: &SetMeta) -> ResultSet {
             }),
         ),
         ("BackupSetGUID", s(&m.backup_set_guid)),
-        ("CompressedBackupSize", n(size)),
-        ("Containment", n(0)),
+        ("CompressedBackupSize", m.backup_size.map(|v| v.to_string())),
+        ("Containment", own(n(0))),
         ("KeyAlgorithm", None),
         ("EncryptorThumbprint", None),
         ("EncryptorType", None),
@@ -1782,7 +2001,8 @@ fn headeronly(m: &SetMeta) -> ResultSet {
     }
 }
 
-/// RESTORE FILELISTONLY's rows, in SQL Server's column order.
+/// RESTORE FILELISTONLY's rows, in SQL Server's column order (NULL where the
+/// stream does not say).
 fn filelistonly(m: &SetMeta) -> ResultSet {
     let columns = [
         "LogicalName",
@@ -1809,6 +2029,7 @@ fn filelistonly(m: &SetMeta) -> ResultSet {
         "SnapshotUrl",
     ];
     let diff = m.kind == BackupKind::Differential;
+    let own = |v: &str| m.openvdi.then(|| v.to_string());
     let rows = m
         .files
         .iter()
@@ -1820,16 +2041,16 @@ fn filelistonly(m: &SetMeta) -> ResultSet {
                 Some(if data { "D" } else { "L" }.to_string()),
                 f.filegroup.clone(),
                 Some(f.size_bytes.to_string()),
-                Some("35184372080640".to_string()),
+                own("35184372080640"),
                 Some(f.file_id.to_string()),
-                Some("0".to_string()),
-                Some("0".to_string()),
+                own("0"),
+                own("0"),
                 None,
-                Some("0".to_string()),
-                Some("0".to_string()),
-                Some(f.size_bytes.to_string()),
-                Some("512".to_string()),
-                Some(if data { "1" } else { "0" }.to_string()),
+                own("0"),
+                own("0"),
+                f.backup_bytes.map(|v| v.to_string()),
+                f.source_block_size.map(|v| v.to_string()),
+                f.filegroup_id.map(|v| v.to_string()),
                 None,
                 if diff && data {
                     lsn_text(m.database_backup_lsn)
@@ -1841,7 +2062,7 @@ fn filelistonly(m: &SetMeta) -> ResultSet {
                 } else {
                     None
                 },
-                Some("0".to_string()),
+                own("0"),
                 Some("1".to_string()),
                 None,
                 None,

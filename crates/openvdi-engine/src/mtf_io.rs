@@ -102,6 +102,8 @@ struct OurMeta {
     description: Option<String>,
     start_unix: u64,
     finish_unix: u64,
+    #[serde(default)]
+    created_unix: u64,
     files: Vec<(u16, String, String, String, u64)>,
     data: Vec<(u16, u32, u32)>,
     log: Vec<(u16, u32, u32)>,
@@ -129,6 +131,7 @@ fn encode_meta(m: &SetMeta, data: &[Chunk], log: &[Chunk]) -> Vec<u8> {
         description: m.description.clone(),
         start_unix: m.start_unix,
         finish_unix: m.finish_unix,
+        created_unix: m.database_creation_unix,
         files: m
             .files
             .iter()
@@ -216,14 +219,30 @@ fn decode_ours(b: &[u8]) -> Option<(SetMeta, Vec<Chunk>, Vec<Chunk>)> {
                     },
                     size_bytes,
                     filegroup: (t != "L").then(|| "PRIMARY".to_string()),
+                    filegroup_id: Some(u32::from(t != "L")),
+                    source_block_size: Some(512),
+                    backup_bytes: None,
                 },
             )
             .collect(),
         openvdi: true,
         software_version: (SOFTWARE_MAJOR, SOFTWARE_MINOR, SOFTWARE_BUILD),
         database_version: DATABASE_VERSION,
+        database_creation_unix: o.created_unix,
+        collation: None,
+        backup_size: None,
     };
     let (data, log) = (chunks(&o.data), chunks(&o.log));
+    let mut meta = meta;
+    for f in &mut meta.files {
+        f.backup_bytes = Some(
+            data.iter()
+                .chain(&log)
+                .filter(|c| c.file_id == f.file_id)
+                .map(|c| u64::from(c.pages) * PAGE_SIZE as u64)
+                .sum(),
+        );
+    }
     // Every page run must lie inside its file's recorded size: a damaged table must
     // not make the restore write far past the end of a file.
     let inside = |c: &Chunk| {
@@ -488,17 +507,24 @@ pub fn write_family(
     o.pages(b"MQTL", log, files, meta.checksum, progress)?;
     o.spad(o.base)?;
 
+    // The trailing copy of the metadata carries the finish time, as SQL Server's
+    // does (the head's was written before any page).
+    let mut fin = meta.clone();
+    fin.finish_unix = crate::catalog::now_unix().max(meta.start_unix);
     o.block(b"MSLS", 0, &[0u8; 4], 2, None)?;
-    o.stream(b"MQCI", &mqci)?;
+    o.stream(b"MQCI", &encode_meta(&fin, data, log))?;
     o.spad(o.base)?;
     o.sfmb(1)?;
     let eset_base = o.pos;
     let mut spec = vec![0u8; 36];
     spec[0] = 4;
     spec[26] = 1; // data set number
-    spec[28..33].copy_from_slice(&mtf_date(meta.finish_unix.max(meta.start_unix)));
+    spec[28..33].copy_from_slice(&mtf_date(fin.finish_unix));
     o.block(b"ESET", 0, &spec, 0, Some(0))?;
     o.spad(eset_base)?;
+    // The second ESET records the bytes of the set up to the first, as SQL
+    // Server's does.
+    spec[8..16].copy_from_slice(&eset_base.to_le_bytes());
     o.block(b"ESET", 0, &spec, 0, Some(0))?;
     o.spad(eset_base)?;
     o.sfmb(2)?;
@@ -636,11 +662,26 @@ pub struct FamilyReader {
     log: Vec<Chunk>,
     pos: u64,
     base: u64,
-    /// MSTL block-specific bytes of the current block (foreign log placement).
-    log_offset: Option<u64>,
+    /// Foreign streams: where the rest of the current MSTL block's log goes in the
+    /// log file (next offset, end), from the range the block records.
+    log_range: Option<(u64, u64)>,
     /// Soft filemark block size in bytes, from the TAPE block (512 × 1 in most SQL
     /// Server files, 512 × 8 in some of SQL Server 2012's).
     sfmb: u64,
+    /// WITH CHECKSUM: check the page checksum of every data page of a SQL Server
+    /// stream that says it has one (openvdi's pages are always checked).
+    check_pages: bool,
+    /// From the end of the stream: the finish date of the trailing MSLS copy of
+    /// the metadata, and the bytes of the backup set the ESET block records.
+    trailer: Trailer,
+}
+
+/// What only the end of a stream says (HEADERONLY's BackupFinishDate and
+/// BackupSize); `None` until [`FamilyReader::for_each_page`] has read that far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trailer {
+    pub finish_unix: Option<u64>,
+    pub set_bytes: Option<u64>,
 }
 
 impl FamilyReader {
@@ -702,6 +743,7 @@ impl FamilyReader {
         }
         let mut base = 0u64;
         let mut sset_info: Option<(u64, u8, u8)> = None;
+        let mut sset_user = String::new();
         let mut meta: Option<(SetMeta, Vec<Chunk>, Vec<Chunk>)> = None;
         while meta.is_none() {
             let b = read_block(&mut i)?;
@@ -715,6 +757,10 @@ impl FamilyReader {
                         d.copy_from_slice(&b.spec[36..41]);
                         sset_info = Some((unpack_date(d), b.spec[41], b.spec[42]));
                     }
+                    // @76: the user name's tape address (size, offset from the
+                    // block's start), as MTF defines it; SQL Server fills it with
+                    // the login that took the backup.
+                    sset_user = tape_string(&b.spec, 76);
                     skip_streams(&mut i)?;
                 }
                 b"VOLB" => skip_streams(&mut i)?,
@@ -757,11 +803,14 @@ impl FamilyReader {
             m.media_set_guid = media_set;
             m.family_count = fam_count;
             m.family_number = fam_num;
-            if let Some((date, major, minor)) = sset_info {
+            // The SCIN record's start date is the backup's; the SSET block's media
+            // write date is the same second in every fixture and stands in only
+            // when SCIN has none. The finish date is in the trailing MSLS copy of
+            // the metadata, read at the end of the stream.
+            if let Some((date, _, _)) = sset_info.filter(|_| m.start_unix == 0) {
                 m.start_unix = date;
-                m.finish_unix = date;
-                m.software_version = (u32::from(major), u32::from(minor), 0);
             }
+            m.user_name = sset_user;
         } else if m.family_number != fam_num || m.family_count != fam_count {
             return Err(msg::damaged(
                 "the RAID stream and the metadata disagree about the media family",
@@ -781,10 +830,24 @@ impl FamilyReader {
             log,
             pos: i.pos,
             base,
-            log_offset: None,
+            log_range: None,
             sfmb,
+            check_pages: false,
+            trailer: Trailer::default(),
         };
         Ok((fr, m))
+    }
+
+    /// Check SQL Server page checksums (`m_flagBits` 0x200) of a real stream's data
+    /// pages as they go by (RESTORE / VERIFYONLY … WITH CHECKSUM): a mismatch is
+    /// 3183 naming the page.
+    pub fn check_page_checksums(&mut self, on: bool) {
+        self.check_pages = on;
+    }
+
+    /// What the end of the stream said (after [`FamilyReader::for_each_page`]).
+    pub fn trailer(&self) -> Trailer {
+        self.trailer
     }
 
     /// Page bytes this family will deliver (known for openvdi streams; 0 otherwise).
@@ -819,22 +882,83 @@ impl FamilyReader {
                 }
                 b"MSTL" => {
                     check_fla(&b, self.base)?;
-                    self.log_offset = None;
-                    if !self.meta.openvdi && b.spec.len() >= 16 {
-                        // Foreign: the block-specific bytes at 8..16 hold the log
-                        // file offset of this block's MQTL data (an assumption
-                        // checked against the fixtures' log file sizes).
-                        let off = u64::from_le_bytes(b.spec[8..16].try_into().unwrap_or([0; 8]));
-                        self.log_offset = Some(off);
+                    self.log_range = None;
+                    if !self.meta.openvdi {
+                        // Each MSTL block records where its log lies in the log
+                        // file; a log that wrapped around its file comes as two
+                        // blocks, the file's end and then its start.
+                        let r =
+                            openvdi_mtf::sql::log_range(&b.spec).map_err(|e| msg::damaged(&e))?;
+                        let size = self
+                            .meta
+                            .files
+                            .iter()
+                            .find(|x| x.kind == FileKind::Log)
+                            .map_or(0, |x| x.size_bytes);
+                        if r.end > size {
+                            return Err(msg::damaged(&format!(
+                                "the MSTL block at byte {} records log up to offset {}, past the end of the log file ({size} bytes)",
+                                b.at, r.end
+                            )));
+                        }
+                        self.log_range = Some((r.start, r.end));
                     }
+                    let start = self.log_range.map(|(s, _)| s);
                     self.portion(&mut i, Portion::Log, f)?;
+                    // A striped set repeats the MSTL block in every family but only
+                    // one carries its log (no MQTL in the others); a block that
+                    // carries some but not all of its range is cut short.
+                    if let Some((next, end)) = self.log_range.take() {
+                        if Some(next) != start && next < end {
+                            return Err(msg::damaged(&format!(
+                                "the MSTL block at byte {} holds {} bytes less log than it records",
+                                b.at,
+                                end - next
+                            )));
+                        }
+                    }
                 }
-                b"MSLS" | b"VOLB" | b"SSET" | b"MSCI" => {
+                b"MSLS" => {
+                    check_fla(&b, self.base)?;
+                    // The metadata again, now with the finish date filled in.
+                    loop {
+                        let s = read_stream(&mut i)?;
+                        if &s.id == b"MQCI" && s.len <= 16 << 20 {
+                            let mut v = vec![0u8; s.len as usize];
+                            i.exact(&mut v, "MQCI")?;
+                            self.trailer.finish_unix = if self.meta.openvdi {
+                                decode_ours(&v).map(|(m, _, _)| m.finish_unix)
+                            } else {
+                                openvdi_mtf::sql::metadata(&v)
+                                    .ok()
+                                    .and_then(|md| md.set.finish)
+                            };
+                            continue;
+                        }
+                        i.skip(s.len, "an MSLS stream")?;
+                        if &s.id == b"SPAD" {
+                            break;
+                        }
+                    }
+                }
+                b"VOLB" | b"SSET" | b"MSCI" => {
                     check_fla(&b, self.base)?;
                     skip_streams(&mut i)?;
                 }
                 b"ESET" => {
                     esets += 1;
+                    // The second ESET records (@60) the bytes of the set up to the
+                    // first ESET, which is where the first ESET starts (checked on
+                    // every fixture: 1,459,200 in sql2008r2-db2-full.bak).
+                    let recorded = b
+                        .spec
+                        .get(8..16)
+                        .map_or(0, |x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])));
+                    if recorded > 0 {
+                        self.trailer.set_bytes = Some(recorded);
+                    } else if self.trailer.set_bytes.is_none() {
+                        self.trailer.set_bytes = Some(b.at);
+                    }
                     skip_streams(&mut i)?;
                 }
                 other => {
@@ -957,13 +1081,7 @@ impl FamilyReader {
                 let want = c.start_page + k as u32;
                 let h = page::header(p);
                 if h.file_id != c.file_id || h.page_id != want || !page::verify(p) {
-                    return Err(SqlError {
-                        messages: vec![crate::error::Message::error(
-                            3183,
-                            format!("RESTORE detected an error on page ({}:{want}) in database \"{db}\" as read from the backup set.", c.file_id),
-                        )],
-                        info: Vec::new(),
-                    });
+                    return Err(msg::page_damaged(c.file_id, want, &db));
                 }
             }
             f(
@@ -1023,6 +1141,13 @@ impl FamilyReader {
                         });
                     let at = u64::from(h.page_id) * PAGE_SIZE as u64;
                     if limit.is_some_and(|l| at + PAGE_SIZE as u64 <= l) {
+                        if self.check_pages && !page::checksum_ok(p) {
+                            return Err(msg::page_damaged(
+                                h.file_id,
+                                h.page_id,
+                                &self.meta.database_name,
+                            ));
+                        }
                         f(
                             Portion::Data,
                             h.file_id,
@@ -1033,25 +1158,50 @@ impl FamilyReader {
                 }
             }
             Portion::Log => {
-                let (log_file, size) = self
+                let log_file = self
                     .meta
                     .files
                     .iter()
                     .find(|x| x.kind == FileKind::Log)
-                    .map_or((2, 0), |x| (x.file_id, x.size_bytes));
-                let off = self.log_offset.unwrap_or(0);
-                let limit = if size > 0 { size } else { unknown_limit };
-                if off + bytes.len() as u64 > limit {
-                    return Err(msg::damaged(&format!(
-                        "the log portion at offset {off} lies outside the log file ({limit} bytes)"
-                    )));
+                    .map_or(2, |x| x.file_id);
+                // Only the bytes the block records are log; the rest of the MQTL
+                // stream pads it to 64 KiB and was never in the file.
+                let Some((next, end)) = self.log_range.as_mut() else {
+                    return Err(msg::damaged("log data outside an MSTL block"));
+                };
+                let take = (bytes.len() as u64).min(*end - *next) as usize;
+                if take > 0 {
+                    f(Portion::Log, log_file, *next, &bytes[..take])?;
+                    *next += take as u64;
                 }
-                f(Portion::Log, log_file, off, bytes)?;
-                self.log_offset = Some(off + bytes.len() as u64);
             }
         }
         Ok(())
     }
+}
+
+/// A string at an MTF tape address (`u16` size, `u16` offset from the block's
+/// start) whose field is at block offset `field`, read from a block's specific
+/// bytes (`spec` starts at block offset 52). Empty when absent or out of range.
+fn tape_string(spec: &[u8], field: usize) -> String {
+    let at = |k: usize| -> Option<usize> {
+        let j = k.checked_sub(HDR)?;
+        Some(u16::from_le_bytes([*spec.get(j)?, *spec.get(j + 1)?]) as usize)
+    };
+    let (Some(len), Some(off)) = (at(field), at(field + 2)) else {
+        return String::new();
+    };
+    let Some(b) = off
+        .checked_sub(HDR)
+        .and_then(|o| spec.get(o..o.checked_add(len)?))
+    else {
+        return String::new();
+    };
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|w| u16::from_le_bytes([w[0], w[1]]))
+        .collect();
+    String::from_utf16_lossy(&units)
 }
 
 fn check_fla(b: &Block, base: u64) -> Result<(), SqlError> {
@@ -1078,38 +1228,58 @@ fn skip_streams(i: &mut In<'_>) -> Result<(), SqlError> {
     }
 }
 
-/// Metadata of a real SQL Server backup from its MQCI stream's SCIN record, as
-/// worked out from the fixtures: the database and server names at the
-/// (byte length, offset) pairs at +104/+108; FirstLSN, LastLSN, CheckpointLSN and
-/// DatabaseBackupLSN as 10-byte LSNs at +32/+42/+52/+62 (a differential's
-/// DatabaseBackupLSN equals its full's CheckpointLSN in the fixtures); msdb's type
-/// letter at +87; flags at +8 (0x10: checksums); and one SFIN record per file with
-/// its logical name followed by its physical path. Fields not located stay empty.
+/// Metadata of a real SQL Server backup from its MQCI stream, read by
+/// `openvdi_mtf::sql` (the SCIN record for the set, SFGI for filegroup names, SFIN
+/// per file; offsets and what each was checked against are documented there).
+/// File types come from what each SFIN record says the file is, never from its
+/// name. A file type the engine does not understand (FILESTREAM, full-text) is
+/// refused rather than guessed.
 pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
-    if mq.len() < 120 || &mq[..4] != b"SCIN" {
-        return Err(msg::damaged("the MQCI stream holds no SCIN record"));
+    let md = openvdi_mtf::sql::metadata(mq).map_err(|e| msg::damaged(&e))?;
+    let set = &md.set;
+    let mut files = Vec::new();
+    let mut carried_bytes = 0u64;
+    for f in &md.files {
+        let kind = match f.file_type {
+            openvdi_mtf::sql::FileType::Data => FileKind::Data,
+            openvdi_mtf::sql::FileType::Log => FileKind::Log,
+            openvdi_mtf::sql::FileType::Other(t) => {
+                return Err(msg::not_supported(&format!(
+                    "A backup holding file '{}' of type {t} (FILESTREAM or full-text)",
+                    f.logical_name
+                )))
+            }
+        };
+        let file_id = u16::try_from(f.file_id)
+            .ok()
+            .filter(|&id| id > 0)
+            .ok_or_else(|| msg::damaged(&format!("a file record has file id {}", f.file_id)))?;
+        if f.logical_name.is_empty() {
+            return Err(msg::damaged("a file record has no logical name"));
+        }
+        carried_bytes = carried_bytes.saturating_add(u64::from(f.pages) * PAGE_SIZE as u64);
+        files.push(FileMeta {
+            file_id,
+            logical_name: f.logical_name.clone(),
+            physical_name: f.physical_name.clone(),
+            kind,
+            size_bytes: f.size_bytes,
+            filegroup: match kind {
+                FileKind::Log => None,
+                FileKind::Data => md.filegroup_name(f.filegroup_id).map(str::to_string),
+            },
+            filegroup_id: Some(f.filegroup_id),
+            source_block_size: Some(f.source_block_size),
+            backup_bytes: Some(u64::from(f.pages) * PAGE_SIZE as u64),
+        });
     }
-    let s16 = |at: usize| -> String {
-        let len = u16::from_le_bytes([mq[at], mq[at + 1]]) as usize;
-        let off = u16::from_le_bytes([mq[at + 2], mq[at + 3]]) as usize;
-        let b = mq.get(off..off + len).unwrap_or(&[]);
-        let u: Vec<u16> = b
-            .chunks(2)
-            .map(|w| u16::from_le_bytes([w[0], *w.get(1).unwrap_or(&0)]))
-            .collect();
-        String::from_utf16_lossy(&u)
-    };
-    let lsn = |at: usize| Lsn::from_bytes(&mq[at..at + 10]);
-    let database_name = s16(104);
-    let server_name = s16(108);
-    let (files, carried_bytes) = foreign_files(mq);
     Ok(SetMeta {
-        database_name,
-        server_name: server_name.clone(),
-        machine_name: server_name.split('\\').next().unwrap_or("").to_string(),
+        database_name: set.database_name.clone(),
+        server_name: set.server_name.clone(),
+        machine_name: set.server_name.split('\\').next().unwrap_or("").to_string(),
         user_name: String::new(),
         // msdb's backupset.type letter: D database, I differential, L log.
-        kind: match mq[87] {
+        kind: match set.type_letter {
             b'L' => BackupKind::Log,
             b'I' => BackupKind::Differential,
             b'D' => BackupKind::Full,
@@ -1121,97 +1291,33 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
             }
         },
         copy_only: false,
-        // Flag 0x10 of the SCIN flags word: WITH CHECKSUM (CSUM streams present).
-        checksum: mq[8] & 0x10 != 0,
+        checksum: set.has_checksums(),
         backup_set_guid: String::new(),
         media_set_guid: String::new(),
         family_count: 1,
         family_number: 1,
-        first_lsn: lsn(32),
-        last_lsn: lsn(42),
-        checkpoint_lsn: lsn(52),
-        database_backup_lsn: lsn(62),
+        first_lsn: Lsn::from_bytes(&set.first_lsn),
+        last_lsn: Lsn::from_bytes(&set.last_lsn),
+        checkpoint_lsn: Lsn::from_bytes(&set.checkpoint_lsn),
+        database_backup_lsn: Lsn::from_bytes(&set.database_backup_lsn),
         differential_base_guid: None,
         name: None,
         description: None,
-        start_unix: 0,
-        finish_unix: 0,
+        start_unix: set.start.unwrap_or(0),
+        finish_unix: set.finish.unwrap_or(0),
         files,
         carried_bytes,
         openvdi: false,
-        software_version: (0, 0, 0),
-        database_version: 0,
+        software_version: (
+            u32::from(set.software_version.0),
+            u32::from(set.software_version.1),
+            u32::from(set.software_version.2),
+        ),
+        database_version: u32::from(set.database_version),
+        database_creation_unix: set.database_creation.unwrap_or(0),
+        collation: Some(set.collation),
+        backup_size: None,
     })
-}
-
-/// The SFIN records of a foreign MQCI: +4 the record length, +8 flags (0x08: log
-/// file), +20 the file id, +24 pages in the backup, +32 the source block size, +40
-/// the file size in bytes, +48 and +52 (byte length, offset) pairs of the logical
-/// name and the physical path (UTF-16), as the fixtures show.
-///
-/// Also returns the bytes of pages the records say the backup carries (+24).
-fn foreign_files(mq: &[u8]) -> (Vec<FileMeta>, u64) {
-    let mut out = Vec::new();
-    let mut carried = 0u64;
-    let mut at = 0;
-    while let Some(p) = find(&mq[at..], b"SFIN") {
-        let start = at + p;
-        at = start + 4;
-        let u32_at = |k: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(
-                mq.get(start + k..start + k + 4)?.try_into().ok()?,
-            ))
-        };
-        let Some(len) = u32_at(4).map(|v| v as usize) else {
-            break;
-        };
-        let Some(rec) = mq.get(start..start + len) else {
-            break;
-        };
-        if rec.len() < 56 {
-            continue;
-        }
-        let s16 = |k: usize| -> String {
-            let n = u16::from_le_bytes([rec[k], rec[k + 1]]) as usize;
-            let o = u16::from_le_bytes([rec[k + 2], rec[k + 3]]) as usize;
-            let b = rec.get(o..o + n).unwrap_or(&[]);
-            let u: Vec<u16> = b
-                .chunks(2)
-                .map(|w| u16::from_le_bytes([w[0], *w.get(1).unwrap_or(&0)]))
-                .collect();
-            String::from_utf16_lossy(&u)
-        };
-        let logical = s16(48);
-        let physical = s16(52);
-        if logical.is_empty() {
-            continue;
-        }
-        let file_id = u16::try_from(u32_at(20).unwrap_or(0)).unwrap_or(0);
-        carried = carried.saturating_add(u64::from(u32_at(24).unwrap_or(0)) * PAGE_SIZE as u64);
-        // +40: the file's size in bytes (u64); +24 holds the pages in the backup.
-        let size = mq
-            .get(start + 40..start + 48)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_le_bytes);
-        let kind = if rec[8] & 0x08 != 0 || physical.to_ascii_lowercase().ends_with(".ldf") {
-            FileKind::Log
-        } else {
-            FileKind::Data
-        };
-        out.push(FileMeta {
-            file_id,
-            logical_name: logical,
-            physical_name: physical,
-            kind,
-            size_bytes: size,
-            filegroup: (kind == FileKind::Data).then(|| "PRIMARY".to_string()),
-        });
-    }
-    (out, carried)
-}
-
-fn find(h: &[u8], n: &[u8]) -> Option<usize> {
-    h.windows(n.len()).position(|w| w == n)
 }
 
 #[cfg(test)]

@@ -22,6 +22,12 @@ pub struct FileMeta {
     pub size_bytes: u64,
     /// FileGroupName (PRIMARY for data, NULL for the log).
     pub filegroup: Option<String>,
+    /// FileGroupId, where the stream records it.
+    pub filegroup_id: Option<u32>,
+    /// SourceBlockSize, where the stream records it.
+    pub source_block_size: Option<u32>,
+    /// BackupSizeInBytes: the bytes of this file's pages the backup carries.
+    pub backup_bytes: Option<u64>,
 }
 
 /// A backup set's metadata (HEADERONLY's row and the media header).
@@ -81,6 +87,15 @@ pub struct SetMeta {
     pub software_version: (u32, u32, u32),
     /// Database version.
     pub database_version: u32,
+    /// DatabaseCreationDate (seconds since the epoch; 0 unknown).
+    pub database_creation_unix: u64,
+    /// The database collation as a SQL Server stream records it (four bytes: LCID
+    /// and comparison flags, then the SQL sort id); `None` for openvdi streams,
+    /// whose collation is the engine's.
+    pub collation: Option<[u8; 5]>,
+    /// BackupSize: bytes of the backup set on the media (filled in from the end of
+    /// the stream, when it was read).
+    pub backup_size: Option<u64>,
 }
 
 /// The backup set's metadata from the head of one media family's stream: the

@@ -14,8 +14,12 @@
 //!   through `std::io::Write` as the stream goes by, so gigabytes of page data are
 //!   skipped, never buffered. Corrupt input is an error with its offset, never a panic.
 //!
-//! The engine's writer and its reader of SQL Server's metadata records (SCIN/SFIN in
-//! MQCI) live in `openvdi-engine` (`mtf_io.rs`) for now.
+//! * [`sql`]: SQL Server's own metadata inside the stream — the SCIN, SFGI and SFIN
+//!   records of `MQCI` and the log range of each `MSTL` block — one tested reading
+//!   for the engine and the tools.
+//!
+//! The engine's family writer and reader (its chunk tables) live in
+//! `openvdi-engine` (`mtf_io.rs`).
 //!
 //! ```
 //! use std::io::Write;
@@ -25,6 +29,8 @@
 //! ```
 
 #![forbid(unsafe_code)]
+
+pub mod sql;
 
 use std::io::Read;
 use std::path::Path;
