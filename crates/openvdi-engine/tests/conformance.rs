@@ -89,7 +89,9 @@ fn each_broken_client_is_caught_by_its_scenario() {
         ("rewind-ok", "rewind-clearerror", true),
         ("exit0-after-abort", "abort-first-command-backup", true),
         ("no-close", "crash-at-mid-backup", true),
-        ("timeout-fatal", "slow-server-150ms", true),
+        // Whether 50 ms pass between two commands of a plain run depends on the
+        // machine's load: not asserted either way.
+        ("timeout-fatal", "slow-server-150ms", false),
         ("corrupt-restore", "happy-2-stripes", false),
         ("hang-on-abort", "abort-first-command-backup", true),
     ];
