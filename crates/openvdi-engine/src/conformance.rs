@@ -885,28 +885,20 @@ impl Run<'_> {
     }
 
     fn restore_sql(&self, log: bool, recovery: bool) -> String {
-        let copy = self.data.join("restored");
-        let mut s = format!(
-            "RESTORE {} [{}_copy] FROM {} WITH MOVE N'{}' TO N'{}', MOVE N'{}_log' TO N'{}', REPLACE, {}",
-            if log { "LOG" } else { "DATABASE" },
-            self.db,
-            devices_clause(&self.set, self.sc.stripes),
-            self.db,
-            copy.join(format!("{}_copy.mdf", self.db)).display(),
-            self.db,
-            copy.join(format!("{}_copy_log.ldf", self.db)).display(),
-            if recovery { "RECOVERY" } else { "NORECOVERY" }
-        );
+        let from = devices_clause(&self.set, self.sc.stripes);
+        let recovery = if recovery { "RECOVERY" } else { "NORECOVERY" };
         if log {
             // RESTORE LOG takes no MOVE or REPLACE.
-            s = format!(
-                "RESTORE LOG [{}_copy] FROM {} WITH {}",
-                self.db,
-                devices_clause(&self.set, self.sc.stripes),
-                if recovery { "RECOVERY" } else { "NORECOVERY" }
-            );
+            return format!("RESTORE LOG [{}_copy] FROM {from} WITH {recovery}", self.db);
         }
-        s
+        let copy = self.data.join("restored");
+        format!(
+            "RESTORE DATABASE [{db}_copy] FROM {from} WITH MOVE N'{db}' TO N'{}', \
+             MOVE N'{db}_log' TO N'{}', REPLACE, {recovery}",
+            copy.join(format!("{}_copy.mdf", self.db)).display(),
+            copy.join(format!("{}_copy_log.ldf", self.db)).display(),
+            db = self.db,
+        )
     }
 
     fn data_file(&self, db: &str) -> Result<PathBuf, String> {

@@ -16,18 +16,6 @@ use openvdi_engine::catalog::{Catalog, DbState};
 
 const ROUNDS: usize = 20;
 
-fn engine(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let mut c = std::process::Command::new(engine_bin());
-    c.arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("OPENVDI_FAULT")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let (code, out, err) = ChildGuard(Some(c.spawn().expect("spawn openvdi-engine"))).wait();
-    (code, format!("{out}{err}"))
-}
-
 fn files(dir: &Path) -> (Vec<u8>, Vec<u8>) {
     (
         std::fs::read(dir.join("cr.mdf")).unwrap(),
@@ -48,9 +36,9 @@ fn a_restore_killed_at_any_instant_is_restoring_or_consistent() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
     let bak = root.path().join("cr.bak");
-    let (code, out) = engine(&dir, &["create-database", "cr", "--size", "32M"]);
+    let (code, out) = run_engine(&dir, &["create-database", "cr", "--size", "32M"]);
     assert_eq!(code, Some(0), "{out}");
-    let (code, out) = engine(
+    let (code, out) = run_engine(
         &dir,
         &[
             "exec",
@@ -66,7 +54,7 @@ fn a_restore_killed_at_any_instant_is_restoring_or_consistent() {
 
     // How long a whole restore takes (process start included): kills fall in
     // 0..that.
-    let (code, out) = engine(&dir, &["modify", "cr", "--pages", "40"]);
+    let (code, out) = run_engine(&dir, &["modify", "cr", "--pages", "40"]);
     assert_eq!(code, Some(0), "{out}");
     let t = Instant::now();
     let (code, out, _) = ChildGuard::engine_exec(&dir, &restore_sql, &[]).wait();
@@ -119,7 +107,7 @@ fn a_restore_killed_at_any_instant_is_restoring_or_consistent() {
                     untouched += 1;
                 }
                 // Make the next round's "before" differ from the backup again.
-                let (code, out) = engine(&dir, &["modify", "cr", "--pages", "7"]);
+                let (code, out) = run_engine(&dir, &["modify", "cr", "--pages", "7"]);
                 assert_eq!(code, Some(0), "{out}");
             }
         }

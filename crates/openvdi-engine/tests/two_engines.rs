@@ -11,20 +11,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use openvdi::{ClientSet, Timeout, VdConfig};
 
-/// Run `openvdi-engine --data-dir DIR ARGS…` to completion (bounded by the
-/// harness's deadline): exit status and stdout + stderr.
-fn engine(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let mut c = std::process::Command::new(engine_bin());
-    c.arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("OPENVDI_FAULT")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let (code, out, err) = ChildGuard(Some(c.spawn().expect("spawn openvdi-engine"))).wait();
-    (code, format!("{out}{err}"))
-}
-
 fn exec(dir: &Path, sql: &str) -> (Option<i32>, String) {
     let (code, out, err) = ChildGuard::engine_exec(dir, sql, &[]).wait();
     (code, format!("{out}{err}"))
@@ -51,7 +37,7 @@ fn a_restore_or_drop_in_one_data_dir_never_touches_the_other() {
     let a = root.path().join("engine-a");
     let b = root.path().join("engine-b");
     let bak = root.path().join("a.bak");
-    let (code, out) = engine(&a, &["create-database", "a", "--size", "2M"]);
+    let (code, out) = run_engine(&a, &["create-database", "a", "--size", "2M"]);
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = exec(
         &a,
@@ -107,14 +93,14 @@ fn a_restore_or_drop_in_one_data_dir_never_touches_the_other() {
     assert_eq!(code, Some(0), "{out}");
 
     // drop removes its own files only.
-    let (code, out) = engine(&b, &["drop", "a"]);
+    let (code, out) = run_engine(&b, &["drop", "a"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(!b.join("a.mdf").exists() && !b.join("a_log.ldf").exists());
     assert!(b.join("c.mdf").is_file() && b.join("c_log.ldf").is_file());
-    let (code, out) = engine(&b, &["drop", "c"]);
+    let (code, out) = run_engine(&b, &["drop", "c"]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(snapshot(&a), before, "engine A's files changed");
-    let (code, out) = engine(&a, &["list"]);
+    let (code, out) = run_engine(&a, &["list"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("ONLINE"), "{out}");
 }
@@ -125,7 +111,7 @@ fn a_second_engine_process_cannot_write_or_drop_files_the_first_holds() {
     let a = root.path().join("engine-a");
     let b = root.path().join("engine-b");
     let bak = root.path().join("a.bak");
-    let (code, out) = engine(&a, &["create-database", "a", "--size", "2M"]);
+    let (code, out) = run_engine(&a, &["create-database", "a", "--size", "2M"]);
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = exec(
         &a,
@@ -160,10 +146,10 @@ fn a_second_engine_process_cannot_write_or_drop_files_the_first_holds() {
         .expect("engine A opened the set");
 
     // Another process on the same data directory.
-    let (code, out) = engine(&a, &["drop", "a"]);
+    let (code, out) = run_engine(&a, &["drop", "a"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("in use by another engine process"), "{out}");
-    let (code, out) = engine(&a, &["modify", "a", "--pages", "3"]);
+    let (code, out) = run_engine(&a, &["modify", "a", "--pages", "3"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("in use by another engine process"), "{out}");
     // Another data directory whose catalog names the same files.
@@ -188,7 +174,7 @@ fn a_second_engine_process_cannot_write_or_drop_files_the_first_holds() {
     );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("Msg 5120"), "{out}");
-    let (code, out) = engine(&b, &["drop", "a"]);
+    let (code, out) = run_engine(&b, &["drop", "a"]);
     assert_eq!(code, Some(2), "{out}");
     assert!(a.join("a.mdf").is_file() && a.join("a_log.ldf").is_file());
     assert_eq!(std::fs::read(a.join("a.mdf")).unwrap(), data_before);
@@ -199,7 +185,7 @@ fn a_second_engine_process_cannot_write_or_drop_files_the_first_holds() {
     let (code, out, _) = holder.wait();
     assert_eq!(code, Some(1), "{out}");
     let _ = set.close();
-    let (code, out) = engine(&a, &["modify", "a", "--pages", "3"]);
+    let (code, out) = run_engine(&a, &["modify", "a", "--pages", "3"]);
     assert_eq!(
         code,
         Some(0),

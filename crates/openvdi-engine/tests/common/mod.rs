@@ -377,3 +377,18 @@ pub fn texts(outs: &[openvdi_engine::Output]) -> Vec<String> {
 pub fn wants_complete() -> u32 {
     vdf::VDF_RequestComplete
 }
+
+/// Run `openvdi-engine --data-dir DIR ARGS…` to completion (bounded by the
+/// harness's deadline): exit status and stdout + stderr.
+#[allow(dead_code)]
+pub fn run_engine(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut c = Command::new(engine_bin());
+    c.arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("OPENVDI_FAULT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (code, out, err) = ChildGuard(Some(c.spawn().expect("spawn openvdi-engine"))).wait();
+    (code, format!("{out}{err}"))
+}
