@@ -132,7 +132,7 @@ pub fn flag(all: &[Manifest], m: &Manifest) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec::Codec;
     use crate::manifest::{BackupId, Chain, EngineInfo, Timings};

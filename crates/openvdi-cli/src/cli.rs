@@ -90,8 +90,11 @@ pub enum Command {
     Export(ExportArgs),
     /// Take existing .bak files (the stripes of one backup) into the repository.
     Import(ImportArgs),
-    /// Delete old backup chains, keeping the newest N full backups per database.
+    /// Delete backups a retention policy does not keep (--keep-last, --keep-daily,
+    /// --keep-weekly, --keep-monthly, --keep-within), whole chains at a time.
     Prune(PruneArgs),
+    /// Delete one backup, unless other backups need it to restore.
+    Forget(ForgetArgs),
     /// Remove every lock of an object-store repository (after a host crashed).
     Unlock,
 }
@@ -206,14 +209,31 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  openvdi prune --keep-daily 7 --keep-weekly 4 --keep-monthly 12\n  \
+openvdi prune --keep-within 14d --database sales --json\n  openvdi prune --keep-last 2 --confirm")]
 pub struct PruneArgs {
-    /// Keep the newest N full backups of each database, with every diff and log
-    /// backup taken after the oldest kept full (N ≥ 1).
+    /// Keep the newest N full backups (per server and database).
     #[arg(long, value_name = "N")]
-    pub keep_last: usize,
+    pub keep_last: Option<usize>,
+    /// Keep the newest full of each of the last D days (UTC) that have one.
+    #[arg(long, value_name = "D")]
+    pub keep_daily: Option<usize>,
+    /// Keep the newest full of each of the last W ISO weeks that have one.
+    #[arg(long, value_name = "W")]
+    pub keep_weekly: Option<usize>,
+    /// Keep the newest full of each of the last M months that have one.
+    #[arg(long, value_name = "M")]
+    pub keep_monthly: Option<usize>,
+    /// Keep every full taken within DURATION of the database's newest backup, and
+    /// the full that window restores from: 36h, 14d, 8w.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
     /// Only this database.
     #[arg(long)]
     pub database: Option<String>,
+    /// Only this server's databases.
+    #[arg(long = "for-server", value_name = "SERVER")]
+    pub for_server: Option<String>,
     /// Really delete (otherwise only show what would go).
     #[arg(long)]
     pub confirm: bool,
@@ -221,4 +241,14 @@ pub struct PruneArgs {
     /// are aborted: 90s, 30m, 24h, 7d [default: 24h, or `upload_grace` in the config].
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub upload_grace: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  openvdi forget srv_sales_LOG_20240301_120000")]
+pub struct ForgetArgs {
+    /// The backup id (see `openvdi list`).
+    pub backup: String,
+    /// Only say what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
 }

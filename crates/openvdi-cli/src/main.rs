@@ -35,6 +35,7 @@ mod pipeline;
 mod progress;
 mod redact;
 mod repo;
+mod retention;
 mod storage;
 #[cfg(feature = "tds")]
 mod tds;
