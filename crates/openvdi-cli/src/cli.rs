@@ -134,9 +134,26 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  openvdi restore latest:sales --as sales_copy\n  \
+openvdi restore sales --at '2024-03-01 14:30:00' --as sales_before --dry-run\n  \
+openvdi restore sales --at-lsn 20000000123400001 --replace")]
 pub struct RestoreArgs {
-    /// Backup id, `latest` or `latest:DATABASE`.
+    /// Backup id, `latest` or `latest:DATABASE`; with --at / --at-lsn, the DATABASE.
     pub backup: String,
+    /// Point in time (UTC): 'YYYY-MM-DD HH:MM:SS[.fff]'. Restores the newest full
+    /// before it, the newest usable diff and the logs up to it, the last with STOPAT.
+    #[arg(long, value_name = "TIME", conflicts_with = "at_lsn")]
+    pub at: Option<String>,
+    /// Restore to just before this LSN (STOPBEFOREMARK = 'lsn:LSN').
+    #[arg(long, value_name = "LSN")]
+    pub at_lsn: Option<String>,
+    /// With --at/--at-lsn: the server whose database it is, when several servers'
+    /// backups hold a database of that name.
+    #[arg(long, value_name = "SERVER")]
+    pub from_server: Option<String>,
+    /// With --at/--at-lsn: print the plan and the T-SQL, restore nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Restore under another database name.
     #[arg(long = "as", value_name = "NAME")]
     pub as_name: Option<String>,

@@ -6,6 +6,7 @@ mod forget;
 mod import;
 mod inspect;
 mod list;
+mod pitr;
 mod prune;
 mod restore;
 mod verify;
