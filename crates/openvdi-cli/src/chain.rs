@@ -174,6 +174,7 @@ pub(crate) mod tests {
             },
             backup_started: Some(t),
             backup_finished: Some(t),
+            options: Default::default(),
             vdi_set: String::new(),
             transport: String::new(),
             tool_version: String::new(),

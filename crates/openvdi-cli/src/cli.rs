@@ -100,6 +100,8 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  openvdi backup sales --stripes 4 --compress zstd:3 --checksum\n  \
+openvdi backup sales --type log --name 'hourly log'\n  openvdi backup sales --copy-only --description 'before the upgrade'")]
 pub struct BackupArgs {
     /// Database to back up.
     pub database: String,
@@ -121,9 +123,23 @@ pub struct BackupArgs {
     /// BLOCKSIZE passed to BACKUP (512..=65536, power of two).
     #[arg(long, env = "OPENVDI_BLOCKSIZE")]
     pub blocksize: Option<u32>,
-    /// Compression worker threads [default: number of CPUs].
+    /// Compression worker threads, ≥ 1 [default: number of CPUs].
     #[arg(long, env = "OPENVDI_WORKERS")]
     pub workers: Option<usize>,
+    /// WITH CHECKSUM: the engine verifies page checksums as it reads and stores a
+    /// checksum of the backup.
+    #[arg(long)]
+    pub checksum: bool,
+    /// WITH COPY_ONLY: a backup outside the regular sequence (a copy-only full is no
+    /// differential base; a copy-only log does not truncate the log).
+    #[arg(long)]
+    pub copy_only: bool,
+    /// WITH NAME = '…': the backup set's name (≤ 128 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub name: Option<String>,
+    /// WITH DESCRIPTION = '…' (≤ 255 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Args)]

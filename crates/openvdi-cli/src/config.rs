@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
 use crate::cli::Global;
@@ -162,7 +162,13 @@ impl FileConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
                 return Ok(FileConfig::default())
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            // A configuration that cannot be read is a usage error (exit 2).
+            Err(e) => {
+                return Err(err(
+                    Code::Usage,
+                    format!("reading the config file {}: {e}", path.display()),
+                ))
+            }
         };
         // A parse error quotes the offending line, which may hold a repository URL
         // with credentials: register them before the message can be printed.

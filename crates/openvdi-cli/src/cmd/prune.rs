@@ -285,6 +285,7 @@ mod tests {
             },
             backup_started: Some(at),
             backup_finished: Some(at),
+            options: Default::default(),
             vdi_set: String::new(),
             transport: String::new(),
             tool_version: String::new(),
