@@ -100,8 +100,10 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  openvdi backup sales --stripes 4 --compress zstd:3 --checksum\n  \
-openvdi backup sales --type log --name 'hourly log'\n  openvdi backup sales --copy-only --description 'before the upgrade'")]
+#[command(
+    after_help = "Examples:\n  openvdi backup sales --stripes 4 --compress zstd:3 --checksum\n  \
+openvdi backup sales --type log --name 'hourly log'\n  openvdi backup sales --copy-only --description 'before the upgrade'"
+)]
 pub struct BackupArgs {
     /// Database to back up.
     pub database: String,
@@ -150,9 +152,11 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  openvdi restore latest:sales --as sales_copy\n  \
+#[command(
+    after_help = "Examples:\n  openvdi restore latest:sales --as sales_copy\n  \
 openvdi restore sales --at '2024-03-01 14:30:00' --as sales_before --dry-run\n  \
-openvdi restore sales --at-lsn 20000000123400001 --replace")]
+openvdi restore sales --at-lsn 20000000123400001 --replace"
+)]
 pub struct RestoreArgs {
     /// Backup id, `latest` or `latest:DATABASE`; with --at / --at-lsn, the DATABASE.
     pub backup: String,
@@ -242,8 +246,10 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  openvdi prune --keep-daily 7 --keep-weekly 4 --keep-monthly 12\n  \
-openvdi prune --keep-within 14d --database sales --json\n  openvdi prune --keep-last 2 --confirm")]
+#[command(
+    after_help = "Examples:\n  openvdi prune --keep-daily 7 --keep-weekly 4 --keep-monthly 12\n  \
+openvdi prune --keep-within 14d --database sales --json\n  openvdi prune --keep-last 2 --confirm"
+)]
 pub struct PruneArgs {
     /// Keep the newest N full backups (per server and database).
     #[arg(long, value_name = "N")]

@@ -64,10 +64,12 @@ pub struct PolicyFile {
 impl PolicyFile {
     fn resolve(&self, what: &str) -> Result<crate::retention::Policy> {
         let keep_within = match &self.keep_within {
-            Some(d) => Some(
-                parse_duration(d)
-                    .map_err(|e| err(Code::Usage, format!("config file: {what}: keep_within: {e}")))?,
-            ),
+            Some(d) => Some(parse_duration(d).map_err(|e| {
+                err(
+                    Code::Usage,
+                    format!("config file: {what}: keep_within: {e}"),
+                )
+            })?),
             None => None,
         };
         let p = crate::retention::Policy {

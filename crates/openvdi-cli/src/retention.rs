@@ -81,7 +81,7 @@ impl Policy {
 pub fn duration_text(d: Duration) -> String {
     let s = d.as_secs();
     for (u, n) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s > 0 && s % n == 0 {
+        if s > 0 && s.is_multiple_of(n) {
             return format!("{}{u}", s / n);
         }
     }
@@ -414,19 +414,36 @@ mod tests {
                 let id = |k: &str| format!("{server}_{k}_{}", t.format("%Y%m%d_%H%M"));
                 let full = (hour == 1 && day % 5 != 3) || (hour == 13 && day % 7 == 0);
                 if full {
-                    let m = backup(&id("FULL"), server, Kind::Full, at, [lsn, lsn + 5, lsn + 2, 0]);
+                    let m = backup(
+                        &id("FULL"),
+                        server,
+                        Kind::Full,
+                        at,
+                        [lsn, lsn + 5, lsn + 2, 0],
+                    );
                     base_ckpt = Some(lsn + 2);
                     lsn += 10;
                     out.push(m);
                 }
-                if (hour == 7 || hour == 19) && base_ckpt.is_some() {
-                    let b = base_ckpt.unwrap();
-                    out.push(backup(&id("DIFF"), server, Kind::Diff, at, [lsn, lsn + 5, lsn + 2, b]));
+                if let Some(b) = base_ckpt.filter(|_| hour == 7 || hour == 19) {
+                    out.push(backup(
+                        &id("DIFF"),
+                        server,
+                        Kind::Diff,
+                        at,
+                        [lsn, lsn + 5, lsn + 2, b],
+                    ));
                     lsn += 10;
                 }
                 if hour % 2 == 0 && base_ckpt.is_some() {
                     lsn += 3;
-                    out.push(backup(&id("LOG"), server, Kind::Log, at, [last_log, lsn, 0, 0]));
+                    out.push(backup(
+                        &id("LOG"),
+                        server,
+                        Kind::Log,
+                        at,
+                        [last_log, lsn, 0, 0],
+                    ));
                     last_log = lsn;
                 }
             }
@@ -439,7 +456,11 @@ mod tests {
     /// before it was chosen.
     fn expected(all: &[Manifest], server: &str, p: &Policy) -> HashSet<String> {
         let mine: Vec<&Manifest> = all.iter().filter(|m| m.server == server).collect();
-        let fulls: Vec<&Manifest> = mine.iter().copied().filter(|m| m.kind == Kind::Full).collect();
+        let fulls: Vec<&Manifest> = mine
+            .iter()
+            .copied()
+            .filter(|m| m.kind == Kind::Full)
+            .collect();
         let mut chosen: HashSet<String> = HashSet::new();
         let mut by_bucket = |n: Option<usize>, f: &dyn Fn(&Manifest) -> String| {
             let Some(n) = n else { return };
@@ -468,15 +489,27 @@ mod tests {
         if let Some(d) = p.keep_within {
             let newest = mine.iter().map(|m| taken(m)).max().unwrap();
             let from = newest - chrono::Duration::from_std(d).unwrap();
-            chosen.extend(fulls.iter().filter(|m| taken(m) >= from).map(|m| m.id.to_string()));
-            if let Some(m) = fulls.iter().filter(|m| taken(m) < from).max_by_key(|m| taken(m)) {
+            chosen.extend(
+                fulls
+                    .iter()
+                    .filter(|m| taken(m) >= from)
+                    .map(|m| m.id.to_string()),
+            );
+            if let Some(m) = fulls
+                .iter()
+                .filter(|m| taken(m) < from)
+                .max_by_key(|m| taken(m))
+            {
                 chosen.insert(m.id.to_string());
             }
         }
         let mut kept = chosen.clone();
         for m in &mine {
             if m.kind != Kind::Full {
-                let base = fulls.iter().filter(|f| taken(f) <= taken(m)).max_by_key(|f| taken(f));
+                let base = fulls
+                    .iter()
+                    .filter(|f| taken(f) <= taken(m))
+                    .max_by_key(|f| taken(f));
                 if base.is_some_and(|b| chosen.contains(b.id.as_str())) {
                     kept.insert(m.id.to_string());
                 }
@@ -522,24 +555,46 @@ mod tests {
             );
         }
         // Every kept backup says why.
-        assert!(plan.iter().all(|d| d.keep == !d.reasons.is_empty()));
+        assert!(plan.iter().all(|d| d.keep != d.reasons.is_empty()));
     }
 
     #[test]
     fn policies_over_90_days_keep_exactly_the_expected_set_and_every_chain() {
         let mut all = history("A");
-        all.extend(history("B").into_iter().filter(|m| chain::taken(m).timestamp() < T0 + 60 * DAY));
+        all.extend(
+            history("B")
+                .into_iter()
+                .filter(|m| chain::taken(m).timestamp() < T0 + 60 * DAY),
+        );
         chain::sort(&mut all);
         chain::link(&mut all);
         assert!(all.len() > 2000);
         let d = |days: u64| Some(Duration::from_secs(days * 86_400));
         for p in [
-            Policy { keep_last: Some(1), ..Default::default() },
-            Policy { keep_last: Some(3), ..Default::default() },
-            Policy { keep_daily: Some(7), ..Default::default() },
-            Policy { keep_weekly: Some(4), ..Default::default() },
-            Policy { keep_monthly: Some(6), ..Default::default() },
-            Policy { keep_within: d(10), ..Default::default() },
+            Policy {
+                keep_last: Some(1),
+                ..Default::default()
+            },
+            Policy {
+                keep_last: Some(3),
+                ..Default::default()
+            },
+            Policy {
+                keep_daily: Some(7),
+                ..Default::default()
+            },
+            Policy {
+                keep_weekly: Some(4),
+                ..Default::default()
+            },
+            Policy {
+                keep_monthly: Some(6),
+                ..Default::default()
+            },
+            Policy {
+                keep_within: d(10),
+                ..Default::default()
+            },
             Policy {
                 keep_daily: Some(7),
                 keep_weekly: Some(4),
@@ -569,7 +624,10 @@ mod tests {
             backup("l2", "A", Kind::Log, 50, [120, 170, 0, 0]),
         ];
         chain::link(&mut all);
-        let p = Policy { keep_last: Some(1), ..Default::default() };
+        let p = Policy {
+            keep_last: Some(1),
+            ..Default::default()
+        };
         let plan = plan(&all, |_| true, |_| p.clone());
         let r = |id: &str| plan.iter().find(|d| all[d.index].id == id).unwrap().clone();
         assert_eq!(r("f2").reasons, ["keep-last 1/1"]);

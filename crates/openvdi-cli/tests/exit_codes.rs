@@ -123,7 +123,12 @@ fn codes_0_1_2_3_and_10_in_text_and_json() {
     std::fs::rename(&s[0], &aside).unwrap();
     let err = stderr_of(&e, &["verify", &id], 3);
     assert!(err.contains("missing"), "{err}");
-    assert_eq!(err.matches(s[0].file_name().unwrap().to_str().unwrap()).count(), 1, "{err}");
+    assert_eq!(
+        err.matches(s[0].file_name().unwrap().to_str().unwrap())
+            .count(),
+        1,
+        "{err}"
+    );
     json_fail(&e, &["verify", &id], 3);
     json_fail(&e, &["restore", &id, "--as", "y"], 3);
     std::fs::rename(&aside, &s[0]).unwrap();
@@ -187,9 +192,11 @@ fn code_130_on_sigint_with_json_saying_interrupted() {
     let pid = g.0.as_ref().unwrap().id();
     // The engine command running means the tool is past its setup (its signal
     // handler is installed before any command runs).
-    wait_for("the engine command to start", Duration::from_secs(30), || {
-        children(pid) > 0
-    });
+    wait_for(
+        "the engine command to start",
+        Duration::from_secs(30),
+        || children(pid) > 0,
+    );
     assert!(Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()

@@ -66,7 +66,10 @@ fn restore_at_a_time_inside_the_second_log_gives_the_files_as_they_were_then() {
     for i in [&full, &diff, &log2] {
         assert!(dry.contains(i.as_str()), "{dry}");
     }
-    assert!(!dry.contains(log1.as_str()) && !dry.contains(log3.as_str()), "{dry}");
+    assert!(
+        !dry.contains(log1.as_str()) && !dry.contains(log3.as_str()),
+        "{dry}"
+    );
     assert!(
         dry.contains("WITH NORECOVERY") && dry.contains(&format!("STOPAT = '{at}.000'")),
         "{dry}"
@@ -100,8 +103,14 @@ fn restore_at_a_time_inside_the_second_log_gives_the_files_as_they_were_then() {
         .iter()
         .map(|p| std::fs::read(p).unwrap())
         .collect();
-    assert!(got[0] == want[0], "the data file differs from the copy at {at}");
-    assert!(got[1] == want[1], "the log file differs from the copy at {at}");
+    assert!(
+        got[0] == want[0],
+        "the data file differs from the copy at {at}"
+    );
+    assert!(
+        got[1] == want[1],
+        "the log file differs from the copy at {at}"
+    );
     // It is online and takes changes and backups again.
     engine(&e).modify("pt", 5).unwrap();
     e.json(&["backup", "pt"]);

@@ -127,7 +127,10 @@ fn keep_daily_keeps_whole_chains_forget_refuses_dependencies_and_the_rest_restor
     let o = e.run(&["forget", &id(2)]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("refusing to forget") && err.contains(&id(3)), "{err}");
+    assert!(
+        err.contains("refusing to forget") && err.contains(&id(3)),
+        "{err}"
+    );
     let j = e.run(&["--json", "forget", &id(2)]);
     let j: Value = serde_json::from_slice(&j.stdout).unwrap();
     assert_eq!(j["ok"], false);

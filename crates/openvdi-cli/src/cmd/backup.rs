@@ -95,10 +95,7 @@ fn validate(ctx: &Ctx, a: BackupArgs) -> Result<Plan> {
         buffercount,
         maxtransfersize,
         blocksize,
-        workers: a
-            .workers
-            .or(f.workers)
-            .unwrap_or_else(default_workers),
+        workers: a.workers.or(f.workers).unwrap_or_else(default_workers),
     })
 }
 
@@ -424,11 +421,29 @@ mod tests {
             maxtransfersize: Some(1 << 20),
             blocksize: None,
             workers: 1,
+            options: Default::default(),
         };
         assert_eq!(
             statement(&p, &["s".into(), "s1".into()]),
             "BACKUP DATABASE [my]]db] TO VIRTUAL_DEVICE = 's', VIRTUAL_DEVICE = 's1' \
              WITH DIFFERENTIAL, BUFFERCOUNT = 4, MAXTRANSFERSIZE = 1048576"
+        );
+        let p = Plan {
+            kind: Kind::Log,
+            buffercount: None,
+            maxtransfersize: None,
+            options: manifest::Options {
+                copy_only: true,
+                checksum: true,
+                name: Some("it's".into()),
+                description: Some("d".into()),
+            },
+            ..p
+        };
+        assert_eq!(
+            statement(&p, &["s".into()]),
+            "BACKUP LOG [my]]db] TO VIRTUAL_DEVICE = 's' \
+             WITH COPY_ONLY, CHECKSUM, NAME = N'it''s', DESCRIPTION = N'd'"
         );
     }
 }

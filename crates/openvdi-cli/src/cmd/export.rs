@@ -44,7 +44,10 @@ pub fn decode_stripe(store: &dyn Store, s: &Stripe, w: &mut dyn Write) -> Result
         Err(crate::storage::StoreError::NotFound(_)) => {
             return Err(err(
                 Code::Verify,
-                format!("stripe {} ({}) is missing from the repository", s.index, s.key),
+                format!(
+                    "stripe {} ({}) is missing from the repository",
+                    s.index, s.key
+                ),
             ));
         }
         Err(e) => return Err(anyhow::Error::new(e).context("opening a stripe")),

@@ -54,7 +54,10 @@ pub fn file_target(files: &[PathBuf]) -> Result<Target> {
             Ok(_) => {
                 return Err(err(
                     Code::Usage,
-                    format!("{}: not a file (give the .bak files themselves)", f.display()),
+                    format!(
+                        "{}: not a file (give the .bak files themselves)",
+                        f.display()
+                    ),
                 ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -122,7 +122,9 @@ pub fn plan<'a>(group: &[&'a Manifest], p: Point, what: &str) -> Result<Vec<&'a 
         .filter(|m| m.kind == Kind::Full)
         .collect();
     let Some(first) = fulls.last() else {
-        return Err(missing(format!("no full backup of {what} in the repository")));
+        return Err(missing(format!(
+            "no full backup of {what} in the repository"
+        )));
     };
     let candidates: Vec<&&Manifest> = fulls.iter().filter(|f| before(f, p)).collect();
     if candidates.is_empty() {
@@ -263,7 +265,8 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
             (*m, o)
         })
         .collect();
-    let recover = (!a.norecovery).then(|| format!("RESTORE DATABASE {} WITH RECOVERY", ident(&target)));
+    let recover =
+        (!a.norecovery).then(|| format!("RESTORE DATABASE {} WITH RECOVERY", ident(&target)));
     let sql: Vec<String> = steps
         .iter()
         .map(|(m, o)| restore::statement_text(m, o))
@@ -392,7 +395,9 @@ mod tests {
             1_709_303_400
         );
         assert_eq!(
-            parse_time("2024-03-01T14:30:00.250Z").unwrap().timestamp_millis(),
+            parse_time("2024-03-01T14:30:00.250Z")
+                .unwrap()
+                .timestamp_millis(),
             1_709_303_400_250
         );
         assert!(parse_time("yesterday").is_err());

@@ -344,7 +344,10 @@ mod tests {
             default: last(5),
             databases: vec![(Some("S1".into()), "A".into(), last(1))],
         };
-        assert_eq!(ids(&all, select(&all, None, &cfg, None, None)), vec!["s1_f1"]);
+        assert_eq!(
+            ids(&all, select(&all, None, &cfg, None, None)),
+            vec!["s1_f1"]
+        );
         assert!(ids(&all, select(&all, None, &cfg, None, Some("s2"))).is_empty());
     }
 }

@@ -220,11 +220,8 @@ pub fn relocate(ctx: &Ctx, repo: &Repo, m: &Manifest, opts: &mut RestoreOptions)
         return Ok(());
     }
     crate::manifest::check_name("--as", &name).map_err(|e| err(Code::Usage, e))?;
-    let (tables, msgs) = super::inspect::query(
-        ctx,
-        &super::inspect::stored_target(repo, m),
-        "FILELISTONLY",
-    )?;
+    let (tables, msgs) =
+        super::inspect::query(ctx, &super::inspect::stored_target(repo, m), "FILELISTONLY")?;
     let Some(files) = tables.first() else {
         return Err(anyhow::anyhow!(
             "--as {name}: the engine printed its file list as text ({}); give a \
