@@ -39,9 +39,11 @@ pub fn same_database(a: &Manifest, b: &Manifest) -> bool {
     a.server.eq_ignore_ascii_case(&b.server) && a.database.eq_ignore_ascii_case(&b.database)
 }
 
-/// Orders backups by when they were taken (then by id, for a stable order).
+/// Orders backups by when they were taken; within one second (backup times are
+/// recorded in seconds) by LastLSN (none first), then by id: a total order, stable
+/// whatever order they were read in.
 pub fn sort(all: &mut [Manifest]) {
-    all.sort_by(|a, b| taken(a).cmp(&taken(b)).then_with(|| a.id.cmp(&b.id)));
+    all.sort_by_cached_key(|m| (taken(m), lsn(&m.chain.last_lsn).unwrap_or(0), m.id.clone()));
 }
 
 /// How a parent was found.
