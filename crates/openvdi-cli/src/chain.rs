@@ -39,16 +39,11 @@ pub fn same_database(a: &Manifest, b: &Manifest) -> bool {
     a.server.eq_ignore_ascii_case(&b.server) && a.database.eq_ignore_ascii_case(&b.database)
 }
 
-/// Orders backups by when they were taken, then (backup times have whole seconds,
-/// and a full, a differential and a log often share one) by their last LSN (the later backup ends later in the log), then
-/// by id, for a stable order.
+/// Orders backups by when they were taken; within one second (backup times are
+/// recorded in seconds) by LastLSN (none first), then by id: a total order, stable
+/// whatever order they were read in.
 pub fn sort(all: &mut [Manifest]) {
-    all.sort_by(|a, b| {
-        taken(a)
-            .cmp(&taken(b))
-            .then_with(|| lsn(&a.chain.last_lsn).cmp(&lsn(&b.chain.last_lsn)))
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    all.sort_by_cached_key(|m| (taken(m), lsn(&m.chain.last_lsn).unwrap_or(0), m.id.clone()));
 }
 
 /// How a parent was found.
@@ -139,7 +134,7 @@ pub fn flag(all: &[Manifest], m: &Manifest) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec::Codec;
     use crate::manifest::{BackupId, Chain, EngineInfo, Timings};
@@ -181,6 +176,7 @@ mod tests {
             },
             backup_started: Some(t),
             backup_finished: Some(t),
+            options: Default::default(),
             vdi_set: String::new(),
             transport: String::new(),
             tool_version: String::new(),

@@ -90,13 +90,20 @@ pub enum Command {
     Export(ExportArgs),
     /// Take existing .bak files (the stripes of one backup) into the repository.
     Import(ImportArgs),
-    /// Delete old backup chains, keeping the newest N full backups per database.
+    /// Delete backups a retention policy does not keep (--keep-last, --keep-daily,
+    /// --keep-weekly, --keep-monthly, --keep-within), whole chains at a time.
     Prune(PruneArgs),
+    /// Delete one backup, unless other backups need it to restore.
+    Forget(ForgetArgs),
     /// Remove every lock of an object-store repository (after a host crashed).
     Unlock,
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  openvdi backup sales --stripes 4 --compress zstd:3 --checksum\n  \
+openvdi backup sales --type log --name 'hourly log'\n  openvdi backup sales --copy-only --description 'before the upgrade'"
+)]
 pub struct BackupArgs {
     /// Database to back up.
     pub database: String,
@@ -118,9 +125,23 @@ pub struct BackupArgs {
     /// BLOCKSIZE passed to BACKUP (512..=65536, power of two).
     #[arg(long, env = "OPENVDI_BLOCKSIZE")]
     pub blocksize: Option<u32>,
-    /// Compression worker threads [default: number of CPUs].
+    /// Compression worker threads, ≥ 1 [default: number of CPUs].
     #[arg(long, env = "OPENVDI_WORKERS")]
     pub workers: Option<usize>,
+    /// WITH CHECKSUM: the engine verifies page checksums as it reads and stores a
+    /// checksum of the backup.
+    #[arg(long)]
+    pub checksum: bool,
+    /// WITH COPY_ONLY: a backup outside the regular sequence (a copy-only full is no
+    /// differential base; a copy-only log does not truncate the log).
+    #[arg(long)]
+    pub copy_only: bool,
+    /// WITH NAME = '…': the backup set's name (≤ 128 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub name: Option<String>,
+    /// WITH DESCRIPTION = '…' (≤ 255 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -131,9 +152,28 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  openvdi restore latest:sales --as sales_copy\n  \
+openvdi restore sales --at '2024-03-01 14:30:00' --as sales_before --dry-run\n  \
+openvdi restore sales --at-lsn 20000000123400001 --replace"
+)]
 pub struct RestoreArgs {
-    /// Backup id, `latest` or `latest:DATABASE`.
+    /// Backup id, `latest` or `latest:DATABASE`; with --at / --at-lsn, the DATABASE.
     pub backup: String,
+    /// Point in time (UTC): 'YYYY-MM-DD HH:MM:SS[.fff]'. Restores the newest full
+    /// before it, the newest usable diff and the logs up to it, the last with STOPAT.
+    #[arg(long, value_name = "TIME", conflicts_with = "at_lsn")]
+    pub at: Option<String>,
+    /// Restore to just before this LSN (STOPBEFOREMARK = 'lsn:LSN').
+    #[arg(long, value_name = "LSN")]
+    pub at_lsn: Option<String>,
+    /// With --at/--at-lsn: the server whose database it is, when several servers'
+    /// backups hold a database of that name.
+    #[arg(long, value_name = "SERVER")]
+    pub from_server: Option<String>,
+    /// With --at/--at-lsn: print the plan and the T-SQL, restore nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Restore under another database name.
     #[arg(long = "as", value_name = "NAME")]
     pub as_name: Option<String>,
@@ -206,14 +246,33 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  openvdi prune --keep-daily 7 --keep-weekly 4 --keep-monthly 12\n  \
+openvdi prune --keep-within 14d --database sales --json\n  openvdi prune --keep-last 2 --confirm"
+)]
 pub struct PruneArgs {
-    /// Keep the newest N full backups of each database, with every diff and log
-    /// backup taken after the oldest kept full (N ≥ 1).
+    /// Keep the newest N full backups (per server and database).
     #[arg(long, value_name = "N")]
-    pub keep_last: usize,
+    pub keep_last: Option<usize>,
+    /// Keep the newest full of each of the last D days (UTC) that have one.
+    #[arg(long, value_name = "D")]
+    pub keep_daily: Option<usize>,
+    /// Keep the newest full of each of the last W ISO weeks that have one.
+    #[arg(long, value_name = "W")]
+    pub keep_weekly: Option<usize>,
+    /// Keep the newest full of each of the last M months that have one.
+    #[arg(long, value_name = "M")]
+    pub keep_monthly: Option<usize>,
+    /// Keep every full taken within DURATION of the database's newest backup, and
+    /// the full that window restores from: 36h, 14d, 8w.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
     /// Only this database.
     #[arg(long)]
     pub database: Option<String>,
+    /// Only this server's databases.
+    #[arg(long = "for-server", value_name = "SERVER")]
+    pub for_server: Option<String>,
     /// Really delete (otherwise only show what would go).
     #[arg(long)]
     pub confirm: bool,
@@ -221,4 +280,14 @@ pub struct PruneArgs {
     /// are aborted: 90s, 30m, 24h, 7d [default: 24h, or `upload_grace` in the config].
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub upload_grace: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  openvdi forget srv_sales_LOG_20240301_120000")]
+pub struct ForgetArgs {
+    /// The backup id (see `openvdi list`).
+    pub backup: String,
+    /// Only say what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
 use crate::cli::Global;
@@ -31,9 +31,88 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     /// `prune`: unfinished uploads younger than this are left alone (e.g. "24h").
     pub upload_grace: Option<String>,
+    /// `prune`'s policy when no --keep-* flag is given (see [`RetentionFile`]).
+    pub retention: Option<RetentionFile>,
 }
 
-/// `90s`, `30m`, `24h`, `7d` (or plain seconds).
+/// `[retention]`: keep_last, keep_daily, keep_weekly, keep_monthly, keep_within
+/// ("14d"), and `[retention.databases."NAME"]` (or `"SERVER/NAME"`) tables that
+/// replace the default for one database.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    pub keep_last: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
+    pub keep_monthly: Option<usize>,
+    pub keep_within: Option<String>,
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, PolicyFile>,
+}
+
+/// One policy as the file spells it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub keep_last: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
+    pub keep_monthly: Option<usize>,
+    pub keep_within: Option<String>,
+}
+
+impl PolicyFile {
+    fn resolve(&self, what: &str) -> Result<crate::retention::Policy> {
+        let keep_within = match &self.keep_within {
+            Some(d) => Some(parse_duration(d).map_err(|e| {
+                err(
+                    Code::Usage,
+                    format!("config file: {what}: keep_within: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        let p = crate::retention::Policy {
+            keep_last: self.keep_last,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_within,
+        };
+        p.validate()
+            .map_err(|e| err(Code::Usage, format!("config file: {what}: {e}")))?;
+        Ok(p)
+    }
+}
+
+/// The configured retention: a default and per-database policies.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub default: crate::retention::Policy,
+    /// (server or None, database, policy).
+    pub databases: Vec<(Option<String>, String, crate::retention::Policy)>,
+}
+
+impl Retention {
+    /// The policy for one server's database: `SERVER/NAME`, else `NAME`, else the default.
+    pub fn policy_for(&self, server: &str, database: &str) -> crate::retention::Policy {
+        let exact = self.databases.iter().find(|(s, d, _)| {
+            s.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(server))
+                && d.eq_ignore_ascii_case(database)
+        });
+        let by_name = || {
+            self.databases
+                .iter()
+                .find(|(s, d, _)| s.is_none() && d.eq_ignore_ascii_case(database))
+        };
+        exact
+            .or_else(by_name)
+            .map(|(_, _, p)| p.clone())
+            .unwrap_or_else(|| self.default.clone())
+    }
+}
+
+/// `90s`, `30m`, `24h`, `7d`, `2w` (or plain seconds).
 pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -46,7 +125,8 @@ pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, Strin
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
-        u => return Err(format!("{s:?}: unknown unit {u:?} (use s, m, h or d)")),
+        "w" => 7 * 86400,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use s, m, h, d or w)")),
     };
     n.checked_mul(mult)
         .map(std::time::Duration::from_secs)
@@ -84,7 +164,13 @@ impl FileConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
                 return Ok(FileConfig::default())
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            // A configuration that cannot be read is a usage error (exit 2).
+            Err(e) => {
+                return Err(err(
+                    Code::Usage,
+                    format!("reading the config file {}: {e}", path.display()),
+                ))
+            }
         };
         // A parse error quotes the offending line, which may hold a repository URL
         // with credentials: register them before the message can be printed.
@@ -139,6 +225,7 @@ pub struct FileDefaults {
     pub blocksize: Option<u32>,
     pub workers: Option<usize>,
     pub upload_grace: Option<std::time::Duration>,
+    pub retention: Retention,
 }
 
 impl Settings {
@@ -158,6 +245,25 @@ impl Settings {
             ),
             None => None,
         };
+        let mut retention = Retention::default();
+        if let Some(r) = &f.retention {
+            let default = PolicyFile {
+                keep_last: r.keep_last,
+                keep_daily: r.keep_daily,
+                keep_weekly: r.keep_weekly,
+                keep_monthly: r.keep_monthly,
+                keep_within: r.keep_within.clone(),
+            };
+            retention.default = default.resolve("retention")?;
+            for (k, p) in &r.databases {
+                let (server, db) = match k.split_once('/') {
+                    Some((s, d)) => (Some(s.to_string()), d.to_string()),
+                    None => (None, k.clone()),
+                };
+                let p = p.resolve(&format!("retention.databases.{k:?}"))?;
+                retention.databases.push((server, db, p));
+            }
+        }
         let e = &g.engine;
         let repo_is_default = g.repo.is_none() && f.repo.is_none();
         let repo = g
@@ -196,6 +302,7 @@ impl Settings {
                 blocksize: f.blocksize,
                 workers: f.workers,
                 upload_grace,
+                retention,
             },
         })
     }

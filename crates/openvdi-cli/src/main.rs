@@ -35,6 +35,7 @@ mod pipeline;
 mod progress;
 mod redact;
 mod repo;
+mod retention;
 mod storage;
 #[cfg(feature = "tds")]
 mod tds;
@@ -59,6 +60,27 @@ fn main() {
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
+            // Under --json a bad command line is a JSON failure like any other.
+            let json = std::env::args_os()
+                .skip(1)
+                .take_while(|a| a != "--")
+                .any(|a| a == "--json");
+            if json && e.use_stderr() {
+                // The message: its first paragraph (clap adds usage and a hint after).
+                let text = e.render().to_string();
+                let message: Vec<&str> = text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let message = message.join(" ");
+                output::json(&serde_json::json!({
+                    "ok": false,
+                    "exit_code": Code::Usage.as_i32(),
+                    "error_kind": Code::Usage.name(),
+                    "error": message.strip_prefix("error: ").unwrap_or(&message),
+                }));
+            }
             let _ = e.print();
             std::process::exit(if e.use_stderr() {
                 Code::Usage.as_i32()

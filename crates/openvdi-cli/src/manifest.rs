@@ -249,6 +249,50 @@ pub struct Timings {
     pub raw_bytes_per_second: f64,
 }
 
+/// BACKUP options the backup was taken with (absent in older manifests: none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// COPY_ONLY: outside the regular sequence (not a differential base; a log does
+    /// not truncate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy_only: bool,
+    /// CHECKSUM: the engine checked and stored page checksums.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checksum: bool,
+    /// NAME (the backup set's name, ≤ 128 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// DESCRIPTION (≤ 255 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl Options {
+    pub fn is_default(&self) -> bool {
+        *self == Options::default()
+    }
+
+    /// NAME ≤ 128 and DESCRIPTION ≤ 255 characters (SQL Server's limits), no control
+    /// characters.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, v, max) in [
+            ("name", &self.name, 128),
+            ("description", &self.description, 255),
+        ] {
+            if let Some(v) = v {
+                let n = v.chars().count();
+                if n > max {
+                    return Err(format!("backup {what} of {n} characters (at most {max})"));
+                }
+                if v.chars().any(char::is_control) {
+                    return Err(format!("backup {what} {v:?} contains a control character"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
@@ -276,6 +320,9 @@ pub struct Manifest {
     pub backup_started: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_finished: Option<DateTime<Utc>>,
+    /// BACKUP options (COPY_ONLY, CHECKSUM, NAME, DESCRIPTION).
+    #[serde(default, skip_serializing_if = "Options::is_default")]
+    pub options: Options,
     /// The virtual device set name used (empty for imports).
     pub vdi_set: String,
     /// Which VDI client library moved the bytes (empty for imports).
@@ -356,6 +403,7 @@ impl Manifest {
     pub fn validate(&self, key: &str) -> Result<(), String> {
         check_name("server", &self.server)?;
         check_name("database", &self.database)?;
+        self.options.check()?;
         if let Some(p) = &self.chain.parent {
             BackupId::new(p.clone()).map_err(|e| format!("parent: {e}"))?;
         }
@@ -447,6 +495,7 @@ mod tests {
             },
             backup_started: None,
             backup_finished: None,
+            options: Default::default(),
             vdi_set: String::new(),
             transport: String::new(),
             tool_version: String::new(),

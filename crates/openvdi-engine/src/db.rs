@@ -61,6 +61,14 @@ pub struct DatabaseInfo {
 
 /// The default data directory: `$OPENVDI_DATA_DIR`, else `$XDG_DATA_HOME/openvdi`, else
 /// `~/.local/share/openvdi`.
+/// Milliseconds since the Unix epoch (a log record's time).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("OPENVDI_DATA_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
@@ -544,6 +552,7 @@ impl Database {
         let mut have = self.pages_of(&lf)? as u32;
         let mut numbers = Vec::with_capacity(recs.len());
         let mut cur: Option<(u32, Vec<u8>)> = None;
+        let time_ms = now_ms();
         let flush = |f: &File, pg: u32, buf: &[u8]| {
             f.write_all_at(buf, u64::from(pg) * PAGE_SIZE as u64)
                 .map_err(|e| EngineError::io(format!("writing {}", lf.path.display()), e))
@@ -571,6 +580,7 @@ impl Database {
                     kind,
                     file_id,
                     page_id,
+                    time_ms,
                 };
                 b[off..off + page::LOG_RECORD_SIZE].copy_from_slice(&r.encode());
                 let slots = (number % page::RECORDS_PER_PAGE + 1) as u16;
@@ -690,6 +700,50 @@ impl Database {
             at += n as u64;
         }
         Ok(out)
+    }
+
+    /// Clears log records `from..to` from the log file (a restore that stopped at
+    /// `from`): the page holding record `from - 1` keeps the records before it, with
+    /// the header it had when that record was written; later pages become empty log
+    /// pages, as the live log's were before those records existed.
+    pub fn truncate_log(&self, from: u64, to: u64) -> Result<(), EngineError> {
+        if from >= to {
+            return Ok(());
+        }
+        let lf = self.log_file()?;
+        let f = open_file(&lf.path, true)?;
+        let (first_pg, _) = LogRecord::place(from);
+        let (last_pg, _) = LogRecord::place(to - 1);
+        let mut buf = vec![0u8; PAGE_SIZE];
+        for pg in first_pg..=last_pg {
+            let at = u64::from(pg) * PAGE_SIZE as u64;
+            let keep = if pg == first_pg {
+                from % page::RECORDS_PER_PAGE
+            } else {
+                0
+            };
+            if keep == 0 {
+                page::empty_log_page(&mut buf, lf.file_id, pg);
+            } else {
+                f.read_exact_at(&mut buf, at)
+                    .map_err(|e| EngineError::io(format!("reading {}", lf.path.display()), e))?;
+                let cut = page::HEADER_SIZE + keep as usize * page::LOG_RECORD_SIZE;
+                buf[cut..].fill(0);
+                page::write_header(
+                    &mut buf,
+                    page::page_type::LOG,
+                    lf.file_id,
+                    pg,
+                    Lsn::of_record(from - 1),
+                    keep as u16,
+                );
+                page::seal(&mut buf);
+            }
+            f.write_all_at(&buf, at)
+                .map_err(|e| EngineError::io(format!("writing {}", lf.path.display()), e))?;
+        }
+        f.sync_data()
+            .map_err(|e| EngineError::io(format!("syncing {}", lf.path.display()), e))
     }
 
     /// Read log records `from..to` (record numbers) from the log file.

@@ -23,7 +23,7 @@ use crate::error::{msg, Message, SqlError};
 use crate::media::{FileSink, Media};
 use crate::mtf_io;
 use crate::page::{self, record_kind, Lsn, PAGE_SIZE};
-use crate::sql::{BackupOptions, Device, InfoKind, RestoreOptions, Statement, Target};
+use crate::sql::{BackupOptions, Device, InfoKind, RestoreOptions, Statement, StopPoint, Target};
 use crate::stream::{self, Chunk, FileMeta, Portion, SetMeta, UNFILLED_SLACK};
 use crate::vdi::{DeviceWriter, Direction, TransferOptions};
 use crate::{BackupKind, BackupReport, Engine, Output, Report, RestoreReport, ResultSet};
@@ -769,6 +769,69 @@ fn recovery_note(dbh: &Database) -> Option<Message> {
     ))
 }
 
+/// 4338: the stop point lies before what the database already holds.
+fn stop_too_early() -> SqlError {
+    SqlError::msg(
+        4338,
+        "The STOPAT clause specifies a point too early to allow this backup set to be \
+         restored. Choose a different stop point or use RESTORE DATABASE WITH RECOVERY to \
+         recover at the current point.",
+    )
+}
+
+/// Where redo of records `a..b` of log backup `m` stops for `sp`: the first record
+/// not to redo (`b`: all of them). Records carry their commit time (see
+/// `LogRecord::time_ms`); a record written at the stop time is redone.
+fn stop_record(
+    dbh: &Database,
+    m: &SetMeta,
+    a: u64,
+    b: u64,
+    sp: &StopPoint,
+) -> Result<u64, SqlError> {
+    match sp {
+        StopPoint::At(t) => {
+            // The record before the redo start (if this log holds it) says whether
+            // the database is already past the stop point.
+            let lo = m.first_lsn.record().unwrap_or(a).min(a);
+            let recs = dbh.read_log(lo, b).map_err(engine_err)?;
+            if recs.iter().any(|r| r.time_ms == 0) {
+                return Err(SqlError::msg(
+                    4338,
+                    "The log records of this backup set carry no commit time (they were \
+                     written by an older openvdi), so STOPAT cannot be applied to them. Use \
+                     STOPBEFOREMARK = 'lsn:N', or RESTORE DATABASE WITH RECOVERY to recover \
+                     at the current point.",
+                ));
+            }
+            if a > lo && recs[(a - 1 - lo) as usize].time_ms > *t {
+                return Err(stop_too_early());
+            }
+            Ok(recs[(a - lo) as usize..]
+                .iter()
+                .find(|r| r.time_ms > *t)
+                .map_or(b, |r| r.number))
+        }
+        StopPoint::AtMark(l) | StopPoint::BeforeMark(l) => {
+            let n = Lsn::from_numeric(*l).and_then(Lsn::record).ok_or_else(|| {
+                SqlError::msg(
+                    4308,
+                    format!("The LSN {l} is not an LSN of this database's log."),
+                )
+            })?;
+            let n = if matches!(sp, StopPoint::AtMark(_)) {
+                n + 1
+            } else {
+                n
+            };
+            if n < a {
+                return Err(stop_too_early());
+            }
+            Ok(n.min(b))
+        }
+    }
+}
+
 /// Bring a restoring database online: the end of its log is where redo stopped.
 ///
 /// The database keeps the chain of the backups it was restored from, as SQL
@@ -1317,6 +1380,8 @@ fn restore(
 
     // Chain state.
     let mut dbh = Database::from_catalog(dir.root(), cat.clone());
+    // STOPAT past the end of this log: redo all of it, stay RESTORING (as SQL Server).
+    let mut stop_beyond = false;
     match kind {
         BackupKind::Full => {
             dbh.cat.restore = Some(RestoreProgress {
@@ -1345,14 +1410,44 @@ fn restore(
         }
         BackupKind::Log => {
             let redo_from = dbh.cat.restore.as_ref().map_or(m.first_lsn, |r| r.redo_lsn);
+            let mut end = m.last_lsn;
             if m.openvdi {
                 if let (Some(a), Some(b)) = (redo_from.record(), m.last_lsn.record()) {
+                    let until = match &o.stop {
+                        Some(sp) => stop_record(&dbh, m, a, b, sp)?,
+                        None => b,
+                    };
                     dbh.cat.next_record = b;
-                    dbh.redo(a, b).map_err(engine_err)?;
+                    dbh.redo(a, until).map_err(engine_err)?;
+                    if until < b {
+                        // Stopped inside this log: its later records never happened.
+                        dbh.truncate_log(until, b).map_err(engine_err)?;
+                        dbh.cat.next_record = until;
+                        end = Lsn::of_record(until);
+                    } else if o.stop.is_some() {
+                        stop_beyond = true;
+                    }
+                }
+            } else if let Some(sp) = &o.stop {
+                // A SQL Server log's records are not openvdi's: it is restored whole.
+                let inside = match sp {
+                    StopPoint::At(ms) => m.finish_unix == 0 || *ms / 1000 < m.finish_unix,
+                    StopPoint::AtMark(l) | StopPoint::BeforeMark(l) => *l < m.last_lsn.to_numeric(),
+                };
+                if inside {
+                    outs.push(Output::Message(Message::info(
+                        4360,
+                        "The stop point lies inside this log backup, which was written by \
+                         another server: openvdi-engine does not replay SQL Server log \
+                         records, so the database is restored to the end of this log backup, \
+                         not to the stop point.",
+                    )));
+                } else {
+                    stop_beyond = true;
                 }
             }
             if let Some(r) = dbh.cat.restore.as_mut() {
-                r.redo_lsn = m.last_lsn;
+                r.redo_lsn = end;
                 r.last_backup_type = 2;
                 if !m.openvdi {
                     r.unapplied_logs += 1;
@@ -1370,7 +1465,6 @@ fn restore(
             0
         };
     }
-    dbh.cat.state = DbState::Restoring;
     // openvdi cannot replay SQL Server's log records: say so rather than let a
     // "successfully processed" stand alone.
     let mut notes = Vec::new();
@@ -1383,7 +1477,16 @@ fn restore(
             ),
         ));
     }
-    if o.recovers() {
+    if stop_beyond {
+        outs.push(Output::Message(Message::info(
+            4322,
+            "This backup set contains records that were logged before the designated point \
+             in time. The database is being left in the restoring state so that more roll \
+             forward can be performed.",
+        )));
+    }
+    dbh.cat.state = DbState::Restoring;
+    if o.recovers() && !stop_beyond {
         notes.extend(recovery_note(&dbh));
         finish_recovery(&mut dbh)?;
     }

@@ -359,17 +359,23 @@ pub struct LogRecord {
     pub file_id: u16,
     /// The modified page.
     pub page_id: u32,
+    /// When the record was written (commit time, milliseconds since the Unix epoch,
+    /// UTC); 0 in records of openvdi versions that did not record it. STOPAT stops
+    /// redo at the first record written after its point in time.
+    pub time_ms: u64,
 }
 
 impl LogRecord {
-    /// Encode: number u64, kind u16, file u16, page u32, 12 zero bytes, a u32 check
-    /// (FNV-1a of the first 28 bytes) so redo notices a damaged record.
+    /// Encode: number u64, kind u16, file u16, page u32, time u64 (ms, 0 = not
+    /// recorded: older records had zeros there), 4 zero bytes, a u32 check (FNV-1a
+    /// of the first 28 bytes) so redo notices a damaged record.
     pub fn encode(&self) -> [u8; LOG_RECORD_SIZE] {
         let mut b = [0u8; LOG_RECORD_SIZE];
         b[0..8].copy_from_slice(&self.number.to_le_bytes());
         b[8..10].copy_from_slice(&self.kind.to_le_bytes());
         b[10..12].copy_from_slice(&self.file_id.to_le_bytes());
         b[12..16].copy_from_slice(&self.page_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.time_ms.to_le_bytes());
         let c = fnv(&b[..28]);
         b[28..32].copy_from_slice(&c.to_le_bytes());
         b
@@ -389,6 +395,7 @@ impl LogRecord {
             kind: u16::from_le_bytes([b[8], b[9]]),
             file_id: u16::from_le_bytes([b[10], b[11]]),
             page_id: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+            time_ms: u64::from_le_bytes(b[16..24].try_into().ok()?),
         })
     }
 
@@ -468,9 +475,16 @@ mod tests {
             kind: record_kind::MODIFY,
             file_id: 1,
             page_id: 9,
+            time_ms: 1_700_000_000_123,
         };
         let mut b = r.encode();
         assert_eq!(LogRecord::decode(&b), Some(r));
+        // A record of an older openvdi (zeros where the time is) still decodes.
+        let mut old = r;
+        old.time_ms = 0;
+        let ob = old.encode();
+        assert_eq!(&ob[16..28], &[0u8; 12]);
+        assert_eq!(LogRecord::decode(&ob).map(|x| x.time_ms), Some(0));
         b[13] ^= 1;
         assert_eq!(LogRecord::decode(&b), None);
         assert_eq!(LogRecord::decode(&[0u8; 32]), None);

@@ -33,6 +33,7 @@ struct Plan {
     maxtransfersize: Option<u32>,
     blocksize: Option<u32>,
     workers: usize,
+    options: manifest::Options,
 }
 
 fn validate(ctx: &Ctx, a: BackupArgs) -> Result<Plan> {
@@ -63,7 +64,27 @@ fn validate(ctx: &Ctx, a: BackupArgs) -> Result<Plan> {
         return Err(usage("--buffercount must be at least 1".into()));
     }
     manifest::check_name("database", &a.database).map_err(usage)?;
+    if a.workers == Some(0) || (a.workers.is_none() && f.workers == Some(0)) {
+        return Err(usage("--workers must be at least 1".into()));
+    }
+    if a.copy_only && a.kind == Kind::Diff {
+        return Err(usage(
+            "--copy-only with --type diff: a differential cannot be copy-only \
+             (SQL Server refuses DIFFERENTIAL with COPY_ONLY)"
+                .into(),
+        ));
+    }
+    let options = manifest::Options {
+        copy_only: a.copy_only,
+        checksum: a.checksum,
+        name: a.name,
+        description: a.description,
+    };
+    options
+        .check()
+        .map_err(|e| usage(format!("--name/--description: {e}")))?;
     Ok(Plan {
+        options,
         database: a.database,
         kind: a.kind,
         stripes,
@@ -74,11 +95,7 @@ fn validate(ctx: &Ctx, a: BackupArgs) -> Result<Plan> {
         buffercount,
         maxtransfersize,
         blocksize,
-        workers: a
-            .workers
-            .or(f.workers)
-            .unwrap_or_else(default_workers)
-            .max(1),
+        workers: a.workers.or(f.workers).unwrap_or_else(default_workers),
     })
 }
 
@@ -96,6 +113,18 @@ fn statement(p: &Plan, devices: &[String]) -> String {
     let mut with = Vec::new();
     if p.kind == Kind::Diff {
         with.push("DIFFERENTIAL".to_string());
+    }
+    if p.options.copy_only {
+        with.push("COPY_ONLY".to_string());
+    }
+    if p.options.checksum {
+        with.push("CHECKSUM".to_string());
+    }
+    if let Some(n) = &p.options.name {
+        with.push(format!("NAME = {}", crate::engine::literal(n)));
+    }
+    if let Some(d) = &p.options.description {
+        with.push(format!("DESCRIPTION = {}", crate::engine::literal(d)));
     }
     if let Some(n) = p.buffercount {
         with.push(format!("BUFFERCOUNT = {n}"));
@@ -215,6 +244,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             },
             backup_started: times.0,
             backup_finished: times.1,
+            options: plan.options.clone(),
             vdi_set: set_name.clone(),
             transport: transport.describe(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -391,11 +421,29 @@ mod tests {
             maxtransfersize: Some(1 << 20),
             blocksize: None,
             workers: 1,
+            options: Default::default(),
         };
         assert_eq!(
             statement(&p, &["s".into(), "s1".into()]),
             "BACKUP DATABASE [my]]db] TO VIRTUAL_DEVICE = 's', VIRTUAL_DEVICE = 's1' \
              WITH DIFFERENTIAL, BUFFERCOUNT = 4, MAXTRANSFERSIZE = 1048576"
+        );
+        let p = Plan {
+            kind: Kind::Log,
+            buffercount: None,
+            maxtransfersize: None,
+            options: manifest::Options {
+                copy_only: true,
+                checksum: true,
+                name: Some("it's".into()),
+                description: Some("d".into()),
+            },
+            ..p
+        };
+        assert_eq!(
+            statement(&p, &["s".into()]),
+            "BACKUP LOG [my]]db] TO VIRTUAL_DEVICE = 's' \
+             WITH COPY_ONLY, CHECKSUM, NAME = N'it''s', DESCRIPTION = N'd'"
         );
     }
 }

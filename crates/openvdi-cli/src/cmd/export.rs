@@ -33,7 +33,7 @@ pub fn decode_stripe(store: &dyn Store, s: &Stripe, w: &mut dyn Write) -> Result
     let input = match store.open_read(&s.key) {
         Ok(i) => i,
         // A symbolic link where a stored object should be: the backup is damaged.
-        Err(crate::storage::StoreError::Io { source, .. })
+        Err(crate::storage::StoreError::Io { cause: source, .. })
             if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
         {
             return Err(err(
@@ -41,7 +41,16 @@ pub fn decode_stripe(store: &dyn Store, s: &Stripe, w: &mut dyn Write) -> Result
                 format!("{}: not a regular file (a symbolic link)", s.key),
             ));
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {}", s.key))),
+        Err(crate::storage::StoreError::NotFound(_)) => {
+            return Err(err(
+                Code::Verify,
+                format!(
+                    "stripe {} ({}) is missing from the repository",
+                    s.index, s.key
+                ),
+            ));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("opening a stripe")),
     };
     let corrupt = |e: ChunkError| match e {
         ChunkError::Corrupt(m) => err(Code::Verify, format!("{}: {m}", s.key)),

@@ -173,6 +173,7 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         },
         backup_started: info.backup_start,
         backup_finished: info.backup_finish,
+        options: Default::default(),
         vdi_set: String::new(),
         transport: String::new(),
         tool_version: env!("CARGO_PKG_VERSION").into(),

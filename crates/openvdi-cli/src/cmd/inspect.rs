@@ -48,6 +48,27 @@ pub fn stored_target(repo: &Repo, m: &crate::manifest::Manifest) -> Target {
 
 /// Plain `.bak` files, in media-family order (a mixed or incomplete set is refused).
 pub fn file_target(files: &[PathBuf]) -> Result<Target> {
+    for f in files {
+        match std::fs::metadata(f) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(err(
+                    Code::Usage,
+                    format!(
+                        "{}: not a file (give the .bak files themselves)",
+                        f.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(err(
+                    Code::RepoMissing,
+                    format!("no such file: {}", f.display()),
+                ))
+            }
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", f.display())),
+        }
+    }
     let ordered = mtf::order_stripes(files).map_err(|e| err(Code::Verify, e))?;
     Ok(Target {
         // File sources never touch the store; any store will do.
@@ -214,7 +235,12 @@ fn table_text(t: &Table, vertical: bool) -> String {
 
 pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     let files: Vec<PathBuf> = a.target.iter().map(PathBuf::from).collect();
-    let t = if files.iter().all(|f| Path::new(f).is_file()) {
+    // A path (a separator, a .bak name, or something that exists) means files; a
+    // missing one is "no such file", not "no such backup".
+    let is_path = |t: &str| {
+        t.contains(['/', '\\']) || t.to_ascii_lowercase().ends_with(".bak") || Path::new(t).exists()
+    };
+    let t = if a.target.iter().any(|t| is_path(t)) {
         file_target(&files)?
     } else if a.target.len() == 1 {
         let repo = Repo::open(&ctx.settings.repo)?;

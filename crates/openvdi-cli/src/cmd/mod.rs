@@ -2,9 +2,11 @@
 
 mod backup;
 mod export;
+mod forget;
 mod import;
 mod inspect;
 mod list;
+mod pitr;
 mod prune;
 mod restore;
 mod verify;
@@ -57,6 +59,7 @@ pub fn run(cli: Cli, stop: Arc<Stop>) -> Result<()> {
         Command::Export(a) => export::run(&ctx, a),
         Command::Import(a) => import::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
+        Command::Forget(a) => forget::run(&ctx, a),
         Command::Unlock => {
             let repo = crate::repo::Repo::open(&ctx.settings.repo)?;
             repo.require()?;

@@ -1,62 +1,93 @@
-//! `openvdi prune --keep-last N`: keeps the newest N full backups of each database
-//! and everything taken after the oldest kept full (its diffs and logs); deletes the
-//! rest, plus objects no manifest refers to (left by crashed runs), plus unfinished
+//! `openvdi prune --keep-*`: keeps what the retention policy (flags, else the config
+//! file's `[retention]`) keeps per server and database, with whole chains (see
+//! `retention`); deletes the rest, plus objects no manifest refers to (left by crashed runs), plus unfinished
 //! uploads older than `--upload-grace` (S3 multipart uploads whose writer was killed
 //! or lost the server before its abort got through; local partial files). A dry run
 //! unless `--confirm`. Takes the repository lock exclusively, so no backup is
 //! mid-flight; the grace period still protects uploads of writers that hold no lock
 //! here (another tool in the same bucket, a host whose lock was removed by `unlock`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::Result;
 
 use super::Ctx;
 use crate::cli::PruneArgs;
 use crate::exit::{err, Code};
-use crate::manifest::{Kind, Manifest};
+use crate::manifest::Manifest;
 use crate::repo::{Repo, MARKER, RESERVATION};
+use crate::retention::{self, Decision, Policy};
 use crate::{lock, output};
 
-/// The backups to delete under the policy, per server and database (two servers'
-/// databases of one name are two chains), by when each backup was taken (input in
-/// that order, as `Repo::scan` gives it).
-pub fn select(all: &[Manifest], keep_last: usize, database: Option<&str>) -> Vec<Manifest> {
-    let mut by_db: BTreeMap<(String, String), Vec<&Manifest>> = BTreeMap::new();
-    for m in all {
-        if database.is_none_or(|d| m.database.eq_ignore_ascii_case(d)) {
-            by_db
-                .entry((
-                    m.server.to_ascii_lowercase(),
-                    m.database.to_ascii_lowercase(),
-                ))
-                .or_default()
-                .push(m);
-        }
+/// The policy from the flags, if any was given (it then applies to every database).
+pub fn flag_policy(a: &PruneArgs) -> Option<Policy> {
+    let p = Policy {
+        keep_last: a.keep_last,
+        keep_daily: a.keep_daily,
+        keep_weekly: a.keep_weekly,
+        keep_monthly: a.keep_monthly,
+        keep_within: a.keep_within,
+    };
+    (!p.is_empty()).then_some(p)
+}
+
+/// The plan over the whole repository (`all` as `Repo::scan` gives it) for the
+/// databases the filters select.
+pub fn select(
+    all: &[Manifest],
+    flags: Option<&Policy>,
+    config: &crate::config::Retention,
+    database: Option<&str>,
+    server: Option<&str>,
+) -> Vec<Decision> {
+    retention::plan(
+        all,
+        |m| {
+            database.is_none_or(|d| m.database.eq_ignore_ascii_case(d))
+                && server.is_none_or(|s| m.server.eq_ignore_ascii_case(s))
+        },
+        |m| match flags {
+            Some(p) => p.clone(),
+            None => config.policy_for(&m.server, &m.database),
+        },
+    )
+}
+
+/// Deletes one backup's objects: the manifest first (from then on it is no longer
+/// listed, and a crash half-way leaves only orphans for the next prune), then its
+/// stripes and whatever else is in its folder. Returns the objects deleted.
+pub fn delete_backup(repo: &Repo, m: &Manifest) -> Result<usize> {
+    let dir = Repo::dir_of(m);
+    repo.store.delete(&Repo::manifest_key(&dir))?;
+    let mut n = 1;
+    for s in &m.stripes {
+        repo.store.delete(&s.key)?;
+        n += 1;
     }
-    let mut out = Vec::new();
-    for list in by_db.values() {
-        let fulls: Vec<&&Manifest> = list.iter().filter(|m| m.kind == Kind::Full).collect();
-        if fulls.len() <= keep_last {
-            continue; // never delete diffs/logs whose chain start is still kept
-        }
-        let oldest_kept = fulls[fulls.len() - keep_last];
-        let cutoff = (crate::chain::taken(oldest_kept), oldest_kept.id.clone());
-        out.extend(
-            list.iter()
-                .filter(|m| (crate::chain::taken(m), m.id.clone()) < cutoff)
-                .map(|m| (*m).clone()),
-        );
+    for e in repo.store.list(&dir)? {
+        repo.store.delete(&e.key)?;
+        n += 1;
     }
-    out
+    Ok(n)
 }
 
 /// Unfinished uploads younger than this are left alone unless told otherwise.
 pub const DEFAULT_UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
-    if a.keep_last == 0 {
-        return Err(err(Code::Usage, "--keep-last must be at least 1"));
+    let flags = flag_policy(&a);
+    if let Some(p) = &flags {
+        p.validate().map_err(|e| err(Code::Usage, e))?;
+    } else {
+        let r = &ctx.settings.file.retention;
+        if r.default.is_empty() && r.databases.iter().all(|(_, _, p)| p.is_empty()) {
+            return Err(err(
+                Code::Usage,
+                "prune needs a retention policy: give --keep-last, --keep-daily, \
+                 --keep-weekly, --keep-monthly or --keep-within, or set them under \
+                 [retention] in the config file",
+            ));
+        }
     }
     let grace = a
         .upload_grace
@@ -84,7 +115,18 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
             dir.to_string()
         })
         .collect();
-    let doomed = select(&all, a.keep_last, a.database.as_deref());
+    let plan = select(
+        &all,
+        flags.as_ref(),
+        &ctx.settings.file.retention,
+        a.database.as_deref(),
+        a.for_server.as_deref(),
+    );
+    let doomed: Vec<Manifest> = plan
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| all[d.index].clone())
+        .collect();
     let doomed_ids: HashSet<&str> = doomed.iter().map(|m| m.id.as_str()).collect();
     // Objects referenced by kept manifests; everything else under a backup folder is
     // garbage from a crashed run (no backup can be running: we hold the lock).
@@ -97,7 +139,7 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     let mut orphans: Vec<String> = Vec::new();
     let mut uploads = Vec::new();
     let mut in_grace = 0usize;
-    if a.database.is_none() {
+    if a.database.is_none() && a.for_server.is_none() {
         for e in repo.store.list("")? {
             if e.key == MARKER || e.key.starts_with(lock::PREFIX) || e.key == lock::LOCAL_FILE {
                 continue;
@@ -121,19 +163,7 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     let mut deleted_objects = 0usize;
     if a.confirm {
         for m in &doomed {
-            // The manifest first: from then on the backup is no longer listed, and a
-            // crash half-way leaves only orphans for the next prune.
-            let dir = Repo::dir_of(m);
-            repo.store.delete(&Repo::manifest_key(&dir))?;
-            for s in &m.stripes {
-                repo.store.delete(&s.key)?;
-                deleted_objects += 1;
-            }
-            for e in repo.store.list(&dir)? {
-                repo.store.delete(&e.key)?;
-                deleted_objects += 1;
-            }
-            deleted_objects += 1;
+            deleted_objects += delete_backup(&repo, m)?;
         }
         for k in &orphans {
             repo.store.delete(k)?;
@@ -145,8 +175,20 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     }
     let kept = all.len() - doomed.len();
     if ctx.settings.json {
+        let rows: Vec<serde_json::Value> = plan
+            .iter()
+            .map(|d| {
+                let m = &all[d.index];
+                serde_json::json!({
+                    "id": m.id, "server": m.server, "database": m.database, "type": m.kind,
+                    "taken": crate::chain::taken(m), "keep": d.keep, "reasons": d.reasons,
+                })
+            })
+            .collect();
         output::json(&serde_json::json!({
-            "ok": true, "dry_run": !a.confirm, "keep_last": a.keep_last,
+            "ok": true, "dry_run": !a.confirm,
+            "policy": flags.as_ref().map(|p| p.describe()).unwrap_or_else(|| "config file".into()),
+            "plan": rows,
             "delete": doomed.iter().map(|m| &m.id).collect::<Vec<_>>(),
             "orphans": orphans, "kept": kept, "deleted_objects": deleted_objects,
             "unfinished_uploads": uploads, "unfinished_uploads_in_grace": in_grace,
@@ -156,8 +198,13 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     } else {
         let verb = if a.confirm { "deleted" } else { "would delete" };
         let mut s = String::new();
-        for m in &doomed {
-            s.push_str(&format!("{verb} {}\n", m.id));
+        for d in &plan {
+            let m = &all[d.index];
+            if d.keep {
+                s.push_str(&format!("keep {} ({})\n", m.id, d.reasons.join("; ")));
+            } else {
+                s.push_str(&format!("{verb} {}\n", m.id));
+            }
         }
         for o in &orphans {
             s.push_str(&format!("{verb} orphan object {o}\n"));
@@ -200,7 +247,7 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
 mod tests {
     use super::*;
     use crate::codec::Codec;
-    use crate::manifest::{Chain, EngineInfo, Timings, FORMAT};
+    use crate::manifest::{Chain, EngineInfo, Kind, Timings, FORMAT};
     use chrono::{TimeZone, Utc};
 
     fn m(id: &str, db: &str, kind: Kind, t: i64) -> Manifest {
@@ -238,9 +285,24 @@ mod tests {
             },
             backup_started: Some(at),
             backup_finished: Some(at),
+            options: Default::default(),
             vdi_set: String::new(),
             transport: String::new(),
             tool_version: String::new(),
+        }
+    }
+
+    fn ids(all: &[Manifest], plan: Vec<Decision>) -> Vec<String> {
+        plan.into_iter()
+            .filter(|d| !d.keep)
+            .map(|d| all[d.index].id.to_string())
+            .collect()
+    }
+
+    fn last(n: usize) -> Policy {
+        Policy {
+            keep_last: Some(n),
+            ..Default::default()
         }
     }
 
@@ -255,11 +317,12 @@ mod tests {
             m("l3", "a", Kind::Log, 6),
             m("g1", "b", Kind::Full, 1),
         ];
-        let ids = |v: Vec<Manifest>| v.into_iter().map(|m| m.id.to_string()).collect::<Vec<_>>();
-        assert_eq!(ids(select(&all, 2, None)), vec!["f1", "l1"]);
-        assert_eq!(ids(select(&all, 1, None)), vec!["f1", "l1", "f2", "d2"]);
-        assert!(select(&all, 3, None).is_empty());
-        assert!(select(&all, 1, Some("b")).is_empty());
+        let none = crate::config::Retention::default();
+        let sel = |n, db| ids(&all, select(&all, Some(&last(n)), &none, db, None));
+        assert_eq!(sel(2, None), vec!["f1", "l1"]);
+        assert_eq!(sel(1, None), vec!["f1", "l1", "f2", "d2"]);
+        assert!(sel(3, None).is_empty());
+        assert!(sel(1, Some("b")).is_empty());
     }
 
     #[test]
@@ -270,8 +333,21 @@ mod tests {
             on("s1", "s1_f2", "a", Kind::Full, 3),
         ];
         crate::chain::sort(&mut all);
-        let ids = |v: Vec<Manifest>| v.into_iter().map(|m| m.id.to_string()).collect::<Vec<_>>();
+        let none = crate::config::Retention::default();
         // s2's only full is kept; s1 keeps its newer one (by backup time, not import).
-        assert_eq!(ids(select(&all, 1, None)), vec!["s1_f1"]);
+        assert_eq!(
+            ids(&all, select(&all, Some(&last(1)), &none, None, None)),
+            vec!["s1_f1"]
+        );
+        // The config's per-database policies: SERVER/NAME beats NAME beats the default.
+        let cfg = crate::config::Retention {
+            default: last(5),
+            databases: vec![(Some("S1".into()), "A".into(), last(1))],
+        };
+        assert_eq!(
+            ids(&all, select(&all, None, &cfg, None, None)),
+            vec!["s1_f1"]
+        );
+        assert!(ids(&all, select(&all, None, &cfg, None, Some("s2"))).is_empty());
     }
 }

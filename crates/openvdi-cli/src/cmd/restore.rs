@@ -24,9 +24,11 @@ pub struct RestoreOptions {
     pub replace: bool,
     /// RESTORE VERIFYONLY instead of a restore.
     pub verify_only: bool,
+    /// `STOPAT = '…'` or `STOPBEFOREMARK = 'lsn:…'` (the whole option).
+    pub stop: Option<String>,
 }
 
-fn parse_moves(moves: &[String]) -> Result<Vec<(String, String)>> {
+pub fn parse_moves(moves: &[String]) -> Result<Vec<(String, String)>> {
     moves
         .iter()
         .map(|m| {
@@ -61,6 +63,9 @@ fn statement(m: &Manifest, o: &RestoreOptions, devices: &[String]) -> String {
         }
         if o.replace {
             with.push("REPLACE".into());
+        }
+        if let Some(stop) = &o.stop {
+            with.push(stop.clone());
         }
         with.push(
             if o.norecovery {
@@ -192,9 +197,62 @@ pub fn engine_session(
     Ok(outcome)
 }
 
+/// A damaged backup must not get to replace a live database: the restore would
+/// stop half-way and leave it RESTORING.
+pub fn verify_first(ctx: &Ctx, repo: &Repo, m: &Manifest) -> Result<()> {
+    super::verify::verify_stored(repo, m).map_err(|e| {
+        e.context(format!(
+            "backup {} failed verification, so nothing was restored and the database \
+             was not touched",
+            m.id
+        ))
+    })?;
+    super::check_interrupted(&ctx.stop)
+}
+
+/// `--as NAME`: the MOVE clauses that relocate every file `--move` did not (see
+/// [`relocation`]), from the engine's FILELISTONLY of the backup.
+pub fn relocate(ctx: &Ctx, repo: &Repo, m: &Manifest, opts: &mut RestoreOptions) -> Result<()> {
+    let Some(name) = opts.as_name.clone() else {
+        return Ok(());
+    };
+    if name.eq_ignore_ascii_case(&m.database) {
+        return Ok(());
+    }
+    crate::manifest::check_name("--as", &name).map_err(|e| err(Code::Usage, e))?;
+    let (tables, msgs) =
+        super::inspect::query(ctx, &super::inspect::stored_target(repo, m), "FILELISTONLY")?;
+    let Some(files) = tables.first() else {
+        return Err(anyhow::anyhow!(
+            "--as {name}: the engine printed its file list as text ({}); give a \
+             --move for every file",
+            msgs.join(" / ")
+        ));
+    };
+    // The embedded engine's files go to its data directory; another server's next
+    // to where the backup says the files were.
+    let embedded = ctx.settings.engine.engine_cmd.is_none() && ctx.settings.engine.tds.is_none();
+    let dir = if embedded {
+        let d = std::path::absolute(&ctx.settings.engine.data_dir)?;
+        Some(format!("{}/", d.display()))
+    } else {
+        None
+    };
+    let extra = relocation(files, &name, dir.as_deref(), &opts.moves)?;
+    opts.moves.extend(extra);
+    Ok(())
+}
+
+/// The RESTORE statement for `m` as it will run, with `<vdi-set>` for the device
+/// set's name (a fresh one each run), for `--dry-run`.
+pub fn statement_text(m: &Manifest, o: &RestoreOptions) -> String {
+    let devices = vdi::device_names("<vdi-set>", m.stripes.len().max(1) as u32);
+    statement(m, o, &devices)
+}
+
 /// `--move` targets as the engine must get them: absolute (a relative one would be
 /// resolved against wherever the engine runs, and stored relative in its catalog).
-fn absolute_moves(moves: Vec<(String, String)>) -> Result<Vec<(String, String)>> {
+pub fn absolute_moves(moves: Vec<(String, String)>) -> Result<Vec<(String, String)>> {
     moves
         .into_iter()
         .map(|(l, p)| {
@@ -276,57 +334,30 @@ fn relocation(
 }
 
 pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
+    if a.at.is_some() || a.at_lsn.is_some() {
+        return super::pitr::run(ctx, a);
+    }
+    if a.dry_run || a.from_server.is_some() {
+        return Err(err(
+            Code::Usage,
+            "--dry-run and --from-server go with --at or --at-lsn",
+        ));
+    }
     let mut opts = RestoreOptions {
         as_name: a.as_name,
         moves: absolute_moves(parse_moves(&a.moves)?)?,
         norecovery: a.norecovery,
         replace: a.replace,
         verify_only: false,
+        stop: None,
     };
     let repo = Repo::open(&ctx.settings.repo)?;
     repo.require()?;
     let m = repo.find(&a.backup)?;
     if opts.replace && !a.no_verify {
-        // A damaged backup must not get to replace a live database: the restore
-        // would stop half-way and leave it RESTORING.
-        super::verify::verify_stored(&repo, &m).map_err(|e| {
-            e.context(format!(
-                "backup {} failed verification, so nothing was restored and the database \
-                 was not touched",
-                m.id
-            ))
-        })?;
-        super::check_interrupted(&ctx.stop)?;
+        verify_first(ctx, &repo, &m)?;
     }
-    if let Some(name) = opts.as_name.clone() {
-        if !name.eq_ignore_ascii_case(&m.database) {
-            crate::manifest::check_name("--as", &name).map_err(|e| err(Code::Usage, e))?;
-            let (tables, msgs) = super::inspect::query(
-                ctx,
-                &super::inspect::stored_target(&repo, &m),
-                "FILELISTONLY",
-            )?;
-            let Some(files) = tables.first() else {
-                return Err(anyhow::anyhow!(
-                    "--as {name}: the engine printed its file list as text ({}); give a \
-                     --move for every file",
-                    msgs.join(" / ")
-                ));
-            };
-            // The embedded engine's files go to its data directory; another
-            // server's next to where the backup says the files were.
-            let embedded =
-                ctx.settings.engine.engine_cmd.is_none() && ctx.settings.engine.tds.is_none();
-            let dir = if embedded {
-                let d = std::path::absolute(&ctx.settings.engine.data_dir)?;
-                Some(format!("{}/", d.display()))
-            } else {
-                None
-            };
-            let extra = relocation(files, &name, dir.as_deref(), &opts.moves)?;
-            opts.moves.extend(extra);
-        }
-    }
+    relocate(ctx, &repo, &m, &mut opts)?;
     let t0 = std::time::Instant::now();
     let target = opts.as_name.clone().unwrap_or_else(|| m.database.clone());
     let outcome = restore_through_engine(ctx, &repo, &m, &opts, "restore").map_err(|e| {

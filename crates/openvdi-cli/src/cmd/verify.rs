@@ -107,20 +107,28 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
             }
         }
     }
+    let failure = worst.map(|e| {
+        err(
+            code_of(&e),
+            format!(
+                "{} backup(s) failed verification: {e:#}",
+                report.iter().filter(|r| r["ok"] == false).count()
+            ),
+        )
+    });
     if ctx.settings.json {
-        output::json(&serde_json::json!({"ok": worst.is_none(), "backups": report}));
-    }
-    match worst {
-        None => Ok(()),
-        Some(e) => {
-            let code = code_of(&e);
-            Err(err(
-                code,
-                format!(
-                    "{} backup(s) failed verification: {e:#}",
-                    report.iter().filter(|r| r["ok"] == false).count()
-                ),
-            ))
+        // A failure carries the error object's members too (README "Exit codes").
+        let mut v = serde_json::json!({"ok": failure.is_none(), "backups": report});
+        if let Some(e) = &failure {
+            let code = code_of(e);
+            v["exit_code"] = code.as_i32().into();
+            v["error_kind"] = code.name().into();
+            v["error"] = format!("{e:#}").into();
         }
+        output::json(&v);
+    }
+    match failure {
+        None => Ok(()),
+        Some(e) => Err(e),
     }
 }

@@ -87,9 +87,12 @@ fn read_stored(
     counters: &Counters,
     tx: &Sender<Msg>,
 ) -> Result<(), StopReason> {
-    let input = store
-        .open_read(key)
-        .map_err(|e| StopReason::Failed(format!("opening {key}: {e}")))?;
+    let input = store.open_read(key).map_err(|e| match e {
+        crate::storage::StoreError::NotFound(_) => {
+            StopReason::Verify(format!("stripe {key} is missing from the repository"))
+        }
+        e => StopReason::Failed(format!("opening a stripe: {e}")),
+    })?;
     let cv = |e: ChunkError| match e {
         ChunkError::Corrupt(m) => StopReason::Verify(format!("{key}: {m}")),
         ChunkError::Io(e) => StopReason::Failed(format!("reading {key}: {e}")),

@@ -27,17 +27,14 @@ pub use object::ObjectStoreBackend;
 pub enum StoreError {
     #[error("not found: {0}")]
     NotFound(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{context}: {source}")]
+    // The cause is part of the message, not a `source`: anyhow's `{:#}` would print
+    // it a second time.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
+    #[error("{context}: {cause}")]
     Object {
         context: String,
-        #[source]
-        source: object_store::Error,
+        cause: object_store::Error,
     },
     #[error("bad repository URL {0:?}: {1}")]
     Url(String, String),
@@ -51,7 +48,10 @@ pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> St
         if source.kind() == io::ErrorKind::NotFound {
             StoreError::NotFound(context)
         } else {
-            StoreError::Io { context, source }
+            StoreError::Io {
+                context,
+                cause: source,
+            }
         }
     }
 }

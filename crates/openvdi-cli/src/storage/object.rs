@@ -63,7 +63,10 @@ fn obj_err(context: impl Into<String>) -> impl FnOnce(object_store::Error) -> St
     let context = context.into();
     move |source| match source {
         object_store::Error::NotFound { .. } => StoreError::NotFound(context),
-        source => StoreError::Object { context, source },
+        source => StoreError::Object {
+            context,
+            cause: source,
+        },
     }
 }
 

@@ -68,7 +68,7 @@ fn encode(s: &str, path: bool) -> String {
 fn err(context: String, e: impl std::fmt::Display) -> StoreError {
     StoreError::Io {
         context,
-        source: std::io::Error::other(redact::scrub(&e.to_string())),
+        cause: std::io::Error::other(redact::scrub(&e.to_string())),
     }
 }
 
