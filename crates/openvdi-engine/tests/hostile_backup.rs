@@ -547,7 +547,11 @@ fn a_real_backup_of_a_mostly_empty_file_restores_at_its_recorded_size() {
     assert!(r.error.is_none(), "{:?}", r.error);
     let info = e.database_info("db2").unwrap();
     for f in &info.files {
-        assert_eq!(std::fs::metadata(&f.path).unwrap().len(), 256 << 20, "{f:?}");
+        assert_eq!(
+            std::fs::metadata(&f.path).unwrap().len(),
+            256 << 20,
+            "{f:?}"
+        );
     }
 }
 

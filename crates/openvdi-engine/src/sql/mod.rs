@@ -1187,4 +1187,38 @@ mod tests {
             3
         );
     }
+
+    #[test]
+    fn parameters_bind_as_literals_never_as_text() {
+        let p = |n: &str, v: Param| (n.to_string(), v);
+        let params = vec![
+            p("@device", Param::Str("dev'; SHUTDOWN --".into())),
+            p("DB", Param::Str("sales".into())),
+            p("@stats", Param::Int(10)),
+        ];
+        let s = parse_batch_with(
+            "BACKUP DATABASE @db TO VIRTUAL_DEVICE = @Device WITH STATS = @stats",
+            &params,
+        )
+        .unwrap();
+        let Statement::Backup {
+            database,
+            devices,
+            options,
+            ..
+        } = &s[0].stmt
+        else {
+            panic!("{s:?}")
+        };
+        assert_eq!(database, "sales");
+        assert_eq!(devices[0].name, "dev'; SHUTDOWN --");
+        assert_eq!(options.stats, Some(10));
+        // An unbound (or NULL) variable is still SQL Server's 137.
+        let e = parse_batch_with(
+            "BACKUP DATABASE x TO VIRTUAL_DEVICE = @other",
+            &[p("@x", Param::Null)],
+        )
+        .unwrap_err();
+        assert_eq!(e.number(), 137);
+    }
 }
