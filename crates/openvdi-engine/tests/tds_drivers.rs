@@ -426,3 +426,48 @@ fn pymssql_login_version_backup() {
     assert_eq!(cell(st, "HasBackupChecksums").0, "bool");
     assert_eq!(cell(st, "BackupSetGUID").0, "UUID");
 }
+
+/// The engine half of a cancel, without a driver: a `Cancel` fired mid-BACKUP
+/// aborts the set and the statement fails with SQL Server's messages; fired while
+/// the statement waits for its client to create the set, it stops the wait.
+#[test]
+fn cancel_token_aborts_a_running_backup() {
+    let dir = data_dir();
+    let engine = Engine::open(dir.path()).unwrap();
+    engine.create_database("big", 8 << 20).unwrap();
+    let stall = ClientOpts {
+        stall_after: Some(3),
+        ..ClientOpts::default()
+    };
+    let c = Client::start("cancel", 1, stall, vec![]);
+    let cancel = openvdi_engine::Cancel::new();
+    let e2 = engine.clone().with_cancel(cancel.clone());
+    let sql = format!("BACKUP DATABASE [big] TO {}", device_clause(&c.devices));
+    let t = std::thread::spawn(move || e2.execute_detailed(&sql));
+    std::thread::sleep(Duration::from_millis(800));
+    let t0 = Instant::now();
+    cancel.cancel();
+    let run = t.join().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(run.cancelled);
+    let err = run.error.expect("the cancelled BACKUP failed");
+    assert!(err.has(3013), "{err}");
+    let (_, logs) = c.finish();
+    assert_eq!(logs[0].end, Some(Err(HResult::VD_E_ABORT)));
+
+    // Waiting for a set nobody creates: the cancel ends the wait, not the timeout.
+    let cancel = openvdi_engine::Cancel::new();
+    let e3 = engine
+        .clone()
+        .with_cancel(cancel.clone())
+        .with_open_timeout(Duration::from_secs(60));
+    let t = std::thread::spawn(move || {
+        e3.execute_detailed("BACKUP DATABASE [big] TO VIRTUAL_DEVICE = 'nobody-creates-this'")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    cancel.cancel();
+    let run = t.join().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(run.error.unwrap().has(3013));
+}

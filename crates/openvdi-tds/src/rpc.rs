@@ -9,6 +9,9 @@ use crate::Value;
 /// `sp_executesql`'s ProcID.
 pub const SP_EXECUTESQL: u16 = 10;
 
+/// A malformed call: the SQL Server message number and text it gets.
+pub type CallError = (u32, String);
+
 /// One RPC call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
@@ -33,7 +36,7 @@ impl Call {
     /// For `sp_executesql`: the statement and its parameters by name (`@x`).
     /// Unnamed values take the names of the declaration in order. `Err` holds the
     /// SQL Server message a malformed call gets (Msg 214 and friends).
-    pub fn executesql(&self) -> Result<(String, Vec<(String, Value)>), (u32, String)> {
+    pub fn executesql(&self) -> Result<(String, Vec<(String, Value)>), CallError> {
         let mut it = self.params.iter();
         let stmt = match it.next() {
             Some((_, Value::Str(s))) => s.clone(),
