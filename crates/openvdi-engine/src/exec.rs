@@ -150,7 +150,18 @@ fn session(
         Session::Select(items) => {
             let mut columns = Vec::new();
             let mut row = Vec::new();
+            let mut types = Vec::new();
             for (item, alias) in items {
+                types.push(match item {
+                    SelectItem::Number(n) if *n <= i32::MAX as u64 => crate::ColumnType::Int,
+                    SelectItem::Number(_) => crate::ColumnType::BigInt,
+                    SelectItem::Global(g)
+                        if matches!(g.as_str(), "SPID" | "TRANCOUNT" | "ERROR" | "ROWCOUNT") =>
+                    {
+                        crate::ColumnType::Int
+                    }
+                    _ => crate::ColumnType::NVarChar,
+                });
                 let v = match item {
                     SelectItem::Number(n) => Some(n.to_string()),
                     SelectItem::Str(s) => Some(s.clone()),
@@ -194,6 +205,7 @@ fn session(
             outs.push(Output::ResultSet(ResultSet {
                 columns,
                 rows: vec![row],
+                types,
             }));
             Ok(())
         }
@@ -211,6 +223,7 @@ fn transfer_options(
         max_transfer: max.unwrap_or(crate::vdi::DEFAULT_MAX_TRANSFER),
         buffer_count: count,
         open_timeout: engine.open_timeout(),
+        cancel: engine.cancel_token().cloned(),
     }
 }
 
@@ -2098,10 +2111,109 @@ fn headeronly(m: &SetMeta) -> ResultSet {
         ("EncryptorThumbprint", None),
         ("EncryptorType", None),
     ];
+    let columns: Vec<String> = cols.iter().map(|c| c.0.to_string()).collect();
     ResultSet {
-        columns: cols.iter().map(|c| c.0.to_string()).collect(),
+        types: typed(&columns, HEADERONLY_TYPES),
+        columns,
         rows: vec![cols.into_iter().map(|c| c.1).collect()],
     }
+}
+
+use crate::ColumnType as T;
+
+/// The types SQL Server gives HEADERONLY's columns (Microsoft's documentation of
+/// RESTORE HEADERONLY); columns not listed are nvarchar.
+const HEADERONLY_TYPES: &[(&str, T)] = &[
+    ("BackupType", T::SmallInt),
+    ("ExpirationDate", T::DateTime),
+    ("Compressed", T::Bit),
+    ("Position", T::SmallInt),
+    ("DeviceType", T::TinyInt),
+    ("DatabaseVersion", T::Int),
+    ("DatabaseCreationDate", T::DateTime),
+    ("BackupSize", T::Numeric(20, 0)),
+    ("FirstLSN", T::Numeric(25, 0)),
+    ("LastLSN", T::Numeric(25, 0)),
+    ("CheckpointLSN", T::Numeric(25, 0)),
+    ("DatabaseBackupLSN", T::Numeric(25, 0)),
+    ("BackupStartDate", T::DateTime),
+    ("BackupFinishDate", T::DateTime),
+    ("SortOrder", T::SmallInt),
+    ("CodePage", T::SmallInt),
+    ("UnicodeLocaleId", T::Int),
+    ("UnicodeComparisonStyle", T::Int),
+    ("CompatibilityLevel", T::TinyInt),
+    ("SoftwareVendorId", T::Int),
+    ("SoftwareVersionMajor", T::Int),
+    ("SoftwareVersionMinor", T::Int),
+    ("SoftwareVersionBuild", T::Int),
+    ("Flags", T::Int),
+    ("BindingID", T::UniqueIdentifier),
+    ("RecoveryForkID", T::UniqueIdentifier),
+    ("FamilyGUID", T::UniqueIdentifier),
+    ("HasBulkLoggedData", T::Bit),
+    ("IsSnapshot", T::Bit),
+    ("IsReadOnly", T::Bit),
+    ("IsSingleUser", T::Bit),
+    ("HasBackupChecksums", T::Bit),
+    ("IsDamaged", T::Bit),
+    ("BeginsLogChain", T::Bit),
+    ("HasIncompleteMetaData", T::Bit),
+    ("IsForceOffline", T::Bit),
+    ("IsCopyOnly", T::Bit),
+    ("FirstRecoveryForkID", T::UniqueIdentifier),
+    ("ForkPointLSN", T::Numeric(25, 0)),
+    ("DifferentialBaseLSN", T::Numeric(25, 0)),
+    ("DifferentialBaseGUID", T::UniqueIdentifier),
+    ("BackupSetGUID", T::UniqueIdentifier),
+    ("CompressedBackupSize", T::BigInt),
+    ("Containment", T::TinyInt),
+];
+
+/// FILELISTONLY's column types (as HEADERONLY_TYPES).
+const FILELISTONLY_TYPES: &[(&str, T)] = &[
+    ("Size", T::Numeric(20, 0)),
+    ("MaxSize", T::Numeric(20, 0)),
+    ("FileId", T::BigInt),
+    ("CreateLSN", T::Numeric(25, 0)),
+    ("DropLSN", T::Numeric(25, 0)),
+    ("UniqueId", T::UniqueIdentifier),
+    ("ReadOnlyLSN", T::Numeric(25, 0)),
+    ("ReadWriteLSN", T::Numeric(25, 0)),
+    ("BackupSizeInBytes", T::BigInt),
+    ("SourceBlockSize", T::Int),
+    ("FileGroupId", T::Int),
+    ("LogGroupGUID", T::UniqueIdentifier),
+    ("DifferentialBaseLSN", T::Numeric(25, 0)),
+    ("DifferentialBaseGUID", T::UniqueIdentifier),
+    ("IsReadOnly", T::Bit),
+    ("IsPresent", T::Bit),
+];
+
+/// LABELONLY's column types (as HEADERONLY_TYPES).
+const LABELONLY_TYPES: &[(&str, T)] = &[
+    ("MediaSetId", T::UniqueIdentifier),
+    ("FamilyCount", T::Int),
+    ("FamilySequenceNumber", T::Int),
+    ("MediaFamilyId", T::UniqueIdentifier),
+    ("MediaSequenceNumber", T::Int),
+    ("MediaLabelPresent", T::TinyInt),
+    ("SoftwareVendorId", T::Int),
+    ("MediaDate", T::DateTime),
+    ("MirrorCount", T::Int),
+    ("IsCompressed", T::Bit),
+];
+
+fn typed(columns: &[String], table: &[(&str, T)]) -> Vec<T> {
+    columns
+        .iter()
+        .map(|c| {
+            table
+                .iter()
+                .find(|(n, _)| n == c)
+                .map_or(T::NVarChar, |(_, t)| *t)
+        })
+        .collect()
 }
 
 /// RESTORE FILELISTONLY's rows, in SQL Server's column order (NULL where the
@@ -2172,8 +2284,10 @@ fn filelistonly(m: &SetMeta) -> ResultSet {
             ]
         })
         .collect();
+    let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     ResultSet {
-        columns: columns.iter().map(|c| c.to_string()).collect(),
+        types: typed(&columns, FILELISTONLY_TYPES),
+        columns,
         rows,
     }
 }
@@ -2215,8 +2329,10 @@ fn labelonly(metas: &[SetMeta]) -> ResultSet {
             ]
         })
         .collect();
+    let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     ResultSet {
-        columns: columns.iter().map(|c| c.to_string()).collect(),
+        types: typed(&columns, LABELONLY_TYPES),
+        columns,
         rows,
     }
 }

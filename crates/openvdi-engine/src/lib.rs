@@ -43,6 +43,7 @@ pub mod fault;
 pub mod media;
 mod mtf_io;
 pub mod page;
+pub mod serve;
 pub mod sql;
 pub mod sqlcmd;
 pub mod stream;
@@ -55,6 +56,7 @@ pub use db::DatabaseInfo;
 pub use error::{EngineError, Message, SqlError};
 pub use fault::FaultPlan;
 pub use page::Lsn;
+pub use sql::Param;
 
 // ---------------------------------------------------------------------------
 // Public API used by the backup tool (openvdi-cli). Keep it stable.
@@ -76,6 +78,123 @@ pub struct ResultSet {
     pub columns: Vec<String>,
     /// Rows; `None` is SQL NULL.
     pub rows: Vec<Vec<Option<String>>>,
+    /// SQL Server's type of each column, for a front end that sends typed values
+    /// (the TDS endpoint). Empty, or shorter than `columns`, means NVARCHAR for the
+    /// rest; the values stay display strings either way (see [`ColumnType`]).
+    #[serde(skip)]
+    pub types: Vec<ColumnType>,
+}
+
+/// The SQL Server type of a result-set column, and the display form its values
+/// take in [`ResultSet::rows`]: integers and numerics in decimal, BIT as `0`/`1`,
+/// DATETIME as `YYYY-MM-DD hh:mm:ss.fff`, UNIQUEIDENTIFIER as the 36-character
+/// hyphenated form. A front end that cannot read a value in its column's form
+/// falls back to NVARCHAR for that column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum ColumnType {
+    /// nvarchar (the fallback).
+    #[default]
+    NVarChar,
+    /// tinyint.
+    TinyInt,
+    /// smallint.
+    SmallInt,
+    /// int.
+    Int,
+    /// bigint.
+    BigInt,
+    /// bit.
+    Bit,
+    /// datetime.
+    DateTime,
+    /// numeric(precision, scale); LSNs are numeric(25,0).
+    Numeric(u8, u8),
+    /// uniqueidentifier.
+    UniqueIdentifier,
+}
+
+impl ResultSet {
+    /// The type of column `i` (NVARCHAR where none is given).
+    pub fn column_type(&self, i: usize) -> ColumnType {
+        self.types.get(i).copied().unwrap_or_default()
+    }
+}
+
+/// Cancels the statements an engine runs for one session: a TDS ATTENTION, or a
+/// client connection that dropped. [`Cancel::cancel`] signals an abort on the
+/// virtual device set a running BACKUP or RESTORE has open (`SignalAbort`: its
+/// device threads and the client see `VD_E_ABORT`, the statement fails with SQL
+/// Server's messages and 3013), stops a statement still waiting for the client to
+/// create its set, and stops the batch before its next statement.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel {
+    inner: std::sync::Arc<CancelInner>,
+}
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: std::sync::atomic::AtomicBool,
+    sets: std::sync::Mutex<Vec<openvdi::ServerSet>>,
+}
+
+impl Cancel {
+    /// A token not cancelled.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Cancel: abort the open set, if any; later statements do not run.
+    pub fn cancel(&self) {
+        // The flag is stored before the list is read and `watch` pushes before it
+        // reads the flag, both under the mutex: one of them sees the other.
+        self.inner
+            .cancelled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let sets = self.inner.sets.lock().unwrap_or_else(|p| p.into_inner());
+        for s in sets.iter() {
+            let _ = s.signal_abort();
+        }
+    }
+
+    /// Whether [`Cancel::cancel`] was called (since the last [`Cancel::reset`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.inner
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Make the token usable for the next request.
+    pub fn reset(&self) {
+        self.inner
+            .sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.inner
+            .cancelled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A statement opened `set`: abort it on cancel (at once if cancelled already).
+    pub(crate) fn watch(&self, set: &openvdi::ServerSet) {
+        self.inner
+            .sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(set.clone());
+        if self.is_cancelled() {
+            let _ = set.signal_abort();
+        }
+    }
+
+    /// The statement ended: forget its sets.
+    pub(crate) fn release(&self) {
+        self.inner
+            .sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
 }
 
 impl ResultSet {
@@ -207,6 +326,8 @@ pub struct Execution {
     pub reports: Vec<Report>,
     /// The error that ended the batch (statements after it did not run).
     pub error: Option<SqlError>,
+    /// Whether the run was cancelled ([`Cancel`]) before it ended.
+    pub cancelled: bool,
 }
 
 impl Execution {
@@ -242,6 +363,7 @@ pub struct Engine {
     fault: FaultPlan,
     server_name: String,
     open_timeout: Duration,
+    cancel: Option<Cancel>,
 }
 
 impl Engine {
@@ -252,6 +374,7 @@ impl Engine {
             fault: FaultPlan::none(),
             server_name: default_server_name(),
             open_timeout: vdi::DEFAULT_OPEN_TIMEOUT,
+            cancel: None,
         })
     }
 
@@ -279,6 +402,13 @@ impl Engine {
     /// host name).
     pub fn with_server_name(mut self, name: impl Into<String>) -> Engine {
         self.server_name = name.into();
+        self
+    }
+
+    /// Statements run by this engine (and its clones made after this call) can be
+    /// cancelled through `cancel`; give each session its own token.
+    pub fn with_cancel(mut self, cancel: Cancel) -> Engine {
+        self.cancel = Some(cancel);
         self
     }
 
@@ -348,6 +478,13 @@ impl Engine {
     /// Run T-SQL and return everything: outputs, reports of each BACKUP and RESTORE,
     /// and the error that stopped the run (statements after it do not run).
     pub fn execute_detailed(&self, sql: &str) -> Execution {
+        self.execute_with_params(sql, &[])
+    }
+
+    /// [`Engine::execute_detailed`] with parameters bound to the batch's `@name`s
+    /// (what `sp_executesql` does; see [`sql::Param`]: values are bound as
+    /// literals after lexing, never spliced into the text).
+    pub fn execute_with_params(&self, sql: &str, params: &[(String, sql::Param)]) -> Execution {
         let mut run = Execution::default();
         let batches = match sql::lexer::split_batches(sql) {
             Ok(b) => b,
@@ -358,7 +495,7 @@ impl Engine {
         };
         for batch in batches {
             for _ in 0..batch.count.max(1) {
-                self.run_batch(&batch.text, &mut run);
+                self.run_batch_with(&batch.text, params, &mut run);
                 if run.error.is_some() {
                     return run;
                 }
@@ -369,7 +506,12 @@ impl Engine {
 
     /// Run one batch, continuing into `run`. Stops at the first error.
     pub fn run_batch(&self, text: &str, run: &mut Execution) {
-        let stmts = match sql::parse_batch(text) {
+        self.run_batch_with(text, &[], run)
+    }
+
+    /// [`Engine::run_batch`] with parameters (see [`Engine::execute_with_params`]).
+    pub fn run_batch_with(&self, text: &str, params: &[(String, sql::Param)], run: &mut Execution) {
+        let stmts = match sql::parse_batch_with(text, params) {
             Ok(s) => s,
             Err(e) => {
                 run.error = Some(e);
@@ -377,8 +519,19 @@ impl Engine {
             }
         };
         for s in stmts {
+            if self.cancelled() {
+                run.cancelled = true;
+                return;
+            }
             let mut outs = Vec::new();
-            match exec::execute(self, &s.stmt, &mut outs) {
+            let result = exec::execute(self, &s.stmt, &mut outs);
+            if let Some(c) = &self.cancel {
+                c.release();
+            }
+            if self.cancelled() {
+                run.cancelled = true;
+            }
+            match result {
                 Ok(report) => {
                     run.outputs
                         .extend(outs.into_iter().map(|o| relocate(o, s.line)));
@@ -400,6 +553,14 @@ impl Engine {
 
     pub(crate) fn open_timeout(&self) -> Duration {
         self.open_timeout
+    }
+
+    pub(crate) fn cancel_token(&self) -> Option<&Cancel> {
+        self.cancel.as_ref()
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(Cancel::is_cancelled)
     }
 }
 

@@ -384,6 +384,7 @@ mod tests {
                 vec![Some("db".into()), Some("D".into())],
                 vec![Some("db_log".into()), None],
             ],
+            ..ResultSet::default()
         };
         assert_eq!(
             format_result_set(&rs, &fmt()),

@@ -65,6 +65,8 @@ pub struct TransferOptions {
     pub buffer_count: Option<u32>,
     /// How long to wait for the set.
     pub open_timeout: Duration,
+    /// The session's cancel token: the set is aborted when it fires.
+    pub cancel: Option<crate::Cancel>,
 }
 
 impl Default for TransferOptions {
@@ -74,6 +76,7 @@ impl Default for TransferOptions {
             max_transfer: DEFAULT_MAX_TRANSFER,
             buffer_count: None,
             open_timeout: DEFAULT_OPEN_TIMEOUT,
+            cancel: None,
         }
     }
 }
@@ -95,6 +98,28 @@ pub struct OpShared {
     pub depth: usize,
     /// Device threads meet here after flushing, before VDC_Complete.
     pub rendezvous: Rendezvous,
+}
+
+/// How often a cancellable statement waiting for its set looks at its token.
+const CANCEL_POLL: Duration = Duration::from_millis(200);
+
+/// `ServerSet::open`, waiting up to `opts.open_timeout`; with a cancel token, in
+/// short slices so a cancel stops the wait (VD_E_ABORT) instead of the timeout.
+fn open_set(name: &str, opts: &TransferOptions) -> Result<ServerSet, VdiError> {
+    let Some(cancel) = &opts.cancel else {
+        return ServerSet::open(name, Timeout::from_duration(opts.open_timeout));
+    };
+    let deadline = Instant::now() + opts.open_timeout;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(VdiError::Abort(openvdi::AbortReason::Server));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ServerSet::open(name, Timeout::from_duration(left.min(CANCEL_POLL))) {
+            Err(VdiError::Timeout) if !left.is_zero() && left > CANCEL_POLL => continue,
+            other => return other,
+        }
+    }
 }
 
 /// An opened set with its devices.
@@ -137,8 +162,11 @@ impl Session {
                 }));
             }
         }
-        let set = ServerSet::open(&first.name, Timeout::from_duration(opts.open_timeout))
+        let set = open_set(&first.name, opts)
             .map_err(|e| msg::cannot_open_device(&first.name, &hresult_text(e.hresult())))?;
+        if let Some(c) = &opts.cancel {
+            c.watch(&set);
+        }
         fault::maybe_crash(plan, CrashPoint::Open);
         let fail = |set: &ServerSet, e: SqlError| {
             let _ = set.signal_abort();

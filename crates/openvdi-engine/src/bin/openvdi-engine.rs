@@ -70,6 +70,26 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         open_timeout: u64,
     },
+    /// Serve T-SQL over TDS: SQL Server drivers connect here (see the README,
+    /// "The TDS endpoint").
+    Serve {
+        /// Address to listen on (loopback by default; port 0 picks a free one,
+        /// printed on stdout as `listening on ADDR`).
+        #[arg(long, default_value = "127.0.0.1:14330", env = "OPENVDI_TDS_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// A SQL login, `USER:PASSWORD` (repeatable). Without one, the login is
+        /// `sa` with the password in OPENVDI_TDS_PASSWORD; with neither, serve
+        /// refuses to start. Prefer the variable: arguments are visible to every
+        /// user in the process list.
+        #[arg(long = "login", value_name = "USER:PASSWORD")]
+        logins: Vec<String>,
+        /// Seconds a statement waits for the client to create the virtual device set.
+        #[arg(long, default_value_t = 30)]
+        open_timeout: u64,
+        /// Most connections at once.
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
+    },
     /// Put a VDI client through what SQL Server may do to it, scenario by scenario
     /// (docs/CONFORMANCE.md). Exit 0 only when every scenario passed.
     Conformance(ConformanceArgs),
@@ -235,6 +255,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let engine = Engine::open(&dir)
         .with_context(|| format!("opening data directory {}", dir.display()))?
         .with_fault(plan);
+    if let Cmd::Serve {
+        listen,
+        logins,
+        open_timeout,
+        max_connections,
+    } = cli.cmd
+    {
+        return serve(engine, listen, logins, open_timeout, max_connections);
+    }
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::CreateDatabase { name, size } => {
@@ -329,6 +358,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Conformance(_) => unreachable!("handled before the data directory is opened"),
+        Cmd::Serve { .. } => unreachable!("handled above"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `serve`: bind, say where, and serve until killed.
+fn serve(
+    engine: Engine,
+    listen: std::net::SocketAddr,
+    logins: Vec<String>,
+    open_timeout: u64,
+    max_connections: usize,
+) -> anyhow::Result<ExitCode> {
+    let mut cfg = openvdi_tds::Config::new(listen);
+    cfg.max_connections = max_connections;
+    for l in &logins {
+        let (user, password) = l
+            .split_once(':')
+            .filter(|(u, _)| !u.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--login takes USER:PASSWORD"))?;
+        cfg = cfg.with_login(user, password);
+    }
+    if logins.is_empty() {
+        match std::env::var("OPENVDI_TDS_PASSWORD") {
+            Ok(p) if !p.is_empty() => cfg = cfg.with_login("sa", p),
+            _ => anyhow::bail!(
+                "no login: give --login USER:PASSWORD or set OPENVDI_TDS_PASSWORD (the password of 'sa')"
+            ),
+        }
+    }
+    let engine = engine.with_open_timeout(std::time::Duration::from_secs(open_timeout));
+    let server = openvdi_tds::Server::bind(cfg, openvdi_engine::serve::EngineBackend::new(engine))
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = server.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")?;
+        out.flush()?;
+    }
+    server.serve();
     Ok(ExitCode::SUCCESS)
 }

@@ -441,9 +441,38 @@ fn is_reserved(w: &str) -> bool {
     RESERVED.iter().any(|r| r.eq_ignore_ascii_case(w))
 }
 
+/// A parameter value bound to a batch (what a driver sends with `sp_executesql`).
+///
+/// Parameters are bound after lexing: each `@name` token of the batch that names
+/// a parameter becomes the literal token of its value (a string literal or a
+/// number), so a value is never re-read as T-SQL text and cannot inject anything.
+/// A parameter may stand wherever the grammar takes a literal (a device name, an
+/// option's value) and for the database name, as SQL Server allows
+/// (`BACKUP DATABASE @db`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// SQL NULL.
+    Null,
+    /// An integer (INT, BIGINT, SMALLINT, TINYINT, BIT).
+    Int(i64),
+    /// A string (NVARCHAR, VARCHAR, NCHAR, CHAR).
+    Str(String),
+}
+
 /// Parse one batch (the text between GO lines) into statements.
 pub fn parse_batch(src: &str) -> Result<Vec<Located>, SqlError> {
-    let toks = lexer::lex(src)?;
+    parse_batch_with(src, &[])
+}
+
+/// [`parse_batch`] with parameters bound to their `@name`s (names compared
+/// without case, as SQL Server does under a case-insensitive collation; the `@`
+/// is optional in `params`). A NULL parameter stays a variable, so using it is
+/// SQL Server's 137 ("Must declare the scalar variable").
+pub fn parse_batch_with(src: &str, params: &[(String, Param)]) -> Result<Vec<Located>, SqlError> {
+    let mut toks = lexer::lex(src)?;
+    if !params.is_empty() {
+        toks = bind_params(toks, params);
+    }
     let mut p = Parser { toks, pos: 0 };
     let mut out = Vec::new();
     loop {
@@ -463,6 +492,46 @@ pub fn parse_batch(src: &str) -> Result<Vec<Located>, SqlError> {
         out.push(Located { stmt, line });
     }
     Ok(out)
+}
+
+fn bind_params(toks: Vec<Token>, params: &[(String, Param)]) -> Vec<Token> {
+    let find = |v: &str| {
+        params.iter().find_map(|(n, p)| {
+            let n = n.strip_prefix('@').unwrap_or(n);
+            (v.len() == n.len() + 1 && v[1..].eq_ignore_ascii_case(n)).then_some(p)
+        })
+    };
+    let mut out = Vec::with_capacity(toks.len());
+    for t in toks {
+        let bound = match &t.tok {
+            Tok::Variable(v) if !v.starts_with("@@") => find(v),
+            _ => None,
+        };
+        match bound {
+            Some(Param::Str(s)) => out.push(Token {
+                tok: Tok::Str {
+                    value: s.clone(),
+                    unicode: true,
+                },
+                ..t
+            }),
+            Some(Param::Int(n)) => {
+                if *n < 0 {
+                    out.push(Token {
+                        tok: Tok::Other('-'),
+                        line: t.line,
+                        text: "-".into(),
+                    });
+                }
+                out.push(Token {
+                    tok: Tok::Number(n.unsigned_abs()),
+                    ..t
+                });
+            }
+            Some(Param::Null) | None => out.push(t),
+        }
+    }
+    out
 }
 
 struct Parser {
@@ -694,6 +763,14 @@ impl Parser {
             Some(Tok::Quoted(q)) => {
                 self.pos += 1;
                 Ok(q)
+            }
+            // A string parameter bound to `@name` (its token keeps the `@name` text):
+            // SQL Server takes a variable for a database name.
+            Some(Tok::Str { value, .. })
+                if self.peek().is_some_and(|t| t.text.starts_with('@')) =>
+            {
+                self.pos += 1;
+                Ok(value)
             }
             Some(Tok::Variable(v)) => {
                 Err(msg::undeclared_variable(&v).at_line(self.peek().map_or(1, |t| t.line)))
@@ -1257,5 +1334,39 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    #[test]
+    fn parameters_bind_as_literals_never_as_text() {
+        let p = |n: &str, v: Param| (n.to_string(), v);
+        let params = vec![
+            p("@device", Param::Str("dev'; SHUTDOWN --".into())),
+            p("DB", Param::Str("sales".into())),
+            p("@stats", Param::Int(10)),
+        ];
+        let s = parse_batch_with(
+            "BACKUP DATABASE @db TO VIRTUAL_DEVICE = @Device WITH STATS = @stats",
+            &params,
+        )
+        .unwrap();
+        let Statement::Backup {
+            database,
+            devices,
+            options,
+            ..
+        } = &s[0].stmt
+        else {
+            panic!("{s:?}")
+        };
+        assert_eq!(database, "sales");
+        assert_eq!(devices[0].name, "dev'; SHUTDOWN --");
+        assert_eq!(options.stats, Some(10));
+        // An unbound (or NULL) variable is still SQL Server's 137.
+        let e = parse_batch_with(
+            "BACKUP DATABASE x TO VIRTUAL_DEVICE = @other",
+            &[p("@x", Param::Null)],
+        )
+        .unwrap_err();
+        assert_eq!(e.number(), 137);
     }
 }
