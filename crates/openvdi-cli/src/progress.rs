@@ -36,7 +36,7 @@ impl Mode {
 /// A running reporter; `finish` stops it and prints the last state.
 #[derive(Debug)]
 pub struct Reporter {
-    stop: Option<Sender<()>>,
+    stop: Option<Sender<bool>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -66,7 +66,7 @@ impl Reporter {
                 handle: None,
             };
         }
-        let (tx, rx) = bounded::<()>(1);
+        let (tx, rx) = bounded::<bool>(1);
         let op = op.to_string();
         let handle = std::thread::spawn(move || {
             let started = Instant::now();
@@ -103,14 +103,18 @@ impl Reporter {
             } else {
                 Vec::new()
             };
-            let emit = |last: bool| {
+            // `last`: the final report; `ok`: the operation succeeded (a failed or
+            // interrupted one leaves its bars where they were, not at 100 %).
+            let emit = |last: bool, ok: bool| {
                 let secs = started.elapsed().as_secs_f64().max(1e-6);
                 match mode {
                     Mode::Bars => {
                         for (b, c) in bars.iter().zip(&counters) {
                             b.set_position(c.raw.load(Ordering::Relaxed));
-                            if last {
+                            if last && ok {
                                 b.finish();
+                            } else if last {
+                                b.abandon();
                             }
                         }
                     }
@@ -147,6 +151,10 @@ impl Reporter {
                             "event": "progress", "operation": op, "seconds": secs,
                             "final": last, "stripes": stripes,
                         });
+                        let mut line = line;
+                        if last {
+                            line["outcome"] = serde_json::json!(if ok { "done" } else { "failed" });
+                        }
                         let mut e = std::io::stderr().lock();
                         let _ = writeln!(e, "{line}");
                     }
@@ -155,9 +163,13 @@ impl Reporter {
             };
             loop {
                 match rx.recv_timeout(period) {
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => emit(false),
-                    _ => {
-                        emit(true);
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => emit(false, false),
+                    Ok(ok) => {
+                        emit(true, ok);
+                        return;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        emit(true, false);
                         return;
                     }
                 }
@@ -169,13 +181,15 @@ impl Reporter {
         }
     }
 
-    pub fn finish(mut self) {
-        self.stop_now();
+    /// Stops reporting; `ok` says whether the operation succeeded (the final
+    /// report says so, and bars of a failed one stay where they stopped).
+    pub fn finish(mut self, ok: bool) {
+        self.stop_now(ok);
     }
 
-    fn stop_now(&mut self) {
+    fn stop_now(&mut self, ok: bool) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(ok);
         }
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -185,6 +199,6 @@ impl Reporter {
 
 impl Drop for Reporter {
     fn drop(&mut self) {
-        self.stop_now();
+        self.stop_now(false);
     }
 }

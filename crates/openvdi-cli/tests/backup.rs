@@ -590,6 +590,55 @@ fn json_progress_lines_on_stderr_and_one_result_on_stdout() {
         .map(|s| s["raw_bytes"].as_u64().unwrap())
         .sum();
     assert_eq!(moved, result["raw_size"].as_u64().unwrap());
+    assert_eq!(last["outcome"], "done");
+    assert!(last["stripes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["done"] == true));
+}
+
+#[test]
+fn an_interrupted_backups_final_progress_says_failed_not_done() {
+    let e = Env::new();
+    engine(&e).create_database("pi", 256 << 20).unwrap();
+    let repo = PathBuf::from(&e.repo);
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut c = e.cmd(&[
+        "--json",
+        "backup",
+        "pi",
+        "--stripes",
+        "2",
+        "--compress",
+        "zstd:19",
+    ]);
+    c.stdout(Stdio::null())
+        .stderr(Stdio::from(err.reopen().unwrap()));
+    let mut g = Guard(Some(c.spawn().unwrap()));
+    wait_for("stripe data to arrive", Duration::from_secs(120), || {
+        partial_files(&repo) > 0
+    });
+    let pid = g.0.as_ref().unwrap().id();
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = util::wait(Guard(g.0.take()), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130));
+    let text = std::fs::read_to_string(err.path()).unwrap();
+    let last: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "progress")
+        .last()
+        .unwrap_or_else(|| panic!("no progress event in {text}"));
+    assert_eq!(last["final"], true, "{last}");
+    assert_eq!(last["outcome"], "failed", "{last}");
+    for s in last["stripes"].as_array().unwrap() {
+        assert_eq!(s["done"], false, "{last}");
+    }
 }
 
 /// openvdi's own libsqlvdi.so, built on demand (another package's cdylib).

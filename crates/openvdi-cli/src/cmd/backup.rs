@@ -328,7 +328,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         });
         (r, o)
     });
-    reporter.finish();
+    reporter.finish(result.is_ok() && outcome.ok && !stop.is_stopped());
     let _ = set.close();
     let elapsed = t0.elapsed().as_secs_f64();
     let results = match result {

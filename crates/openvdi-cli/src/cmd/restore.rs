@@ -180,7 +180,7 @@ pub fn engine_session(
         });
         (r, o)
     });
-    reporter.finish();
+    reporter.finish(result.is_ok() && outcome.ok && !stop.is_stopped());
     let _ = set.close();
     // The engine thread has been joined, so its message is in: the ranking of
     // StopReason picks the cause (a verification failure outranks the engine's

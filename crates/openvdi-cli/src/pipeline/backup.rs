@@ -170,7 +170,8 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
                     set.signal_abort();
                     Err(e)
                 });
-                counters.done.store(true, Ordering::Release);
+                // `done`: this stripe was stored whole (progress reports say so).
+                counters.done.store(r.is_ok(), Ordering::Release);
                 r
             }));
         }

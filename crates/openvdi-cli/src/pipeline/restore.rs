@@ -230,7 +230,8 @@ pub fn run(plan: Plan<'_>) -> Result<(), StopReason> {
             let (set, stop, c) = (plan.set, &plan.stop, plan.counters[i].clone());
             s.spawn(move || {
                 device_loop(dev, set, stop, &c, rx);
-                c.done.store(true, Ordering::Release);
+                // `done`: this stripe was sent whole (nothing stopped the restore).
+                c.done.store(stop.reason().is_none(), Ordering::Release);
             });
         }
     });
