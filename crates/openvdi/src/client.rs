@@ -65,29 +65,22 @@ impl ClientSet {
         let dc = cfg.device_count as usize;
         let size = layout::region_size(dc);
         let cname = set::ctl_name(name);
-        let mut reclaimed = false;
-        let fd = loop {
-            match sys::shm_create(&cname, mode, opts.group) {
-                Ok(fd) => break fd,
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !reclaimed => {
-                    if owner_alive(name)? {
-                        return Err(Error::Busy(format!(
-                            "the virtual device set name {name:?} is in use by a live process"
-                        )));
-                    }
-                    // Left behind by a dead owner: reclaim every object of that set.
-                    set::unlink_set_objects(name);
-                    reclaimed = true;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    return Err(Error::Busy(format!(
-                        "the virtual device set name {name:?} was taken while reclaiming it"
-                    )));
-                }
-                Err(e) => return Err(Error::os(format!("creating {cname}"), e)),
+        // The control object is built under a staging name that carries this
+        // process's pid, and appears under the set's name only complete (creator pid,
+        // header, magic): a Create killed half-way leaves either a staging object
+        // that the sweep reclaims by its pid, or a whole header the sweep can judge —
+        // never a nameless, unsized object nobody can attribute.
+        let staging = set::staging_name(sys::getpid());
+        let fd = match sys::shm_create(&staging, mode, opts.group) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // Left by an earlier process that had our pid.
+                let _ = sys::shm_unlink(&staging);
+                sys::shm_create(&staging, mode, opts.group)
             }
-        };
-        let setup = || -> Result<ClientSet> {
+            r => r,
+        }
+        .map_err(|e| Error::os(format!("creating {staging}"), e))?;
+        let build = || -> Result<Control> {
             sys::ftruncate(&fd, size as u64)
                 .map_err(|e| Error::os("sizing the control object", e))?;
             let map = Mapping::map(&fd, size, true)
@@ -117,6 +110,44 @@ impl ClientSet {
             // SYNC POINT: Release; the opener's Acquire load of `magic` then sees every
             // field above.
             h.magic.store(layout::MAGIC, Ordering::Release);
+            Ok(ctl)
+        };
+        let ctl = build().inspect_err(|_| {
+            let _ = sys::shm_unlink(&staging);
+        })?;
+        drop(fd);
+        // Publish under the set's name, never over another's object.
+        let mut reclaimed = false;
+        loop {
+            match sys::shm_rename_noreplace(&staging, &cname) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !reclaimed => {
+                    let alive = owner_alive(name).inspect_err(|_| {
+                        let _ = sys::shm_unlink(&staging);
+                    })?;
+                    if alive {
+                        let _ = sys::shm_unlink(&staging);
+                        return Err(Error::Busy(format!(
+                            "the virtual device set name {name:?} is in use by a live process"
+                        )));
+                    }
+                    // Left behind by a dead owner: reclaim every object of that set.
+                    set::unlink_set_objects(name);
+                    reclaimed = true;
+                }
+                Err(e) => {
+                    let _ = sys::shm_unlink(&staging);
+                    return Err(if e.raw_os_error() == Some(libc::EEXIST) {
+                        Error::Busy(format!(
+                            "the virtual device set name {name:?} was taken while reclaiming it"
+                        ))
+                    } else {
+                        Error::os(format!("publishing {cname}"), e)
+                    });
+                }
+            }
+        }
+        let setup = || -> Result<ClientSet> {
             let shared = Arc::new(SetShared::new(name.to_string(), ctl));
             let sentinel = Sentinel::start(shared.clone(), LiveWord::Client)?;
             // SYNC POINT: Release; pairs with the server's Acquire in `ServerSet::open`.

@@ -222,9 +222,30 @@ pub fn sweep_stale_sets() -> Vec<String> {
 /// and server Open runs, so a /dev/shm full of names cannot make them slow.
 pub(crate) const AUTO_SWEEP_LIMIT: usize = 256;
 
+/// How old a control object without a valid header, or a buffer segment without a
+/// control object, must be before the sweep takes it for debris.
+const DEBRIS_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// [`sweep_stale_sets`], looking at no more than `limit` control objects.
 pub(crate) fn sweep_stale_sets_bounded(limit: usize) -> Vec<String> {
     let mut out = Vec::new();
+    // Control objects whose Create died before publishing them (see
+    // `ClientSet::create_with`): the staging name says whose they were.
+    for n in sys::list_shm_names(set::STAGING_PREFIX)
+        .into_iter()
+        .take(limit)
+    {
+        let Some(pid) = set::staging_pid(&n) else {
+            continue;
+        };
+        match sys::lstat_path(&format!("/dev/shm/{n}")) {
+            Some((_, _, uid, ..)) if uid == sys::geteuid() => {}
+            _ => continue,
+        }
+        if !sys::process_exists(pid) {
+            let _ = sys::shm_unlink(&format!("/{n}"));
+        }
+    }
     for n in sys::list_shm_names(&format!("{SHM_PREFIX}ctl."))
         .into_iter()
         .take(limit)
@@ -235,7 +256,21 @@ pub(crate) fn sweep_stale_sets_bounded(limit: usize) -> Vec<String> {
             Some((_, _, uid, ..)) if uid == sys::geteuid() => {}
             _ => continue,
         }
-        if let Ok(Some(ctl)) = set::map_control(&set) {
+        let ctl = set::map_control(&set);
+        if matches!(ctl, Ok(None))
+            || matches!(&ctl, Ok(Some(c)) if c.header().magic.load(std::sync::atomic::Ordering::Acquire) != layout::MAGIC)
+        {
+            // Unsized or without the magic: published control objects are always
+            // whole (built under a staging name first), so this is debris — of a
+            // writer that truncated or replaced it, or of a version that built in
+            // place. Left a minute to whoever is at it, then reclaimed.
+            if sys::modified_ago(&format!("/dev/shm/{n}")).is_some_and(|a| a >= DEBRIS_AGE) {
+                set::unlink_set_objects(&set);
+                out.push(set);
+            }
+            continue;
+        }
+        if let Ok(Some(ctl)) = ctl {
             let h = ctl.header();
             let pid = h.creator_pid.load(std::sync::atomic::Ordering::Relaxed);
             let client = h.client_live.v.load(std::sync::atomic::Ordering::Acquire);
@@ -254,6 +289,28 @@ pub(crate) fn sweep_stale_sets_bounded(limit: usize) -> Vec<String> {
                 set::unlink_set_objects(&set);
                 out.push(set);
             }
+        }
+    }
+    // Buffer segments whose set has no control object any more (its owner was
+    // killed between the two unlinks, or something removed the control object):
+    // nothing can find them again. Segments only ever exist after their control
+    // object was published, so none of these is a set being made.
+    for n in sys::list_shm_names(&format!("{SHM_PREFIX}buf"))
+        .into_iter()
+        .take(limit)
+    {
+        let Some((_, set)) = n.split_once('.') else {
+            continue;
+        };
+        let path = format!("/dev/shm/{n}");
+        match sys::lstat_path(&path) {
+            Some((_, _, uid, ..)) if uid == sys::geteuid() => {}
+            _ => continue,
+        }
+        if sys::lstat_path(&format!("/dev/shm{}", set::ctl_name(set))).is_none()
+            && sys::modified_ago(&path).is_some_and(|a| a >= DEBRIS_AGE)
+        {
+            let _ = sys::shm_unlink(&format!("/{n}"));
         }
     }
     out

@@ -18,6 +18,25 @@ pub fn ctl_name(set: &str) -> String {
     format!("/{SHM_PREFIX}ctl.{set}")
 }
 
+/// Prefix of the staging names control objects are built under (see
+/// `ClientSet::create_with`): `openvdi-new.<pid>.<n>`.
+pub const STAGING_PREFIX: &str = "openvdi-new.";
+
+/// A fresh staging name for a control object built by process `pid`.
+pub fn staging_name(pid: u32) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("/{STAGING_PREFIX}{pid}.{n}")
+}
+
+/// The pid a staging object name carries (`None`: not a staging name).
+pub fn staging_pid(object: &str) -> Option<u32> {
+    let rest = object.strip_prefix(STAGING_PREFIX)?;
+    let (pid, n) = rest.split_once('.')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
 /// Buffer segment `i`'s shm name.
 pub fn seg_name(set: &str, i: usize) -> String {
     format!("/{SHM_PREFIX}buf{i}.{set}")

@@ -72,6 +72,29 @@ pub fn shm_open_existing(name: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Rename shm object `from` to `to` unless `to` exists (renameat2(2) with
+/// RENAME_NOREPLACE on /dev/shm, where glibc's shm_open keeps its objects): the
+/// create-exclusive step of publishing a fully built object. EEXIST when `to` exists.
+pub fn shm_rename_noreplace(from: &str, to: &str) -> io::Result<()> {
+    let f = cstr(&format!("/dev/shm{from}"))?;
+    let t = cstr(&format!("/dev/shm{to}"))?;
+    // SAFETY: both are valid NUL-terminated paths; renameat2 reads them and nothing else.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// shm_unlink(3); a missing object is not an error (unlinking is idempotent here).
 pub fn shm_unlink(name: &str) -> io::Result<()> {
     let c = cstr(name)?;
@@ -253,6 +276,13 @@ pub fn lstat_path(path: &str) -> Option<(u64, u32, u32, u32, u64, u64)> {
         st.st_dev,
         st.st_ino,
     ))
+}
+
+/// How long ago a path was last modified (lstat(2)'s st_mtime against the
+/// realtime clock); `None` if it does not exist or the clock is behind it.
+pub fn modified_ago(path: &str) -> Option<std::time::Duration> {
+    let m = std::fs::symlink_metadata(path).ok()?.modified().ok()?;
+    std::time::SystemTime::now().duration_since(m).ok()
 }
 
 /// geteuid(2).

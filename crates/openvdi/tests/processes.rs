@@ -1341,3 +1341,118 @@ fn sigkill_of_the_server_during_configuration() {
     set.close().expect("close");
     assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
 }
+
+/// Clients SIGKILLed at random instants — before, during and after Create, while
+/// the server configures, mid-stream — with a server peer attached or not: after the
+/// next openvdi call (any Create), /dev/shm holds nothing of theirs, also for the
+/// names no one will ever reuse (clients that use fresh UUIDs).
+#[test]
+fn clients_killed_anywhere_leave_nothing_after_the_next_call() {
+    let runs: u64 = std::env::var("OPENVDI_KILL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let seed = 0x0BAD_C0DE ^ u64::from(std::process::id());
+    eprintln!("seed {seed:#x}, {runs} runs");
+    let mut rng = Xorshift(seed);
+    let mut victims = Vec::new();
+    for _ in 0..runs {
+        let name = uniq("kc");
+        let with_server = rng.below(4) != 0;
+        let mut server = with_server.then(|| {
+            Peer::spawn(
+                "server",
+                &a(&[
+                    ("set", name.clone()),
+                    ("total", (64u64 << 20).to_string()),
+                    ("open_ms", "500".into()),
+                ]),
+            )
+        });
+        let mut client = Peer::spawn("client", &a(&[("set", name.clone())]));
+        let pid = client.child.id();
+        // The kill lands anywhere from before Create to mid-stream.
+        std::thread::sleep(std::time::Duration::from_micros(rng.below(30_000)));
+        client.kill9();
+        client.wait_exit(30);
+        if let Some(s) = server.as_mut() {
+            // The server sees the abort (or times out waiting for the set) and exits.
+            s.wait_exit(30);
+        }
+        victims.push((name, pid));
+    }
+    // The next openvdi call of this user sweeps what the dead left.
+    let probe = uniq("kc-probe");
+    let set = ClientSet::create(
+        &probe,
+        &VdConfig {
+            device_count: 1,
+            ..Default::default()
+        },
+    )
+    .expect("create after the kills");
+    set.close().expect("close");
+    let staging: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("openvdi-new."))
+        .collect();
+    for (name, pid) in &victims {
+        assert!(
+            shm_objects(name).is_empty(),
+            "set {name} (client pid {pid}) left {:?}",
+            shm_objects(name)
+        );
+        assert!(
+            !staging
+                .iter()
+                .any(|n| n.starts_with(&format!("openvdi-new.{pid}."))),
+            "client pid {pid} left a staging object: {staging:?}"
+        );
+    }
+}
+
+/// A Create killed after making its staging object and before publishing it: the
+/// object carries the dead creator's pid in its name and the next Create removes it.
+#[test]
+fn staging_objects_of_dead_creators_and_old_debris_are_swept() {
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    dead.wait().unwrap();
+    let obj = format!("/dev/shm/openvdi-new.{pid}.0");
+    std::fs::write(&obj, b"half-built").unwrap();
+    // Debris a minute old: a control object truncated to nothing, a segment whose
+    // control object is gone; and the same but fresh, which the sweep leaves.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    let debris = [uniq("debris"), uniq("debris")];
+    let fresh = uniq("fresh");
+    let paths = [
+        format!("/dev/shm/openvdi-ctl.{}", debris[0]),
+        format!("/dev/shm/openvdi-buf0.{}", debris[1]),
+    ];
+    for p in &paths {
+        std::fs::File::create(p).unwrap().set_modified(old).unwrap();
+    }
+    let fresh_path = format!("/dev/shm/openvdi-buf0.{fresh}");
+    std::fs::write(&fresh_path, b"").unwrap();
+    let probe = uniq("st-probe");
+    ClientSet::create(
+        &probe,
+        &VdConfig {
+            device_count: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .close()
+    .unwrap();
+    for p in paths.iter().chain([&obj]) {
+        assert!(!std::path::Path::new(p).exists(), "{p} was not swept");
+    }
+    assert!(
+        std::path::Path::new(&fresh_path).exists(),
+        "a fresh segment was taken for debris"
+    );
+    std::fs::remove_file(&fresh_path).unwrap();
+}
