@@ -1301,7 +1301,7 @@ fn restore(
         // The files this database's own catalog lists may be replaced; any other
         // target must be new. Each is opened without following a link and locked
         // before anything is truncated or written.
-        let handles = open_targets(engine, &files, &own, kind == BackupKind::Full, o.replace)?;
+        let mut handles = open_targets(engine, &files, &own, kind == BackupKind::Full, o.replace)?;
         if kind == BackupKind::Full {
             // Crash ordering: the catalog says RESTORING (durably: fsynced, and its
             // directory) before any file is truncated or written, so a crash from
@@ -1316,10 +1316,25 @@ fn restore(
             // their recorded sizes only at the end, once the stream has delivered
             // its pages (finish_file), so a damaged size field never leaves a huge
             // file behind a stream that did not fill it.
+            // A file that holds data is replaced by an empty one rather than
+            // truncated (see `db::replace_with_empty`): the old one is closed, and
+            // its blocks freed, by a thread of its own while the reads flow.
+            let mut retired = Vec::new();
             for (f, _) in &files {
-                if let Some((h, path)) = handles.get(&f.file_id) {
-                    h.set_len(0).map_err(|e| write_error(path, &e))?;
+                if let Some((h, path)) = handles.get_mut(&f.file_id) {
+                    let len = h.metadata().map_err(|e| write_error(path, &e))?.len();
+                    if len > 0 {
+                        let fresh = db::replace_with_empty(h, path).map_err(engine_err)?;
+                        retired.push(std::mem::replace(h, fresh));
+                    }
                 }
+            }
+            if !retired.is_empty() {
+                let freeing = std::thread::Builder::new()
+                    .name("free-old-files".into())
+                    .spawn(move || drop(retired));
+                // Without a thread, the files are closed here: slower, not wrong.
+                drop(freeing);
             }
         }
         targets

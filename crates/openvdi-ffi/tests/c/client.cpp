@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,16 +25,31 @@
 
 static bool g_restore;
 static std::string g_dir;
+// GetCommand's timeout (ms): VDI_GETCOMMAND_MS, default 60 s. Microsoft's Linux
+// sample waits 90 ms and, like every timeout here, takes it as fatal.
+static unsigned long g_command_ms = 60000;
+// VDI_GAPS=1: print the longest wait in GetCommand (ms) per device on stderr.
+static bool g_gaps;
+static long g_longest_at;
 
 // Returns 0 when the server closed the device, 3 on a failure (the caller aborts
 // and closes the set: a client must Close even after a failure, or a dead
 // server leaves the set's objects behind).
 static int handle_command(ClientVirtualDevice *dev, FILE *f, int idx, long *count) {
+    double longest = 0;
     for (;;) {
         VDC_Command *cmd = NULL;
-        int hr = dev->GetCommand(60000, &cmd);
-        if (hr == VD_E_CLOSE) return 0;
-        if (hr != 0) { fprintf(stderr, "dev %d: GetCommand 0x%x\n", idx, (unsigned)hr); return 3; }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int hr = dev->GetCommand(g_command_ms, &cmd);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+        if (ms > longest && hr == 0) { longest = ms; g_longest_at = *count; }
+        if (hr == VD_E_CLOSE) {
+            if (g_gaps) fprintf(stderr, "dev %d: longest GetCommand wait %.1f ms (before command %ld) over %ld commands\n", idx, longest, g_longest_at + 1, *count);
+            return 0;
+        }
+        if (hr != 0) { fprintf(stderr, "dev %d: GetCommand 0x%x after %ld commands\n", idx, (unsigned)hr, *count); return 3; }
         int completion = ERROR_SUCCESS;
         unsigned long bytes = 0;
         switch (cmd->commandCode) {
@@ -115,6 +131,8 @@ int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "secondary") == 0) return secondary(argv[2], argv[3]);
     if (argc < 8) { fprintf(stderr, "usage: client backup|restore SET DEVICES DIR SERVER TOTAL SEED [mp]\n"); return 2; }
     g_restore = strcmp(argv[1], "restore") == 0;
+    if (const char *ms = getenv("VDI_GETCOMMAND_MS")) g_command_ms = strtoul(ms, NULL, 10);
+    g_gaps = getenv("VDI_GAPS") != NULL;
     char *set_name = argv[2];
     int devices = atoi(argv[3]);
     g_dir = argv[4];
@@ -185,7 +203,7 @@ int main(int argc, char **argv) {
         ClientVirtualDevice *dev = devs[0];
         for (;;) {
             VDC_Command *cmd = NULL;
-            hr = dev->GetCommand(60000, &cmd);
+            hr = dev->GetCommand(g_command_ms, &cmd);
             if (hr == VD_E_CLOSE) break;
             if (hr != 0) return give_up(vds, "GetCommand", hr);
             int completion = ERROR_SUCCESS;
