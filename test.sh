@@ -57,7 +57,7 @@ fi
 
 step "cargo build (the binaries and libsqlvdi.so the tests run)"
 cargo build --workspace --bins
-cargo build --release -p openvdi-ffi
+cargo build --release -p openvdi-ffi -p openvdi-engine
 
 step "cargo test"
 run "cargo test" cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -146,7 +146,18 @@ pub fn create_file(path: &Path) -> Result<File, EngineError> {
 /// open of the file) holds it.
 pub fn lock(f: &File, path: &Path) -> Result<(), EngineError> {
     match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            // A restore may have replaced the file under the name between our open
+            // and the lock (`replace_with_empty`): the lock on the old file then
+            // guards nothing. Same as a held lock: the file is busy.
+            use std::os::unix::fs::MetadataExt;
+            let ours = f.metadata().map(|m| (m.dev(), m.ino()));
+            let named = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()));
+            match (ours, named) {
+                (Ok(a), Ok(b)) if a == b => Ok(()),
+                _ => Err(EngineError::Locked(path.to_path_buf())),
+            }
+        }
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
             Err(EngineError::Locked(path.to_path_buf()))
         }
