@@ -128,7 +128,8 @@ fn session(
 ) -> Result<(), SqlError> {
     use crate::sql::{SelectItem, Session};
     match s {
-        Session::Set(_) => Ok(()),
+        // NOCOUNT is the run's state (`Execution::nocount`), kept by the caller.
+        Session::Set(_) | Session::NoCount(_) => Ok(()),
         Session::Use(db) => {
             let system = ["master", "msdb", "model", "tempdb"]
                 .iter()
@@ -206,6 +207,7 @@ fn session(
                 columns,
                 rows: vec![row],
                 types,
+                nocount: false,
             }));
             Ok(())
         }
@@ -2131,6 +2133,7 @@ fn headeronly(m: &SetMeta) -> ResultSet {
         types: typed(&columns, HEADERONLY_TYPES),
         columns,
         rows: vec![cols.into_iter().map(|c| c.1).collect()],
+        nocount: false,
     }
 }
 
@@ -2304,6 +2307,7 @@ fn filelistonly(m: &SetMeta) -> ResultSet {
         types: typed(&columns, FILELISTONLY_TYPES),
         columns,
         rows,
+        nocount: false,
     }
 }
 
@@ -2349,6 +2353,7 @@ fn labelonly(metas: &[SetMeta]) -> ResultSet {
         types: typed(&columns, LABELONLY_TYPES),
         columns,
         rows,
+        nocount: false,
     }
 }
 

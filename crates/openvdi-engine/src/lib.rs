@@ -83,6 +83,9 @@ pub struct ResultSet {
     /// rest; the values stay display strings either way (see [`ColumnType`]).
     #[serde(skip)]
     pub types: Vec<ColumnType>,
+    /// Produced under `SET NOCOUNT ON`: no "(N rows affected)" after it.
+    #[serde(skip)]
+    pub nocount: bool,
 }
 
 /// The SQL Server type of a result-set column, and the display form its values
@@ -328,6 +331,8 @@ pub struct Execution {
     pub error: Option<SqlError>,
     /// Whether the run was cancelled ([`Cancel`]) before it ended.
     pub cancelled: bool,
+    /// `SET NOCOUNT` as the run left it (it lasts across the run's batches).
+    pub nocount: bool,
 }
 
 impl Execution {
@@ -523,8 +528,16 @@ impl Engine {
                 run.cancelled = true;
                 return;
             }
+            if let sql::Statement::Session(sql::Session::NoCount(on)) = &s.stmt {
+                run.nocount = *on;
+            }
             let mut outs = Vec::new();
             let result = exec::execute(self, &s.stmt, &mut outs);
+            for o in &mut outs {
+                if let Output::ResultSet(rs) = o {
+                    rs.nocount = run.nocount;
+                }
+            }
             if let Some(c) = &self.cancel {
                 c.release();
             }

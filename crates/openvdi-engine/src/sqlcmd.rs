@@ -193,7 +193,9 @@ pub fn format_result_set(rs: &ResultSet, f: &Format) -> String {
         out += &line(r.iter().map(cell).collect());
         out += "\n";
     }
-    out += &format!("\n({} rows affected)\n", rs.rows.len());
+    if !rs.nocount {
+        out += &format!("\n({} rows affected)\n", rs.rows.len());
+    }
     out
 }
 

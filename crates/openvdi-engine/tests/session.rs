@@ -52,6 +52,22 @@ fn a_script_of_session_statements_and_a_backup_runs() {
         "{out}"
     );
     assert!(bak.metadata().unwrap().len() > 0);
+    // SET NOCOUNT ON: the result sets above came without their row counts.
+    assert!(!out.contains("rows affected"), "{out}");
+}
+
+#[test]
+fn nocount_on_drops_the_row_counts_and_off_brings_them_back() {
+    let d = tempfile::tempdir().unwrap();
+    let (rc, out) = sqlcmd(
+        d.path(),
+        "SELECT 1 AS a; SET NOCOUNT ON; SELECT 2 AS b; SET NOCOUNT OFF; SELECT 3 AS c",
+    );
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(out.matches("(1 rows affected)").count(), 2, "{out}");
+    let b = out.find("\nb").expect("result set b");
+    let c = out.find("\nc").expect("result set c");
+    assert!(!out[b..c].contains("rows affected"), "{out}");
 }
 
 #[test]

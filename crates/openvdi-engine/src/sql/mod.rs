@@ -269,6 +269,8 @@ pub enum Statement {
 pub enum Session {
     /// `SET option value`: accepted, changes nothing the engine does.
     Set(String),
+    /// `SET NOCOUNT ON|OFF`: whether result sets are followed by their row count.
+    NoCount(bool),
     /// `USE database`.
     Use(String),
     /// `PRINT 'text'` (or a number).
@@ -366,7 +368,7 @@ impl Statement {
                 kind: InfoKind::LabelOnly,
                 ..
             } => "RESTORE LABELONLY",
-            Statement::Session(Session::Set(_)) => "SET",
+            Statement::Session(Session::Set(_) | Session::NoCount(_)) => "SET",
             Statement::Session(Session::Use(_)) => "USE",
             Statement::Session(Session::Print(_)) => "PRINT",
             Statement::Session(Session::Select(_)) => "SELECT",
@@ -674,8 +676,15 @@ impl Parser {
                     return Err(msg::not_a_set_option(&w));
                 }
             }
-            if !(self.eat_word("ON") || self.eat_word("OFF")) {
+            let on = if self.eat_word("ON") {
+                true
+            } else if self.eat_word("OFF") {
+                false
+            } else {
                 return Err(self.error_here());
+            };
+            if opt == "NOCOUNT" {
+                return Ok(Session::NoCount(on));
             }
             return Ok(Session::Set(opt));
         }
@@ -1305,7 +1314,11 @@ mod tests {
     fn session_statements() {
         assert_eq!(
             one("set nocount on"),
-            Statement::Session(Session::Set("NOCOUNT".into()))
+            Statement::Session(Session::NoCount(true))
+        );
+        assert_eq!(
+            one("SET NOCOUNT OFF"),
+            Statement::Session(Session::NoCount(false))
         );
         assert_eq!(
             one("USE [My DB]"),
