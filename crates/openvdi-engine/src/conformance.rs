@@ -539,6 +539,15 @@ pub struct Outcome {
     pub seconds: f64,
     /// Evidence: the engine's messages and the client's output of the failing step.
     pub evidence: String,
+    /// The operation the scenario's fault is applied to: "backup" or "restore".
+    pub phase: &'static str,
+    /// The engine's fault modes in that operation ("" for none).
+    pub fault: &'static str,
+    /// The backup's WITH options beyond the defaults ("" for none).
+    pub options: &'static str,
+    /// Whether a conforming client succeeds (backup, restore, identical files) or
+    /// must fail.
+    pub expect_success: bool,
 }
 
 /// A finished child process: its status (None: killed at the deadline) and output.
@@ -733,6 +742,19 @@ impl Run<'_> {
             sqlcmd: &self.o.sqlcmd_exe,
         };
         let cmd = expand(template, &fill);
+        // Each scenario isolates one behaviour: read sizes vary only in the one about
+        // read sizes (the engine's default varies every fourth read).
+        let fixed;
+        let fault = if op == "restore" && !fault.contains("short-reads") {
+            fixed = if fault.is_empty() {
+                "fixed-reads".to_string()
+            } else {
+                format!("{fault},fixed-reads")
+            };
+            fixed.as_str()
+        } else {
+            fault
+        };
         let mut env: Vec<(&str, String)> = Vec::new();
         if probe {
             if let Some(p) = &self.o.stores {
@@ -1169,6 +1191,13 @@ pub fn run(o: &Options, each: &mut dyn FnMut(&Outcome)) -> Vec<Outcome> {
             verdict,
             seconds: t0.elapsed().as_secs_f64(),
             evidence,
+            phase: match sc.phase {
+                Phase::Backup => "backup",
+                Phase::Restore => "restore",
+            },
+            fault: sc.fault,
+            options: sc.with,
+            expect_success: sc.expect == Expect::Success,
         };
         each(&res);
         let failed = matches!(res.verdict, Verdict::Fail(_));
@@ -1209,7 +1238,9 @@ pub fn json(outcomes: &[Outcome]) -> serde_json::Value {
             };
             serde_json::json!({
                 "scenario": o.name, "what": o.what, "verdict": v, "reason": why,
-                "seconds": o.seconds, "evidence": o.evidence,
+                "seconds": o.seconds, "evidence": o.evidence, "phase": o.phase,
+                "fault": o.fault, "options": o.options,
+                "expect": if o.expect_success { "success" } else { "failure" },
             })
         })
         .collect();
@@ -1307,6 +1338,10 @@ mod tests {
             verdict: Verdict::Fail("a <b> & \"c\"".into()),
             seconds: 0.5,
             evidence: "e".into(),
+            phase: "backup",
+            fault: "",
+            options: "",
+            expect_success: true,
         }]);
         assert!(j.contains("failures=\"1\""));
         assert!(j.contains("a &lt;b&gt; &amp; &quot;c&quot;"));

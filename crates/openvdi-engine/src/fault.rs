@@ -16,6 +16,7 @@
 //! | `no-complete` | never sends VDC_Complete, even to a client that asked for it (VDF_RequestComplete), as SQL Server did before KB 3188454: the end of a backup is the last VDC_Flush, then the devices close | a client must harden its data by the last Flush (or at the latest when the device closes) and succeed without VDC_Complete |
 //! | `abort-at:POINT` | SignalAbort at POINT (`open`, `configured`, `first-transfer`, `mid`, `flush`, `complete`, as for `crash-at`) and fail the statement | `VD_E_ABORT`; the client must exit non-zero and keep nothing it presents as a backup |
 //! | `short-reads` | RESTORE asks for reads of one to eight blocks in an irregular pattern, BACKUP writes such sizes too | a client that assumed read sizes equal write sizes, or full-size reads, fails; a correct one succeeds |
+//! | `fixed-reads` | RESTORE asks for full MAXTRANSFERSIZE reads only (by default every fourth read has another size) | nothing: the conformance kit uses it so that only its read-size scenario varies them |
 //!
 //! The serverTimeOut path (the client stops completing and the engine gives up after
 //! two intervals) needs no fault mode: the engine always honours the client's
@@ -60,6 +61,8 @@ pub enum Fault {
     FailCommand(u64),
     /// `short-reads`.
     ShortReads,
+    /// `fixed-reads`.
+    FixedReads,
     /// `enospc-after:N`.
     EnospcAfter(u64),
     /// `no-complete`.
@@ -116,6 +119,7 @@ impl FaultPlan {
                 "stall" => Fault::Stall(if arg.is_some() { num("MS")? } else { 60_000 }),
                 "fail-command" => Fault::FailCommand(num("N")?.max(1)),
                 "short-reads" => Fault::ShortReads,
+                "fixed-reads" => Fault::FixedReads,
                 "enospc-after" => Fault::EnospcAfter(num("N")?),
                 _ => return Err(format!("unknown fault mode {mode:?}")),
             };
@@ -199,6 +203,11 @@ impl FaultPlan {
     pub fn short_reads(&self) -> bool {
         self.faults.contains(&Fault::ShortReads)
     }
+
+    /// Whether restore reads are all full size (`fixed-reads`).
+    pub fn fixed_reads(&self) -> bool {
+        self.faults.contains(&Fault::FixedReads)
+    }
 }
 
 /// A `crash-at` / `abort-at` point by name.
@@ -280,10 +289,11 @@ mod tests {
     #[test]
     fn parses_every_mode() {
         let p = FaultPlan::parse(
-            "abort-after-bytes:100, abort-after-commands:3,crash-at:mid,delay:5,multi-flush:3,stall,fail-command:2,short-reads,enospc-after:4096,no-complete,abort-at:flush",
+            "abort-after-bytes:100, abort-after-commands:3,crash-at:mid,delay:5,multi-flush:3,stall,fail-command:2,short-reads,enospc-after:4096,no-complete,abort-at:flush,fixed-reads",
         )
         .unwrap();
-        assert_eq!(p.faults.len(), 11);
+        assert_eq!(p.faults.len(), 12);
+        assert!(p.fixed_reads());
         assert!(p.no_complete());
         assert_eq!(p.abort_at(), Some(CrashPoint::Flush));
         assert!(FaultPlan::parse("abort-at:never").is_err());

@@ -372,7 +372,7 @@ impl<'s> DeviceIo<'s> {
                 block: sh.cfg.block_size.max(512),
                 max: sh.cfg.max_transfer_size.max(sh.cfg.block_size).max(65536),
                 short: sh.plan.short_reads(),
-                vary: sh.cfg.features & openvdi::vdf::VDF_ReadMedia != 0,
+                vary: sh.cfg.features & openvdi::vdf::VDF_ReadMedia != 0 && !sh.plan.fixed_reads(),
                 n: 0,
                 x: 0x2545_F491_4F6C_DD1D ^ (dev.index() as u64 + 1),
             },

@@ -76,51 +76,89 @@ fn the_reference_client_passes_the_full_profile() {
 }
 
 #[test]
-fn each_broken_client_is_caught_by_its_scenario() {
-    // (defect, the scenario meant for it, whether it is narrow enough to pass the
-    // plain two-stripe backup and restore). A defect that breaks every backup or
-    // every restore of this engine (it varies read sizes on every restore, it
-    // sends VDC_Complete on every backup) cannot pass the plain case.
-    let cases = [
-        ("flush-before-write", "flush-durability", true),
-        ("first-flush-only", "multi-flush", true),
-        ("ignores-complete", "happy-2-stripes", false),
-        ("read-size-assumed", "short-reads", false),
-        ("rewind-ok", "rewind-clearerror", true),
-        ("exit0-after-abort", "abort-first-command-backup", true),
-        ("no-close", "crash-at-mid-backup", true),
-        // Whether 50 ms pass between two commands of a plain run depends on the
-        // machine's load: not asserted either way.
-        ("timeout-fatal", "slow-server-150ms", false),
-        ("corrupt-restore", "happy-2-stripes", false),
-        ("hang-on-abort", "abort-first-command-backup", true),
+fn each_broken_client_is_caught_by_its_scenario_and_passes_the_others() {
+    // Per defect: the scenario meant for it, and which scenarios exercise what it
+    // gets wrong (from the facts the kit reports per scenario). The defect must
+    // fail the meant scenario and pass every scenario that does not exercise it.
+    // Most defects are in one behaviour only one scenario shows; two are in a step
+    // every ordinary run takes (VDC_Complete at the end of every backup that asked
+    // for it; the bytes of every restore), so only the scenarios without that step
+    // are "the others" for them.
+    type Exercises = fn(&serde_json::Value) -> bool;
+    let cases: [(&str, &str, Exercises); 10] = [
+        ("flush-before-write", "flush-durability", |s| {
+            s["scenario"] == "flush-durability"
+        }),
+        ("first-flush-only", "multi-flush", |s| {
+            s["fault"].as_str().unwrap().contains("multi-flush")
+        }),
+        // Every scenario with a backup that must succeed (a restore scenario
+        // takes one first) and negotiated VDC_Complete.
+        ("ignores-complete", "happy-2-stripes", |s| {
+            (s["expect"] == "success" || s["phase"] == "restore")
+                && !s["fault"].as_str().unwrap().contains("no-complete")
+        }),
+        // Reads of other sizes than the writes: short-reads, and every backup
+        // written with another MAXTRANSFERSIZE than the restore reads with.
+        ("read-size-assumed", "short-reads", |s| {
+            s["fault"].as_str().unwrap().contains("short-reads")
+                || s["options"].as_str().unwrap().contains("MAXTRANSFERSIZE")
+        }),
+        ("rewind-ok", "rewind-clearerror", |s| {
+            s["fault"].as_str().unwrap().contains("fail-command")
+        }),
+        // Every scenario where the server aborts or dies (the reuse scenario
+        // starts with an aborted run): the client must not exit 0.
+        ("exit0-after-abort", "abort-first-command-backup", |s| {
+            s["expect"] == "failure" || s["scenario"].as_str().unwrap().contains("reuse")
+        }),
+        // Without Close, the set's objects stay when the server is gone first.
+        ("no-close", "crash-at-mid-backup", |s| {
+            let f = s["fault"].as_str().unwrap();
+            f.contains("crash-at") || f.contains("abort")
+        }),
+        // Any gap between two commands longer than its 50 ms timeout: on a loaded
+        // machine that can be any scenario, so none is asserted to pass.
+        ("timeout-fatal", "slow-server-150ms", |_| true),
+        // Every restore whose bytes are compared.
+        ("corrupt-restore", "happy-2-stripes", |s| {
+            s["expect"] == "success"
+        }),
+        ("hang-on-abort", "abort-first-command-backup", |s| {
+            s["expect"] == "failure" || s["scenario"].as_str().unwrap().contains("reuse")
+        }),
     ];
-    for (defect, scenario, narrow) in cases {
+    for (defect, meant, exercises) in cases {
         let (code, v) = kit(
             Some(defect),
-            &["--profile", "full", "--only", scenario, "--deadline", "8"],
-        );
-        assert_eq!(
-            verdict(&v, scenario),
-            "fail",
-            "{defect} not caught by {scenario}: {v}"
+            &["--profile", "quick", "--keep-going", "--deadline", "8"],
         );
         assert_eq!(code, 1, "{defect}: the kit must exit 1");
-        if narrow {
-            let (code, v) = kit(
-                Some(defect),
-                &[
-                    "--profile",
-                    "full",
-                    "--only",
-                    "happy-2-stripes",
-                    "--deadline",
-                    "8",
-                ],
-            );
-            assert_eq!(verdict(&v, "happy-2-stripes"), "pass", "{defect}: {v}");
-            assert_eq!(code, 0);
-        }
+        assert_eq!(
+            verdict(&v, meant),
+            "fail",
+            "{defect} not caught by {meant}: {v}"
+        );
+        let wrongly_failed: Vec<&str> = v["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| !exercises(s) && s["verdict"] != "pass")
+            .map(|s| s["scenario"].as_str().unwrap())
+            .collect();
+        assert!(
+            wrongly_failed.is_empty(),
+            "{defect} failed scenarios that do not exercise it: {wrongly_failed:?}\n{v}"
+        );
+        let others = v["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| !exercises(s))
+            .count();
+        eprintln!(
+            "{defect}: caught by {meant}, passes the {others} scenarios that do not exercise it"
+        );
     }
 }
 
