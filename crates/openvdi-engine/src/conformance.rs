@@ -712,6 +712,9 @@ struct Step {
     client: Ran,
     statement: Option<Ran>,
     leftovers: Vec<String>,
+    /// What the kit itself saw go wrong beyond the processes' outcomes (a second
+    /// client that should have been refused succeeded).
+    wrong: Option<String>,
 }
 
 impl Run<'_> {
@@ -776,6 +779,7 @@ impl Run<'_> {
                 client,
                 statement: None,
                 leftovers: left,
+                wrong: None,
             };
         }
         let start_statement = |env: &[(&str, String)]| {
@@ -819,6 +823,7 @@ impl Run<'_> {
                     },
                     statement: None,
                     leftovers: vec![],
+                    wrong: None,
                 }
             }
         };
@@ -858,12 +863,14 @@ impl Run<'_> {
                     "the second client succeeded with a set name already in use"
                 );
                 return Step {
-                    client: Ran {
-                        status: None,
-                        out: "a second client with the same set name exited 0".into(),
-                    },
+                    client,
                     statement: Some(statement),
                     leftovers: vec![],
+                    wrong: Some(
+                        "a second client creating the set name in use exited 0: its Create \
+                         must have been refused"
+                            .into(),
+                    ),
                 };
             }
         }
@@ -872,6 +879,7 @@ impl Run<'_> {
             client,
             statement: Some(statement),
             leftovers: left,
+            wrong: None,
         }
     }
 
@@ -935,6 +943,9 @@ impl Run<'_> {
 
     /// Judges a step that must succeed.
     fn must_succeed(&self, what: &str, s: &Step) -> Result<(), String> {
+        if let Some(w) = &s.wrong {
+            return Err(format!("{what}: {w}"));
+        }
         if let Some(st) = &s.statement {
             if st.status.is_none() {
                 return Err(format!(
