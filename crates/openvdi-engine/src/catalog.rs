@@ -98,6 +98,13 @@ pub struct RestoreProgress {
     /// Log backups of a foreign sequence stored but not applied.
     #[serde(default)]
     pub unapplied_logs: u32,
+    /// Data pages (4 on) this sequence wrote with an LSN after the base's
+    /// checkpoint — the restored database's differential bitmap at recovery —
+    /// collected as the pages were written. `None`: not known (a catalog of an
+    /// older engine, or a stream whose writes were not page-aligned); recovery
+    /// then reads the data file for them.
+    #[serde(default)]
+    pub changed: Option<Vec<(u32, u32)>>,
 }
 
 /// A database's catalog.
@@ -218,7 +225,7 @@ impl Catalog {
     }
 }
 
-fn expand(runs: &[(u32, u32)]) -> Vec<u32> {
+pub(crate) fn expand(runs: &[(u32, u32)]) -> Vec<u32> {
     runs.iter()
         .flat_map(|&(s, n)| s..s.saturating_add(n))
         .collect()

@@ -831,7 +831,7 @@ impl Database {
     /// Redo log records `from..to` onto the data file: each MODIFY record's page is
     /// regenerated at the record's LSN with the seed found in the data file's header
     /// page. Returns the pages written.
-    pub fn redo(&self, from: u64, to: u64) -> Result<u64, EngineError> {
+    pub fn redo(&self, from: u64, to: u64) -> Result<Vec<u32>, EngineError> {
         let df = self.data_file()?;
         let seed = self.header_seed()?.ok_or_else(|| {
             EngineError::Invalid(format!(
@@ -841,7 +841,7 @@ impl Database {
         })?;
         let f = open_file(&df.path, true)?;
         let mut buf = vec![0u8; PAGE_SIZE];
-        let mut n = 0;
+        let mut pages = Vec::new();
         for r in self.read_log(from, to)? {
             if r.kind == page::record_kind::MODIFY && r.file_id == df.file_id {
                 page::data_page(
@@ -853,12 +853,12 @@ impl Database {
                 );
                 f.write_all_at(&buf, u64::from(r.page_id) * PAGE_SIZE as u64)
                     .map_err(|e| EngineError::io(format!("writing {}", df.path.display()), e))?;
-                n += 1;
+                pages.push(r.page_id);
             }
         }
         f.sync_data()
             .map_err(|e| EngineError::io(format!("syncing {}", df.path.display()), e))?;
-        Ok(n)
+        Ok(pages)
     }
 }
 
@@ -921,7 +921,7 @@ mod tests {
         assert_eq!(db.cat.changed(), changed);
         // Redo onto the old image reproduces the new one.
         std::fs::write(d.path().join("t.mdf"), &before).unwrap();
-        assert_eq!(db.redo(0, 10).unwrap(), 10);
+        assert_eq!(db.redo(0, 10).unwrap().len(), 10);
         assert_eq!(std::fs::read(d.path().join("t.mdf")).unwrap(), after);
         // The log grows past its initial 16 pages.
         dir.modify("t", 120).unwrap();

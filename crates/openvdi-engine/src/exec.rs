@@ -867,10 +867,13 @@ fn finish_recovery(dbh: &mut Database) -> Result<(), SqlError> {
             first_lsn: r.base_first_lsn,
             last_lsn: r.base_last_lsn,
         });
-        let changed = dbh
-            .pages_changed_after(r.base_checkpoint_lsn)
-            .map_err(engine_err)?;
-        dbh.cat.changed_pages = catalog::compress(&changed);
+        dbh.cat.changed_pages = match r.changed.clone() {
+            Some(c) => c,
+            None => catalog::compress(
+                &dbh.pages_changed_after(r.base_checkpoint_lsn)
+                    .map_err(engine_err)?,
+            ),
+        };
         // A real SQL Server log cannot be continued by openvdi's: a restored real
         // database's next log backup starts at the end of openvdi's own log.
         dbh.cat.log_backup_lsn = Some(if r.foreign {
@@ -911,6 +914,12 @@ struct Targets {
     enospc_after: Option<u64>,
     /// Bytes written so far, over all devices (for `enospc_after`).
     written: AtomicU64,
+    /// The data file whose pages are watched, and the base checkpoint after which
+    /// a page counts as changed (see `RestoreProgress::changed`).
+    track: Option<(u16, Lsn)>,
+    /// Watched pages written with a later LSN; `None` once a write was not
+    /// page-aligned (then nothing is known).
+    changed: Mutex<Option<Vec<u32>>>,
 }
 
 impl Targets {
@@ -928,8 +937,51 @@ impl Targets {
             }
         }
         f.write_all_at(data, offset)
-            .map_err(|e| write_error(path, &e))
+            .map_err(|e| write_error(path, &e))?;
+        if let Some((_, after)) = self.track.filter(|(id, _)| *id == file_id) {
+            let mut found = Vec::new();
+            let aligned = offset % PAGE_SIZE as u64 == 0 && data.len() % PAGE_SIZE == 0;
+            if aligned {
+                let first = offset / PAGE_SIZE as u64;
+                for (k, p) in data.chunks_exact(PAGE_SIZE).enumerate() {
+                    let pg = first + k as u64;
+                    if pg >= 4 && page::header(p).lsn > after {
+                        found.push(u32::try_from(pg).unwrap_or(u32::MAX));
+                    }
+                }
+            }
+            let mut c = self
+                .changed
+                .lock()
+                .map_err(|_| msg::damaged("lock poisoned"))?;
+            match (aligned, c.as_mut()) {
+                (true, Some(v)) => v.extend(found),
+                _ => *c = None,
+            }
+        }
+        Ok(())
     }
+
+    /// The watched pages written, sorted, as ranges (`None`: not known).
+    fn changed_ranges(&self) -> Option<Vec<(u32, u32)>> {
+        self.track?;
+        let mut v = self.changed.lock().ok()?.clone()?;
+        v.sort_unstable();
+        v.dedup();
+        Some(catalog::compress(&v))
+    }
+}
+
+/// Union of two sets of changed pages (`None` wins: not known).
+fn union_changed(
+    a: Option<Vec<(u32, u32)>>,
+    b: Option<Vec<(u32, u32)>>,
+) -> Option<Vec<(u32, u32)>> {
+    let mut all = catalog::expand(&a?);
+    all.extend(catalog::expand(&b?));
+    all.sort_unstable();
+    all.dedup();
+    Some(catalog::compress(&all))
 }
 
 /// A failed write into a database file: a full disk by name (3202 with 112, "no
@@ -1339,12 +1391,29 @@ fn restore(
                 drop(freeing);
             }
         }
+        // The data file's changed pages are collected as they are written (for
+        // the differential bitmap at recovery) instead of read back afterwards.
+        let data_id = cat
+            .files
+            .iter()
+            .find(|f| f.kind == FileKind::Data)
+            .map(|f| f.file_id);
+        let track = match kind {
+            BackupKind::Full => data_id.map(|id| (id, m.checkpoint_lsn)),
+            BackupKind::Differential => cat
+                .restore
+                .as_ref()
+                .and_then(|r| data_id.map(|id| (id, r.base_checkpoint_lsn))),
+            BackupKind::Log => None,
+        };
         targets
             .set(Targets {
                 files,
                 handles,
                 enospc_after: engine.fault().enospc_after(),
                 written: AtomicU64::new(0),
+                track,
+                changed: Mutex::new(Some(Vec::new())),
             })
             .map_err(|_| msg::damaged("restore targets planned twice"))?;
         *decided.lock().map_err(|_| msg::damaged("lock poisoned"))? = Some((cat, kind));
@@ -1425,6 +1494,7 @@ fn restore(
                 foreign: !m.openvdi,
                 data_reflects: (!m.openvdi).then(|| ("database".to_string(), m.last_lsn)),
                 unapplied_logs: 0,
+                changed: tg.changed_ranges(),
             });
         }
         BackupKind::Differential => {
@@ -1432,6 +1502,7 @@ fn restore(
                 r.redo_lsn = m.last_lsn;
                 r.last_backup_type = 5;
                 r.diff_applied = true;
+                r.changed = union_changed(r.changed.take(), tg.changed_ranges());
                 if !m.openvdi {
                     r.data_reflects = Some(("differential".to_string(), m.last_lsn));
                     r.unapplied_logs = 0;
@@ -1448,7 +1519,14 @@ fn restore(
                         None => b,
                     };
                     dbh.cat.next_record = b;
-                    dbh.redo(a, until).map_err(engine_err)?;
+                    let mut redone = dbh.redo(a, until).map_err(engine_err)?;
+                    redone.retain(|p| *p >= 4);
+                    redone.sort_unstable();
+                    redone.dedup();
+                    if let Some(r) = dbh.cat.restore.as_mut() {
+                        r.changed =
+                            union_changed(r.changed.take(), Some(catalog::compress(&redone)));
+                    }
                     if until < b {
                         // Stopped inside this log: its later records never happened.
                         dbh.truncate_log(until, b).map_err(engine_err)?;
