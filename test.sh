@@ -67,6 +67,9 @@ if [[ $QUICK == 1 ]]; then finish; fi
 step "bounded fuzz of the shared control region"
 run "fuzz of the control region" env OPENVDI_FUZZ_SECS=${OPENVDI_FUZZ_SECS:-20} cargo test -p openvdi --release --test fuzz_control -- --ignored --nocapture
 
+step "bounded fuzz of damaged and foreign backup files (seed printed; OPENVDI_FILE_FUZZ_SEED replays)"
+run "fuzz of backup files" env OPENVDI_FILE_FUZZ_SECS=${OPENVDI_FILE_FUZZ_SECS:-45} OPENVDI_FILE_FUZZ_CASES=${OPENVDI_FILE_FUZZ_CASES:-2000} cargo test -p openvdi-engine --test fuzz_files -- --nocapture
+
 step "C and C++ tests under AddressSanitizer (LeakSanitizer on)"
 run "C/C++ tests under ASan" bash crates/openvdi-ffi/run-c-tests.sh --asan
 

@@ -69,6 +69,24 @@ pub struct EngineArgs {
     /// Seconds to wait for the engine to open the virtual device set.
     #[arg(long, global = true, env = "OPENVDI_OPEN_TIMEOUT")]
     pub open_timeout: Option<u64>,
+    /// Read the media set's password of backups made WITH MEDIAPASSWORD from this
+    /// file (its first line), for inspect, import, restore and verify --engine. A
+    /// file, not an argument, so it never shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "OPENVDI_MEDIA_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub media_password_file: Option<PathBuf>,
+    /// Read the backup set's password of backups made WITH PASSWORD from this file.
+    #[arg(
+        long,
+        global = true,
+        env = "OPENVDI_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

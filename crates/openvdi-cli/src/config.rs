@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::cli::Global;
 use crate::codec::Codec;
 use crate::exit::{err, Code};
+use openvdi_engine::password::Secret;
 
 /// The TOML file. Every key is optional; unknown keys are an error (a typo should
 /// not silently change where backups go).
@@ -200,6 +201,26 @@ pub struct EngineSettings {
     pub vdi_library: Option<PathBuf>,
     pub server: Option<String>,
     pub open_timeout: std::time::Duration,
+    /// MEDIAPASSWORD / PASSWORD for reading protected backups (kept out of `Debug`).
+    pub media_password: Option<Secret>,
+    pub password: Option<Secret>,
+}
+
+/// A password read from a file: its first line (without the line end). Registered
+/// with `redact`, so it is masked in anything the tool prints.
+fn password_from(file: Option<&Path>, what: &str) -> Result<Option<Secret>> {
+    let Some(f) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(f)
+        .map_err(|e| err(Code::Usage, format!("--{what}-file {}: {e}", f.display())))?;
+    let line = text.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        return Err(err(
+            Code::Usage,
+            format!("--{what}-file {}: the file holds no password", f.display()),
+        ));
+    }
+    crate::redact::register_secret(&line);
+    Ok(Some(Secret(line)))
 }
 
 /// Everything a command needs from configuration.
@@ -293,6 +314,8 @@ impl Settings {
                 open_timeout: std::time::Duration::from_secs(
                     e.open_timeout.or(f.open_timeout).unwrap_or(60),
                 ),
+                media_password: password_from(e.media_password_file.as_deref(), "media-password")?,
+                password: password_from(e.password_file.as_deref(), "password")?,
             },
             file: FileDefaults {
                 stripes: f.stripes,

@@ -79,6 +79,19 @@ pub fn literal(s: &str) -> String {
     format!("N'{}'", s.replace('\'', "''"))
 }
 
+/// `MEDIAPASSWORD = N'…'` and `PASSWORD = N'…'` for the passwords the tool was
+/// given (RESTORE and its HEADERONLY / FILELISTONLY / VERIFYONLY take both).
+pub fn password_options(e: &crate::config::EngineSettings) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(p) = &e.media_password {
+        v.push(format!("MEDIAPASSWORD = {}", literal(&p.0)));
+    }
+    if let Some(p) = &e.password {
+        v.push(format!("PASSWORD = {}", literal(&p.0)));
+    }
+    v
+}
+
 /// Splits a command template into words: whitespace separates, '…' and "…" group.
 pub fn split_words(s: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();

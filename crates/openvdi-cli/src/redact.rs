@@ -56,6 +56,11 @@ fn remember(s: &str) {
     v.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
+/// Registers a secret the tool was given (a backup password), so [`scrub`] masks it.
+pub fn register_secret(s: &str) {
+    remember(s);
+}
+
 /// Registers the credential environment variables (called once at start).
 pub fn register_env() {
     for k in SECRET_VARS {

@@ -11,6 +11,24 @@
 
 use std::fmt;
 
+/// An error's text with control characters escaped (`\u{1b}`): error texts quote
+/// what a backup stream holds (block types, names), and a damaged or hostile stream
+/// must not put terminal escapes or forged lines into a client's output.
+fn printable(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// One SQL Server message: informational (severity ≤ 10) or an error.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
@@ -45,7 +63,7 @@ impl Message {
             severity: 16,
             state: 1,
             line: 1,
-            text: text.into(),
+            text: printable(text.into()),
         }
     }
 
@@ -93,7 +111,7 @@ impl SqlError {
                 severity,
                 state: 1,
                 line: 1,
-                text: text.into(),
+                text: printable(text.into()),
             }],
             info: Vec::new(),
         }
@@ -497,6 +515,20 @@ pub fn hresult_text(h: openvdi::HResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_texts_carry_no_control_characters() {
+        let e = msg::damaged("the \u{1b}[2J\0 block\nMsg 0");
+        assert_eq!(
+            e.messages[0].text,
+            "Damage to the backup set was detected. (the \\u{1b}[2J\\u{0} block\\nMsg 0)"
+        );
+        assert_eq!(
+            Message::info(0, "a\tb").text,
+            "a\tb",
+            "PRINT's text is its own"
+        );
+    }
 
     #[test]
     fn display_like_sqlcmd() {

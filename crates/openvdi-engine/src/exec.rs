@@ -23,6 +23,7 @@ use crate::error::{msg, Message, SqlError};
 use crate::media::{FileSink, Media};
 use crate::mtf_io;
 use crate::page::{self, record_kind, Lsn, PAGE_SIZE};
+use crate::password::Credentials;
 use crate::sql::{BackupOptions, Device, InfoKind, RestoreOptions, Statement, StopPoint, Target};
 use crate::stream::{self, Chunk, FileMeta, Portion, SetMeta, UNFILLED_SLACK};
 use crate::vdi::{DeviceWriter, Direction, TransferOptions};
@@ -428,6 +429,14 @@ fn backup(
         collation: None,
         backup_size: None,
     };
+    // MEDIAPASSWORD / PASSWORD: sealed once, the same fields in every family.
+    let protection = mtf_io::Protection {
+        media: o
+            .media_password
+            .as_ref()
+            .map(|p| crate::password::seal(&p.0)),
+        set: o.password.as_ref().map(|p| crate::password::seal(&p.0)),
+    };
     // Spread the pages over the families in STRIPE_PAGES units, round robin.
     let units_d = stream::split_chunks(&data_chunks, STRIPE_PAGES);
     let units_l = stream::split_chunks(&log_chunks, STRIPE_PAGES);
@@ -460,6 +469,7 @@ fn backup(
                 fm.family_number = i as u32 + 1;
                 let files = &files;
                 let progress = &progress;
+                let protection = &protection;
                 let media = &session;
                 s.spawn(move || match media {
                     Media::Vdi(session) => {
@@ -468,7 +478,9 @@ fn backup(
                         // the rendezvous before VDC_Complete.
                         let _guard = crate::vdi::FailOnPanic(&sh.rendezvous);
                         let mut w = DeviceWriter::new(sh, &session.devices[i]);
-                        match mtf_io::write_family(&mut w, &fm, d, l, files, &|n| progress.add(n)) {
+                        match mtf_io::write_family(&mut w, &fm, protection, d, l, files, &|n| {
+                            progress.add(n)
+                        }) {
                             Ok(()) => w.finish(),
                             Err(e) => {
                                 w.fail();
@@ -479,7 +491,9 @@ fn backup(
                     }
                     Media::Disk(paths, block) => {
                         let mut w = FileSink::create(paths[i].clone(), *block)?;
-                        match mtf_io::write_family(&mut w, &fm, d, l, files, &|n| progress.add(n)) {
+                        match mtf_io::write_family(&mut w, &fm, protection, d, l, files, &|n| {
+                            progress.add(n)
+                        }) {
                             Ok(()) => w.finish(),
                             Err(e) => {
                                 w.discard();
@@ -1018,6 +1032,7 @@ fn run_restore_threads<F>(
     targets: &OnceLock<Targets>,
     progress: &Progress,
     check_pages: bool,
+    creds: &Credentials,
 ) -> ThreadResults
 where
     F: FnOnce(&[SetMeta]) -> Result<Go, SqlError>,
@@ -1039,7 +1054,7 @@ where
                         return Err(e);
                     }
                 };
-                let opened = mtf_io::FamilyReader::open(&mut r);
+                let opened = mtf_io::FamilyReader::open_with(&mut r, creds);
                 let (mut fr, meta) = match opened {
                     Ok(x) => x,
                     Err(e) => {
@@ -1427,6 +1442,11 @@ fn restore(
         &targets,
         &progress,
         o.checksum == Some(true),
+        &Credentials {
+            media: o.media_password.clone(),
+            set: o.password.clone(),
+            check_set: true,
+        },
     );
     let metas = match metas {
         Ok(m) => m,
@@ -1989,6 +2009,12 @@ fn info(
         &targets,
         &progress,
         o.checksum == Some(true),
+        &Credentials {
+            media: o.media_password.clone(),
+            set: o.password.clone(),
+            // LABELONLY reads the media header only.
+            check_set: kind != InfoKind::LabelOnly,
+        },
     );
     let metas = match metas {
         Ok(m) => m,

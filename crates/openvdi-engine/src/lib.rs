@@ -43,6 +43,7 @@ pub mod fault;
 pub mod media;
 mod mtf_io;
 pub mod page;
+pub mod password;
 pub mod serve;
 pub mod sql;
 pub mod sqlcmd;

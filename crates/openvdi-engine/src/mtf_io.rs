@@ -37,6 +37,7 @@ use crate::catalog::FileKind;
 use crate::error::{msg, SqlError};
 use crate::media::StreamSink;
 use crate::page::{self, Lsn, PAGE_SIZE};
+use crate::password::{self, Credentials, Scope};
 use crate::stream::{Chunk, FileMeta, Portion, SetMeta};
 use crate::BackupKind;
 use openvdi_mtf::{
@@ -412,11 +413,20 @@ impl Out<'_> {
     }
 }
 
+/// The sealed password fields a backup writes (`crate::password::seal`): the
+/// media password into the TAPE block, the backup set password into SSET.
+#[derive(Debug, Clone, Default)]
+pub struct Protection {
+    pub media: Option<Vec<u8>>,
+    pub set: Option<Vec<u8>>,
+}
+
 /// Write family `meta.family_number` of a backup: the envelope, the metadata, the
 /// data pages `data` and log pages `log` read from `files`.
 pub fn write_family(
     w: &mut dyn StreamSink,
     meta: &SetMeta,
+    protection: &Protection,
     data: &[Chunk],
     log: &[Chunk],
     files: &HashMap<u16, File>,
@@ -436,10 +446,20 @@ pub fn write_family(
     spec.extend_from_slice(&(0xEED8_B525u32 ^ meta.family_number).to_le_bytes()); // media family id
     spec.extend_from_slice(&5u32.to_le_bytes());
     spec.extend_from_slice(&1u16.to_le_bytes()); // media sequence
-    spec.extend_from_slice(&0u16.to_le_bytes());
+                                                 // @62: password encryption algorithm (0: no media password).
+    let media_alg = if protection.media.is_some() {
+        crate::password::ALGORITHM
+    } else {
+        0
+    };
+    spec.extend_from_slice(&media_alg.to_le_bytes());
     spec.extend_from_slice(&1u16.to_le_bytes()); // soft filemark block size (512-byte units)
     spec.extend_from_slice(&3u16.to_le_bytes()); // media-based catalog type
-    spec.extend_from_slice(&[0u8; 12]); // name, label, password
+    spec.extend_from_slice(&[0u8; 8]); // name, label
+                                       // @76: the media password's tape address, its bytes after the software name.
+    let media_pw = protection.media.as_deref().unwrap_or(&[]);
+    spec.extend_from_slice(&(media_pw.len() as u16).to_le_bytes());
+    spec.extend_from_slice(&(94 + sw.len() as u16).to_le_bytes());
     spec.extend_from_slice(&(sw.len() as u16).to_le_bytes());
     spec.extend_from_slice(&94u16.to_le_bytes());
     spec.extend_from_slice(&(FLB as u16).to_le_bytes());
@@ -447,6 +467,7 @@ pub fn write_family(
     spec.extend_from_slice(&date);
     spec.push(1); // MTF major version
     spec.extend_from_slice(&sw);
+    spec.extend_from_slice(media_pw);
     o.block(b"TAPE", 0x0003_0000, &spec, 2, Some(0))?;
     let mut raid = Vec::with_capacity(32);
     raid.extend_from_slice(&guid_bytes(&meta.media_set_guid));
@@ -461,12 +482,24 @@ pub fn write_family(
 
     // SSET: FLB numbering starts here.
     o.base = o.pos;
-    let user = utf16(&meta.user_name);
+    let mut user = utf16(&meta.user_name);
+    user.truncate(512); // a tape address's offset is a u16
     let mut spec = Vec::new();
+    let set_pw = protection.set.as_deref().unwrap_or(&[]);
     spec.extend_from_slice(&4u32.to_le_bytes());
-    spec.extend_from_slice(&[0u8; 6]);
+    // @56: the backup set password's algorithm; compression, vendor.
+    let set_alg = if protection.set.is_some() {
+        crate::password::ALGORITHM
+    } else {
+        0
+    };
+    spec.extend_from_slice(&set_alg.to_le_bytes());
+    spec.extend_from_slice(&[0u8; 4]);
     spec.extend_from_slice(&1u16.to_le_bytes()); // data set number
-    spec.extend_from_slice(&[0u8; 12]);
+    spec.extend_from_slice(&[0u8; 8]); // name, description
+                                       // @72: the password's tape address, its bytes after the user name.
+    spec.extend_from_slice(&(set_pw.len() as u16).to_le_bytes());
+    spec.extend_from_slice(&(100 + user.len() as u16).to_le_bytes());
     spec.extend_from_slice(&(user.len() as u16).to_le_bytes());
     spec.extend_from_slice(&100u16.to_le_bytes());
     spec.extend_from_slice(&[0u8; 8]); // PBA
@@ -476,6 +509,7 @@ pub fn write_family(
         spec.push(0);
     }
     spec.extend_from_slice(&user);
+    spec.extend_from_slice(set_pw);
     o.block(b"SSET", 0, &spec, 2, Some(0))?;
     o.spad(o.base)?;
 
@@ -685,8 +719,19 @@ pub struct Trailer {
 }
 
 impl FamilyReader {
-    /// Read the media header and the backup set's metadata.
+    /// Read the media header and the backup set's metadata, of a stream that has no
+    /// passwords (a protected one is refused with 3279).
     pub fn open(r: &mut dyn Read) -> Result<(FamilyReader, SetMeta), SqlError> {
+        FamilyReader::open_with(r, &Credentials::default())
+    }
+
+    /// [`FamilyReader::open`] with the passwords the statement gave: the media
+    /// password is checked at the TAPE block, the backup set's at the SSET block
+    /// (when `creds.check_set`), before any metadata is read.
+    pub fn open_with(
+        r: &mut dyn Read,
+        creds: &Credentials,
+    ) -> Result<(FamilyReader, SetMeta), SqlError> {
         let mut i = In { r, pos: 0 };
         let mut first = [0u8; 8];
         i.exact(&mut first, "the media header")?;
@@ -721,6 +766,13 @@ impl FamilyReader {
         } else {
             SFMB_SIZE
         };
+        if let Some(f) = openvdi_mtf::password_field(
+            &tape[HDR..],
+            openvdi_mtf::TAPE_PASSWORD_ALGORITHM_AT,
+            openvdi_mtf::TAPE_PASSWORD_AT,
+        ) {
+            password::check(&f, creds.media.as_ref().map(|s| s.0.as_str()), Scope::Media)?;
+        }
         let mut media_set = String::new();
         let (mut fam_count, mut fam_num) = (1u32, 1u32);
         loop {
@@ -751,6 +803,19 @@ impl FamilyReader {
                 b"SFMB" => i.skip(sfmb.saturating_sub(u64::from(b.fso)), "SFMB")?,
                 b"SSET" => {
                     base = b.at;
+                    if creds.check_set {
+                        if let Some(f) = openvdi_mtf::password_field(
+                            &b.spec,
+                            openvdi_mtf::SSET_PASSWORD_ALGORITHM_AT,
+                            openvdi_mtf::SSET_PASSWORD_AT,
+                        ) {
+                            password::check(
+                                &f,
+                                creds.set.as_ref().map(|s| s.0.as_str()),
+                                Scope::Set,
+                            )?;
+                        }
+                    }
                     // @88 media write date, @93/@94 software major/minor version.
                     if b.spec.len() >= 43 {
                         let mut d = [0u8; 5];

@@ -418,7 +418,10 @@ fn the_two_stripes_restore_together_and_one_alone_is_refused() {
         let r = with_streams(
             &e,
             "RESTORE DATABASE alone",
-            "WITH MOVE 'restoretimestripe' TO '/tmp/x.mdf'",
+            &format!(
+                "WITH MOVE 'restoretimestripe' TO '{}'",
+                d.path().join("alone.mdf").display()
+            ),
             vec![one],
         );
         let err = r.error.expect("one stripe alone is refused");
@@ -505,6 +508,88 @@ fn every_full_restores_with_every_page_in_place_and_the_data_file_typed_d() {
         let db = e.list_databases().unwrap();
         assert_eq!(db.len(), 1, "{file}");
     }
+}
+
+/// One walk over the fixture directory itself, so a file added there without a row
+/// in `EXPECT` fails: HEADERONLY and FILELISTONLY report what the README lists,
+/// VERIFYONLY and VERIFYONLY WITH CHECKSUM say the set is valid, and every full
+/// backup (the two stripes together) restores with every data page in its place.
+#[test]
+fn every_file_of_the_fixture_directory_reads_verifies_and_restores() {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .flatten()
+        .map(|f| f.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bak") || n.ends_with(".trn"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), EXPECT.len(), "{names:?}");
+    let d = data_dir();
+    let e = Engine::open(d.path()).unwrap();
+    let mut fulls = 0;
+    for name in names.iter().filter(|n| !n.contains("stripe-2of2")) {
+        let x = expect(name);
+        let streams = if name.contains("stripe") {
+            vec![
+                fixture("sql2008r2-stripe-1of2.bak"),
+                fixture("sql2008r2-stripe-2of2.bak"),
+            ]
+        } else {
+            vec![fixture(name)]
+        };
+        let h = one_set(&with_streams(&e, "RESTORE HEADERONLY", "", streams.clone()));
+        assert_eq!(
+            (
+                h.get(0, "DatabaseName"),
+                h.get(0, "ServerName"),
+                h.get(0, "BackupType")
+            ),
+            (Some(x.database), Some(x.server), Some(x.backup_type)),
+            "{name}"
+        );
+        assert_eq!(
+            h.get(0, "SoftwareVersionMajor"),
+            Some(x.software_major.to_string().as_str()),
+            "{name}"
+        );
+        let f = one_set(&with_streams(
+            &e,
+            "RESTORE FILELISTONLY",
+            "",
+            streams.clone(),
+        ));
+        assert_eq!(f.rows.len(), x.files.len(), "{name}");
+        for (i, (logical, physical, ty)) in x.files.iter().enumerate() {
+            assert_eq!(f.get(i, "LogicalName"), Some(*logical), "{name}");
+            assert_eq!(f.get(i, "Type"), Some(*ty), "{name}: {logical}");
+            assert!(
+                f.get(i, "PhysicalName").unwrap().ends_with(physical),
+                "{name}: {logical}"
+            );
+        }
+        for tail in ["", "WITH CHECKSUM"] {
+            let r = with_streams(&e, "RESTORE VERIFYONLY", tail, streams.clone());
+            assert!(r.error.is_none(), "{name} {tail}: {:?}", r.error);
+            assert!(
+                texts(&r.outputs)
+                    .iter()
+                    .any(|t| t == "The backup set on file 1 is valid."),
+                "{name} {tail}"
+            );
+        }
+        if x.backup_type == "1" {
+            fulls += 1;
+            let rd = data_dir();
+            let re = Engine::open(rd.path()).unwrap();
+            let r = with_streams(&re, "RESTORE DATABASE r", "WITH CHECKSUM", streams);
+            assert!(r.error.is_none(), "{name}: {:?}", r.error);
+            let (logical, physical, ty) = x.files[0];
+            assert_eq!(ty, "D", "{name}");
+            let n = check_pages(&restored_path(rd.path(), physical), 1);
+            assert!(n >= 100, "{name}: {logical}: only {n} pages in place");
+        }
+    }
+    assert_eq!(fulls, 7, "seven full backups among the fixtures");
 }
 
 /// The log an MSTL block records, straight from the fixture's bytes: its range

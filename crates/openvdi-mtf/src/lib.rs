@@ -202,6 +202,59 @@ pub fn tape_sfmb_len(tape: &[u8]) -> Result<u64, String> {
     Ok(u64::from(units.max(1)) * 512)
 }
 
+/// TAPE block: offset of the password encryption algorithm (u16; MTF 1.00a,
+/// `mtf-and-bak.md`).
+pub const TAPE_PASSWORD_ALGORITHM_AT: usize = 62;
+/// TAPE block: offset of the media password's tape address (u16 size, u16 offset
+/// from the block's start).
+pub const TAPE_PASSWORD_AT: usize = 76;
+/// SSET block: offset of the data set password's encryption algorithm (u16).
+pub const SSET_PASSWORD_ALGORITHM_AT: usize = 56;
+/// SSET block: offset of the data set password's tape address.
+pub const SSET_PASSWORD_AT: usize = 72;
+
+/// A password field of a TAPE (media password) or SSET (backup set password) block:
+/// the algorithm the writer names and the bytes its tape address points at.
+///
+/// MTF defines the fields but neither the algorithms' values (0 is "none") nor how
+/// a writer derives the stored bytes from the password; SQL Server's choice is
+/// undocumented. A field counts as set when either the algorithm or the size is
+/// non-zero (every unprotected fixture has both zero).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordField {
+    pub algorithm: u16,
+    /// The stored bytes; `None` when the tape address points outside the block.
+    pub data: Option<Vec<u8>>,
+}
+
+/// The password field of a block whose fixed part is `spec` (the bytes after the
+/// 52-byte common header, up to the first stream), with the algorithm at block
+/// offset `alg_at` and the tape address at `addr_at`. `None` when the block is not
+/// password-protected (or too short to say so). Never panics, whatever `spec` holds.
+pub fn password_field(spec: &[u8], alg_at: usize, addr_at: usize) -> Option<PasswordField> {
+    let u16_at = |k: usize| -> u16 {
+        k.checked_sub(BLOCK_HEADER_LEN)
+            .and_then(|j| Some(u16::from_le_bytes([*spec.get(j)?, *spec.get(j + 1)?])))
+            .unwrap_or(0)
+    };
+    let algorithm = u16_at(alg_at);
+    let (len, off) = (
+        usize::from(u16_at(addr_at)),
+        usize::from(u16_at(addr_at + 2)),
+    );
+    if algorithm == 0 && len == 0 {
+        return None;
+    }
+    let data = if len == 0 {
+        Some(Vec::new())
+    } else {
+        off.checked_sub(BLOCK_HEADER_LEN)
+            .and_then(|o| spec.get(o..o.checked_add(len)?))
+            .map(<[u8]>::to_vec)
+    };
+    Some(PasswordField { algorithm, data })
+}
+
 /// What a clean walk saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalkSummary {
@@ -626,6 +679,42 @@ mod fuzz {
 #[cfg(test)]
 mod encoding {
     use super::*;
+
+    #[test]
+    fn password_fields() {
+        // No fixture is protected: both fields zero in every TAPE and SSET block.
+        for name in ["sql2008r2-db2-full.bak", "sql2012-pubs-full.bak"] {
+            let d = std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../tests/fixtures/mssql")
+                    .join(name),
+            )
+            .unwrap();
+            let spec = &d[BLOCK_HEADER_LEN..140];
+            assert_eq!(
+                password_field(spec, TAPE_PASSWORD_ALGORITHM_AT, TAPE_PASSWORD_AT),
+                None
+            );
+        }
+        let mut spec = vec![0u8; 100];
+        spec[TAPE_PASSWORD_ALGORITHM_AT - 52] = 7;
+        let f = password_field(&spec, TAPE_PASSWORD_ALGORITHM_AT, TAPE_PASSWORD_AT).unwrap();
+        assert_eq!((f.algorithm, f.data), (7, Some(vec![])));
+        // A size alone marks the field set; an address outside the block has no data.
+        spec[TAPE_PASSWORD_ALGORITHM_AT - 52] = 0;
+        spec[TAPE_PASSWORD_AT - 52..TAPE_PASSWORD_AT - 48].copy_from_slice(&[4, 0, 148, 0]);
+        spec[96..100].copy_from_slice(b"abcd");
+        let f = password_field(&spec, TAPE_PASSWORD_ALGORITHM_AT, TAPE_PASSWORD_AT).unwrap();
+        assert_eq!(f.data.as_deref(), Some(&b"abcd"[..]));
+        spec[TAPE_PASSWORD_AT - 52..TAPE_PASSWORD_AT - 48]
+            .copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        let f = password_field(&spec, TAPE_PASSWORD_ALGORITHM_AT, TAPE_PASSWORD_AT).unwrap();
+        assert_eq!(f.data, None);
+        assert_eq!(
+            password_field(&[], TAPE_PASSWORD_ALGORITHM_AT, TAPE_PASSWORD_AT),
+            None
+        );
+    }
 
     #[test]
     fn headers_carry_valid_checksums() {

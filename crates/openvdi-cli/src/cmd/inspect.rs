@@ -95,9 +95,13 @@ pub fn query(ctx: &Ctx, t: &Target, what: &str) -> Result<(Vec<Table>, Vec<Strin
                 .iter()
                 .map(|d| format!("VIRTUAL_DEVICE = '{}'", d.replace('\'', "''")))
                 .collect();
-            let mut sql = format!("RESTORE {what} FROM {}", from.join(", "));
+            let mut with = crate::engine::password_options(&ctx.settings.engine);
             if let Some(b) = t.block_size {
-                sql.push_str(&format!(" WITH BLOCKSIZE = {b}"));
+                with.push(format!("BLOCKSIZE = {b}"));
+            }
+            let mut sql = format!("RESTORE {what} FROM {}", from.join(", "));
+            if !with.is_empty() {
+                sql.push_str(&format!(" WITH {}", with.join(", ")));
             }
             sql
         },

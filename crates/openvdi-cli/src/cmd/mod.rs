@@ -82,6 +82,11 @@ pub fn stop_error(r: StopReason) -> anyhow::Error {
             "interrupted: the virtual device set was aborted; nothing was published",
         ),
         StopReason::Verify(m) => err(Code::Verify, format!("verification failed: {m}")),
+        StopReason::Engine(m) if m.contains("Msg 3279") => anyhow::anyhow!(
+            "the engine failed: {m}\nthe backup is password-protected (or its password is \
+             wrong): give its passwords with --media-password-file FILE (BACKUP … WITH \
+             MEDIAPASSWORD) and --password-file FILE (WITH PASSWORD)"
+        ),
         StopReason::Engine(m) => anyhow::anyhow!("the engine failed: {m}"),
         StopReason::Failed(m) => anyhow::anyhow!(m),
         StopReason::Aborted => anyhow::anyhow!(

@@ -40,7 +40,8 @@ pub fn parse_moves(moves: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn statement(m: &Manifest, o: &RestoreOptions, devices: &[String]) -> String {
+/// `passwords`: [`engine::password_options`] (none in printed statements).
+fn statement(m: &Manifest, o: &RestoreOptions, devices: &[String], passwords: &[String]) -> String {
     let from: Vec<String> = devices
         .iter()
         .map(|d| format!("VIRTUAL_DEVICE = '{}'", d.replace('\'', "''")))
@@ -83,6 +84,7 @@ fn statement(m: &Manifest, o: &RestoreOptions, devices: &[String]) -> String {
         let name = o.as_name.as_deref().unwrap_or(&m.database);
         format!("RESTORE {verb} {}", ident(name))
     };
+    with.extend(passwords.iter().cloned());
     let mut sql = format!("{head} FROM {}", from.join(", "));
     if !with.is_empty() {
         sql.push_str(" WITH ");
@@ -115,7 +117,14 @@ pub fn restore_through_engine(
         sources,
         Some(totals),
         op,
-        |devices| statement(m, opts, devices),
+        |devices| {
+            statement(
+                m,
+                opts,
+                devices,
+                &engine::password_options(&ctx.settings.engine),
+            )
+        },
     )
 }
 
@@ -247,7 +256,7 @@ pub fn relocate(ctx: &Ctx, repo: &Repo, m: &Manifest, opts: &mut RestoreOptions)
 /// set's name (a fresh one each run), for `--dry-run`.
 pub fn statement_text(m: &Manifest, o: &RestoreOptions) -> String {
     let devices = vdi::device_names("<vdi-set>", m.stripes.len().max(1) as u32);
-    statement(m, o, &devices)
+    statement(m, o, &devices, &[])
 }
 
 /// `--move` targets as the engine must get them: absolute (a relative one would be

@@ -16,12 +16,14 @@
 //!            | REWIND | NOREWIND | UNLOAD | NOUNLOAD | CONTINUE_AFTER_ERROR | STOP_ON_ERROR
 //!            | BLOCKSIZE '=' n | BUFFERCOUNT '=' n | MAXTRANSFERSIZE '=' n
 //!            | NAME '=' str | DESCRIPTION '=' str | MEDIANAME '=' str | MEDIADESCRIPTION '=' str
+//!            | PASSWORD '=' str | MEDIAPASSWORD '=' str
 //!            | STATS ['=' n]   (comma-separated)
 //! roptions  := REPLACE | RECOVERY | NORECOVERY | MOVE str TO str | CHECKSUM | NO_CHECKSUM
 //!            | STOPAT '=' str | STOPATMARK '=' str [AFTER str] | STOPBEFOREMARK '=' str [AFTER str]
 //!            | STATS ['=' n] | FILE '=' n | BLOCKSIZE '=' n | BUFFERCOUNT '=' n
 //!            | MAXTRANSFERSIZE '=' n | REWIND | NOREWIND | UNLOAD | NOUNLOAD
-//!            | CONTINUE_AFTER_ERROR | STOP_ON_ERROR   (comma-separated)
+//!            | CONTINUE_AFTER_ERROR | STOP_ON_ERROR | PASSWORD '=' str | MEDIAPASSWORD '=' str
+//!            | MEDIANAME '=' str   (comma-separated)
 //! ```
 //!
 //! Errors are SQL Server's: 102 "Incorrect syntax near '…'", 156 for a keyword in
@@ -31,6 +33,7 @@
 pub mod lexer;
 
 use crate::error::{msg, SqlError};
+use crate::password::Secret;
 use lexer::{Tok, Token};
 
 /// Where a backup device points.
@@ -93,6 +96,10 @@ pub struct BackupOptions {
     pub media_name: Option<String>,
     /// MEDIADESCRIPTION.
     pub media_description: Option<String>,
+    /// PASSWORD: protects the backup set (`crate::password`).
+    pub password: Option<Secret>,
+    /// MEDIAPASSWORD: protects the media set.
+    pub media_password: Option<Secret>,
     /// STATS: `Some(10)` for a bare STATS (SQL Server's default).
     pub stats: Option<u32>,
     /// NORECOVERY (tail-log backup).
@@ -128,6 +135,10 @@ pub struct RestoreOptions {
     pub continue_after_error: bool,
     /// STOPAT / STOPATMARK / STOPBEFOREMARK: where redo stops.
     pub stop: Option<StopPoint>,
+    /// PASSWORD: the backup set's password, if it has one.
+    pub password: Option<Secret>,
+    /// MEDIAPASSWORD: the media set's password, if it has one.
+    pub media_password: Option<Secret>,
 }
 
 /// Where a point-in-time restore stops redo.
@@ -930,6 +941,8 @@ impl Parser {
                     "DESCRIPTION" => o.description = Some(self.eq_string()?),
                     "MEDIANAME" => o.media_name = Some(self.eq_string()?),
                     "MEDIADESCRIPTION" => o.media_description = Some(self.eq_string()?),
+                    "PASSWORD" => o.password = Some(Secret(self.eq_string()?)),
+                    "MEDIAPASSWORD" => o.media_password = Some(Secret(self.eq_string()?)),
                     "STATS" => o.stats = Some(self.optional_stats()?),
                     _ => return Err(msg::unknown_option(&w, "BACKUP").at_line(line)),
                 }
@@ -1046,6 +1059,13 @@ impl Parser {
                 }
                 "REWIND" | "NOREWIND" | "UNLOAD" | "NOUNLOAD" | "STOP_ON_ERROR" => {}
                 "CONTINUE_AFTER_ERROR" => o.continue_after_error = true,
+                "PASSWORD" => o.password = Some(Secret(self.eq_string()?)),
+                "MEDIAPASSWORD" => o.media_password = Some(Secret(self.eq_string()?)),
+                // Accepted as SQL Server does; one media set per stream, so nothing
+                // to select by name.
+                "MEDIANAME" => {
+                    self.eq_string()?;
+                }
                 "STOPAT" => {
                     let t = self.eq_string()?;
                     let ms = parse_datetime(&t).ok_or_else(|| {
