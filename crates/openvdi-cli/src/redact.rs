@@ -35,6 +35,7 @@ const SECRET_VARS: &[&str] = &[
     "AZURE_STORAGE_TOKEN",
     "AZURE_CLIENT_SECRET",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "OPENVDI_TDS_PASSWORD",
 ];
 
 fn secrets() -> &'static Mutex<Vec<String>> {
@@ -54,6 +55,11 @@ fn remember(s: &str) {
     }
     // Longest first, so a secret that contains another is masked whole.
     v.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// Registers a secret learnt elsewhere (the `--tds` login's password).
+pub fn register_secret(s: &str) {
+    remember(s);
 }
 
 /// Registers the credential environment variables (called once at start).
