@@ -278,6 +278,16 @@ fn tds_backup_and_restore_through_serve_with_4_stripes() {
 }
 
 #[test]
+fn tds_round_trip_with_tls_for_the_whole_session() {
+    tds_round_trip("2", "encrypt=true;TrustServerCertificate=true");
+}
+
+#[test]
+fn tds_round_trip_with_login_only_tls() {
+    tds_round_trip("1", "encrypt=false;TrustServerCertificate=true");
+}
+
+#[test]
 fn tds_password_from_a_file_or_the_string_and_a_wrong_one_is_18456() {
     let e = Env::new();
     engine(&e.data).create_database("pw", 4 << 20).unwrap();
