@@ -15,8 +15,9 @@
 //!   (TLS) and one end of a socket pair (plaintext); the connection's state machine
 //!   reads and writes the other end exactly as it would a plain socket.
 //!
-//! TLS 1.3 session tickets are turned off: a ticket sent after the handshake would
-//! land, unwrapped, in a stream a login-only client reads as plaintext.
+//! TLS 1.2 only (see `server_config`), and no session tickets: a ticket sent after
+//! the handshake would land, unwrapped, in a stream a login-only client reads as
+//! plaintext.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -99,7 +100,11 @@ fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut c = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        // TLS 1.2 only, as SQL Server over TDS 7.x (it offers 1.3 only with TDS 8.0):
+        // in 1.3 the client's last flight (its Finished) follows the server's, and
+        // clients such as ODBC Driver 18 send it unwrapped, no longer inside
+        // PRELOGIN packets, which a 7.x server cannot tell from a TDS header.
+        .with_protocol_versions(&[&rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     c.send_tls13_tickets = 0;
