@@ -42,11 +42,19 @@ if [[ $QUICK == 0 ]]; then
   step "install junitparser (checks the conformance kit's JUnit output)"
   python3 -c 'import junitparser' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check junitparser
-  step "install the SQL Server drivers the TDS endpoint is tested with (python-tds, pymssql)"
-  if ! python3 -c 'import pytds, pymssql' >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check python-tds pymssql
+  step "install the SQL Server drivers the TDS endpoint is tested with (python-tds, pymssql, mssql-python)"
+  if ! python3 -c 'import pytds, pymssql, mssql_python' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check python-tds pymssql mssql-python
   fi
-  python3 -c 'import pytds, pymssql' || { echo "python-tds/pymssql not importable after installing them" >&2; exit 1; }
+  python3 -c 'import pytds, pymssql, mssql_python' || { echo "python-tds/pymssql/mssql-python not importable after installing them" >&2; exit 1; }
+  # mssql-python bundles Microsoft's ODBC Driver 18, which needs libltdl.so.7
+  # (Debian/Ubuntu: libltdl7) from the system.
+  if ! ldconfig -p | grep -q 'libltdl\.so\.7'; then
+    if command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y -q libltdl7 >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q libltdl7 >/dev/null; }
+    fi
+    ldconfig -p | grep -q 'libltdl\.so\.7' || { echo "libltdl.so.7 (ODBC Driver 18 needs it) is missing" >&2; exit 1; }
+  fi
   # crates/openvdi-engine/tests/tds_drivers.rs fails instead of skipping now.
   export OPENVDI_REQUIRE_TDS_DRIVERS=1
   step "cargo fmt --check"

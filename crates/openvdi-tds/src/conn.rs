@@ -137,7 +137,14 @@ struct Conn<'a, B: Backend> {
     server: String,
     transaction: u64,
     next_transaction: u64,
+    /// Prepared statements (sp_prepexec/sp_prepare): handle → declaration names
+    /// and statement. At most [`MAX_PREPARED`]; the oldest goes first.
+    prepared: VecDeque<(i32, Vec<String>, String)>,
+    next_handle: i32,
 }
+
+/// Most prepared statements a connection keeps.
+const MAX_PREPARED: usize = 1024;
 
 pub(crate) fn run<B: Backend>(
     shared: &Arc<Shared<B>>,
@@ -156,6 +163,8 @@ pub(crate) fn run<B: Backend>(
         server: shared.backend.server_name(),
         transaction: 0,
         next_transaction: 1,
+        prepared: VecDeque::new(),
+        next_handle: 1,
     };
     let result = c.login(spid).and_then(|()| c.serve());
     let _ = c.stream.shutdown(Shutdown::Both);
@@ -547,33 +556,68 @@ impl<B: Backend> Conn<'_, B> {
         for (i, call) in calls.into_iter().enumerate() {
             let last = i + 1 == n;
             let mut failed = true;
-            if !call.is_executesql() {
-                self.msg(
-                    &mut o,
+            let mut handle_out: Option<(String, i32)> = None;
+            let bound: Result<Option<rpc::Bound>, (u32, String)> = match call.kind() {
+                rpc::Kind::Other => Err((
                     2812,
-                    16,
-                    62,
                     format!("Could not find stored procedure '{}'.", call.proc_name),
-                );
-            } else {
-                match call.executesql() {
-                    Err((num, text)) => self.msg(&mut o, num, 16, 1, text),
-                    Ok((sql, params)) => {
-                        let req = Request {
-                            sql,
-                            params,
-                            database: self.database.clone(),
-                        };
-                        let Some((reply, a)) = self.run(token, req, tx, rx, pending)? else {
-                            return Ok(false);
-                        };
-                        self.encode(&mut o, &reply, true);
-                        failed = reply.failed;
-                        attn = a;
+                )),
+                rpc::Kind::ExecuteSql => call.executesql().map(Some),
+                kind @ (rpc::Kind::PrepExec | rpc::Kind::Prepare) => {
+                    call.prepare().map(|(decl, (stmt, values))| {
+                        let h = self.next_handle;
+                        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+                        if self.prepared.len() >= MAX_PREPARED {
+                            self.prepared.pop_front();
+                        }
+                        self.prepared.push_back((h, decl, stmt.clone()));
+                        let name = call.params.first().map(|p| p.0.clone()).unwrap_or_default();
+                        handle_out = Some((name, h));
+                        (kind == rpc::Kind::PrepExec).then_some((stmt, values))
+                    })
+                }
+                rpc::Kind::Execute => call.handle().and_then(|(h, values)| {
+                    match self.prepared.iter().find(|p| i64::from(p.0) == h) {
+                        Some((_, decl, stmt)) => {
+                            rpc::Call::bind_prepared(decl, values).map(|v| Some((stmt.clone(), v)))
+                        }
+                        None => Err((
+                            8179,
+                            format!("Could not find prepared statement with handle {h}."),
+                        )),
                     }
+                }),
+                rpc::Kind::Unprepare => call.handle().map(|(h, _)| {
+                    self.prepared.retain(|p| i64::from(p.0) != h);
+                    None
+                }),
+            };
+            // The handle's RETURNVALUE first, before the statement's own tokens
+            // (ODBC Driver 18 takes it there as well as after RETURNSTATUS).
+            if let Some((name, h)) = handle_out.take() {
+                token::return_value_int(&mut o, self.d, 0, &name, h);
+            }
+            match bound {
+                Err((num, text)) => self.msg(&mut o, num, 16, 1, text),
+                Ok(None) => failed = false,
+                Ok(Some((sql, params))) => {
+                    let req = Request {
+                        sql,
+                        params,
+                        database: self.database.clone(),
+                    };
+                    let Some((reply, a)) = self.run(token, req, tx, rx, pending)? else {
+                        return Ok(false);
+                    };
+                    self.encode(&mut o, &reply, true);
+                    failed = reply.failed;
+                    attn = a;
                 }
             }
             token::return_status(&mut o, i32::from(failed));
+            if let Some((name, h)) = handle_out {
+                token::return_value_int(&mut o, self.d, 0, &name, h);
+            }
             let mut status = if failed { done::ERROR } else { 0 };
             if !last || attn {
                 status |= done::MORE;
