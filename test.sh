@@ -75,6 +75,9 @@ if [[ $QUICK == 1 ]]; then finish; fi
 step "bounded fuzz of the shared control region"
 run "fuzz of the control region" env OPENVDI_FUZZ_SECS=${OPENVDI_FUZZ_SECS:-20} cargo test -p openvdi --release --test fuzz_control -- --ignored --nocapture
 
+step "bounded fuzz of the TDS endpoint (openvdi-engine serve in its own process)"
+run "fuzz of the TDS endpoint" env OPENVDI_TDS_FUZZ_SECS=${OPENVDI_TDS_FUZZ_SECS:-20} OPENVDI_TDS_FUZZ_CASES=${OPENVDI_TDS_FUZZ_CASES:-2000} cargo test -p openvdi-tds --test endpoint -- --ignored --nocapture
+
 step "C and C++ tests under AddressSanitizer (LeakSanitizer on)"
 run "C/C++ tests under ASan" bash crates/openvdi-ffi/run-c-tests.sh --asan
 

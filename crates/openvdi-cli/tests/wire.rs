@@ -318,7 +318,11 @@ fn tds_password_from_a_file_or_the_string_and_a_wrong_one_is_18456() {
         assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));
         assert!(!out.contains(ASCII_PASSWORD) && !err.contains(ASCII_PASSWORD));
     }
-    let wrong = format!("{base};password=not-{ASCII_PASSWORD}");
+    // Over TLS (the whole session) this time.
+    let wrong = format!(
+        "server=tcp:127.0.0.1,{};user={ASCII_USER};password=not-{ASCII_PASSWORD};encrypt=true;TrustServerCertificate=true",
+        ep.port
+    );
     let o = e.run(&["--tds", &wrong, "backup", "pw"]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
