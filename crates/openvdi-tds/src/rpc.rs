@@ -29,6 +29,9 @@ pub enum Kind {
     Other,
 }
 
+/// Parameters by name.
+pub type Params = [(String, Value)];
+
 /// A call's statement, ready to run.
 pub type Bound = (String, Vec<(String, Value)>);
 
@@ -139,7 +142,7 @@ impl Call {
     }
 
     /// For `sp_execute` / `sp_unprepare`: the handle, and the values after it.
-    pub fn handle(&self) -> Result<(i64, &[(String, Value)]), CallError> {
+    pub fn handle(&self) -> Result<(i64, &Params), CallError> {
         match self.params.first() {
             Some((_, Value::Int(h))) => Ok((*h, &self.params[1..])),
             _ => Err((
