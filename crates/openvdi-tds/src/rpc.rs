@@ -447,6 +447,63 @@ mod tests {
     }
 
     #[test]
+    fn prepexec_execute_and_unprepare() {
+        let mut o = Out::default();
+        o.u32(22).u32(18).u16(2).bytes(&[0; 8]).u32(1);
+        o.u16(0xFFFF).u16(13).u16(0);
+        o.b_varchar("@handle").u8(1).u8(0x26).u8(4).u8(0); // int OUTPUT, NULL
+        nvarchar(&mut o, "", "@P1 nvarchar(40)");
+        nvarchar(&mut o, "", "BACKUP DATABASE [a] TO VIRTUAL_DEVICE = @P1");
+        nvarchar(&mut o, "", "dev1");
+        let calls = parse(&o.buf, true).unwrap();
+        assert_eq!(calls[0].kind(), Kind::PrepExec);
+        let (decl, (stmt, values)) = calls[0].prepare().unwrap();
+        assert_eq!(decl, vec!["@P1"]);
+        assert!(stmt.ends_with("= @P1"));
+        assert_eq!(values, vec![("@P1".into(), Value::Str("dev1".into()))]);
+
+        let mut o = Out::default();
+        o.u32(22).u32(18).u16(2).bytes(&[0; 8]).u32(1);
+        o.u16(0xFFFF).u16(12).u16(0);
+        o.b_varchar("").u8(0).u8(0x26).u8(4).u8(4).u32(7);
+        nvarchar(&mut o, "", "dev2");
+        o.u8(0xFF); // the next call of the batch
+        o.u16(0xFFFF).u16(15).u16(0);
+        o.b_varchar("").u8(0).u8(0x26).u8(4).u8(4).u32(7);
+        let calls = parse(&o.buf, true).unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].kind(), Kind::Execute);
+        let (h, rest) = calls[0].handle().unwrap();
+        assert_eq!(h, 7);
+        assert_eq!(
+            Call::bind_prepared(&decl, rest).unwrap(),
+            vec![("@P1".into(), Value::Str("dev2".into()))]
+        );
+        assert_eq!(calls[1].kind(), Kind::Unprepare);
+        assert_eq!(calls[1].handle().unwrap().0, 7);
+        for n in 0..o.buf.len() {
+            let _ = parse(&o.buf[..n], true);
+        }
+    }
+
+    #[test]
+    fn ntext_parameters() {
+        let mut o = Out::default();
+        o.u16(0xFFFF).u16(SP_EXECUTESQL).u16(0);
+        let mut v = Out::default();
+        v.ucs2("SELECT 1");
+        o.b_varchar("")
+            .u8(0)
+            .u8(0x63)
+            .u32(0x7FFF_FFFF)
+            .bytes(&crate::token::COLLATION)
+            .u32(v.buf.len() as u32)
+            .bytes(&v.buf);
+        let calls = parse(&o.buf, false).unwrap();
+        assert_eq!(calls[0].executesql().unwrap().0, "SELECT 1");
+    }
+
+    #[test]
     fn declarations() {
         assert_eq!(
             declared_names("@a int, @b numeric(10, 2) OUTPUT,@c nvarchar(max)"),
