@@ -42,11 +42,19 @@ if [[ $QUICK == 0 ]]; then
   step "install junitparser (checks the conformance kit's JUnit output)"
   python3 -c 'import junitparser' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check junitparser
-  step "install the SQL Server drivers the TDS endpoint is tested with (python-tds, pymssql)"
-  if ! python3 -c 'import pytds, pymssql' >/dev/null 2>&1; then
-    python3 -m pip install --quiet --disable-pip-version-check python-tds pymssql
+  step "install the SQL Server drivers the TDS endpoint is tested with (python-tds, pymssql, mssql-python)"
+  if ! python3 -c 'import pytds, pymssql, mssql_python' >/dev/null 2>&1; then
+    python3 -m pip install --quiet --disable-pip-version-check python-tds pymssql mssql-python
   fi
-  python3 -c 'import pytds, pymssql' || { echo "python-tds/pymssql not importable after installing them" >&2; exit 1; }
+  python3 -c 'import pytds, pymssql, mssql_python' || { echo "python-tds/pymssql/mssql-python not importable after installing them" >&2; exit 1; }
+  # mssql-python bundles Microsoft's ODBC Driver 18, which needs libltdl.so.7
+  # (Debian/Ubuntu: libltdl7) from the system.
+  if ! ldconfig -p | grep -q 'libltdl\.so\.7'; then
+    if command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y -q libltdl7 >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q libltdl7 >/dev/null; }
+    fi
+    ldconfig -p | grep -q 'libltdl\.so\.7' || { echo "libltdl.so.7 (ODBC Driver 18 needs it) is missing" >&2; exit 1; }
+  fi
   # crates/openvdi-engine/tests/tds_drivers.rs fails instead of skipping now.
   export OPENVDI_REQUIRE_TDS_DRIVERS=1
   step "cargo fmt --check"
@@ -69,6 +77,9 @@ run "fuzz of the control region" env OPENVDI_FUZZ_SECS=${OPENVDI_FUZZ_SECS:-20} 
 
 step "bounded fuzz of damaged and foreign backup files (seed printed; OPENVDI_FILE_FUZZ_SEED replays)"
 run "fuzz of backup files" env OPENVDI_FILE_FUZZ_SECS=${OPENVDI_FILE_FUZZ_SECS:-45} OPENVDI_FILE_FUZZ_CASES=${OPENVDI_FILE_FUZZ_CASES:-2000} cargo test -p openvdi-engine --test fuzz_files -- --nocapture
+
+step "bounded fuzz of the TDS endpoint (openvdi-engine serve in its own process)"
+run "fuzz of the TDS endpoint" env OPENVDI_TDS_FUZZ_SECS=${OPENVDI_TDS_FUZZ_SECS:-20} OPENVDI_TDS_FUZZ_CASES=${OPENVDI_TDS_FUZZ_CASES:-2000} cargo test -p openvdi-tds --test endpoint -- --ignored --nocapture
 
 step "C and C++ tests under AddressSanitizer (LeakSanitizer on)"
 run "C/C++ tests under ASan" bash crates/openvdi-ffi/run-c-tests.sh --asan

@@ -56,13 +56,22 @@ pub struct EngineArgs {
     /// replaced by the statement, e.g. 'openvdi-sqlcmd -S . -b -Q {sql}'.
     #[arg(long, global = true, env = "OPENVDI_ENGINE_CMD")]
     pub engine_cmd: Option<String>,
-    /// Use a real SQL Server over TDS (builds with `--features tds`), e.g.
-    /// 'server=tcp:127.0.0.1,1433;user=sa;password=…;TrustServerCertificate=true'.
+    /// Use a real SQL Server over TDS, e.g.
+    /// 'server=tcp:127.0.0.1,1433;user=sa;TrustServerCertificate=true'. The password:
+    /// OPENVDI_TDS_PASSWORD or --tds-password-file (safer), else `password=` in the
+    /// string; it is never printed.
     #[arg(long, global = true, env = "OPENVDI_TDS")]
     pub tds: Option<String>,
+    /// A file whose first line is the password of the --tds login.
+    #[arg(long, global = true, env = "OPENVDI_TDS_PASSWORD_FILE")]
+    pub tds_password_file: Option<PathBuf>,
     /// Load this libsqlvdi.so at run time instead of openvdi's own client half.
     #[arg(long, global = true, env = "OPENVDI_VDI_LIBRARY")]
     pub vdi_library: Option<PathBuf>,
+    /// Which interface of --vdi-library to use: openvdi's C API (c), the C++ classes
+    /// of Microsoft's vdi.h (cpp), or auto (c if exported, else cpp) [default: auto].
+    #[arg(long, global = true, env = "OPENVDI_VDI_ABI", value_enum)]
+    pub vdi_abi: Option<crate::vdi::Abi>,
     /// Server name used in object names [default: the engine's, else the host name].
     #[arg(long, global = true, env = "OPENVDI_SERVER")]
     pub server: Option<String>,

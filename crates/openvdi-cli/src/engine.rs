@@ -254,26 +254,18 @@ pub fn open(
                 "--tds and --engine-cmd exclude each other",
             ));
         }
-        return tds_engine(ado, s.server.clone());
+        let password = crate::tds::password(s.tds_password_file.as_deref())?;
+        return Ok(Arc::new(crate::tds::Tds::new(
+            ado,
+            password,
+            s.server.clone(),
+        )?));
     }
     match &s.engine_cmd {
         Some(t) => Ok(Arc::new(External::new(t, s.server.clone())?)),
         None => crate::embedded::open(&s.data_dir, s.server.clone(), mode, backing_up)
             .with_context(|| format!("opening the embedded engine in {}", s.data_dir.display())),
     }
-}
-
-#[cfg(feature = "tds")]
-fn tds_engine(ado: &str, server: Option<String>) -> Result<Arc<dyn Engine>> {
-    Ok(Arc::new(crate::tds::Tds::new(ado, server)?))
-}
-
-#[cfg(not(feature = "tds"))]
-fn tds_engine(_ado: &str, _server: Option<String>) -> Result<Arc<dyn Engine>> {
-    Err(crate::exit::err(
-        crate::exit::Code::Usage,
-        "--tds needs a build with `--features tds` (cargo build -p openvdi-cli --features tds)",
-    ))
 }
 
 #[cfg(test)]

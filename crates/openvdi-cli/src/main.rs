@@ -37,9 +37,9 @@ mod redact;
 mod repo;
 mod retention;
 mod storage;
-#[cfg(feature = "tds")]
 mod tds;
 mod vdi;
+mod vdi_cpp;
 mod vdi_lib;
 
 use clap::Parser;

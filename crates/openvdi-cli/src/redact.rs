@@ -35,6 +35,7 @@ const SECRET_VARS: &[&str] = &[
     "AZURE_STORAGE_TOKEN",
     "AZURE_CLIENT_SECRET",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "OPENVDI_TDS_PASSWORD",
 ];
 
 fn secrets() -> &'static Mutex<Vec<String>> {
@@ -56,7 +57,8 @@ fn remember(s: &str) {
     v.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
-/// Registers a secret the tool was given (a backup password), so [`scrub`] masks it.
+/// Registers a secret the tool was given or learnt elsewhere (a backup password,
+/// the `--tds` login's password), so [`scrub`] masks it.
 pub fn register_secret(s: &str) {
     remember(s);
 }

@@ -1,13 +1,19 @@
-//! The engine is a real SQL Server, reached over TDS with `tiberius` (cargo feature
-//! `tds`). The statement runs on its own connection, as VDI requires (the BACKUP
-//! blocks until the transfer is over), while this process serves the devices.
+//! The engine is a real SQL Server, reached over TDS with `tiberius`. The statement
+//! runs on its own connection, as VDI requires (the BACKUP blocks until the transfer
+//! is over), while this process serves the devices.
 //!
 //! Only the outcome is available here: tiberius reports errors (with SQL Server's
 //! message) but not informational messages, so the manifest's completion message is
-//! a fixed text and the chain is read from `msdb` afterwards by the DBA if needed.
+//! a fixed text; the chain facts (LSNs, GUIDs) come from the stream's own head
+//! (`mtf::facts_of_head`), as for any engine.
+//!
+//! The login's password, in the order looked at: `--tds-password-file` (first line),
+//! `OPENVDI_TDS_PASSWORD`, `password=`/`pwd=` in the connection string. The first
+//! two keep it out of the process list and shell history; the string is the least
+//! safe. Whichever it is, it is registered with `redact` so no message shows it.
 
 use anyhow::Result;
-use tiberius::{ColumnData, Config};
+use tiberius::{AuthMethod, ColumnData, Config};
 use tokio_util::compat::TokioAsyncWriteCompatExt;
 
 use crate::engine::{Engine, Outcome, Table};
@@ -21,12 +27,69 @@ pub struct Tds {
 }
 
 impl Tds {
-    /// From an ADO.NET connection string.
-    pub fn new(ado: &str, server: Option<String>) -> Result<Tds> {
-        let config =
-            Config::from_ado_string(ado).map_err(|e| err(Code::Usage, format!("--tds: {e}")))?;
+    /// From an ADO.NET connection string and the password's other sources (see the
+    /// module docs).
+    pub fn new(ado: &str, password: Option<String>, server: Option<String>) -> Result<Tds> {
+        if let Some(p) = string_password(ado) {
+            crate::redact::register_secret(&p);
+        }
+        let mut config = Config::from_ado_string(ado)
+            .map_err(|e| err(Code::Usage, crate::redact::scrub(&format!("--tds: {e}"))))?;
+        if let Some(p) = password {
+            crate::redact::register_secret(&p);
+            // Set on the Config, not spliced into the string: tiberius' parser takes
+            // ASCII only, a password from a file or the environment may be anything.
+            let user =
+                string_value(ado, &["uid", "username", "user", "user id"]).ok_or_else(|| {
+                    err(
+                        Code::Usage,
+                        "--tds: the connection string names no user (user=…)",
+                    )
+                })?;
+            config.authentication(AuthMethod::sql_server(user, p));
+        }
         Ok(Tds { config, server })
     }
+}
+
+/// The password a connection string carries, for `redact`.
+fn string_password(ado: &str) -> Option<String> {
+    string_value(ado, &["password", "pwd"])
+}
+
+/// The value of the last of `keys` in a connection string (best effort: quoted
+/// values containing `;` are not split correctly; used for the user name and for
+/// finding the password to mask, tiberius parses the string itself).
+fn string_value(ado: &str, keys: &[&str]) -> Option<String> {
+    ado.split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| keys.contains(&k.trim().to_lowercase().as_str()))
+        .map(|(_, v)| {
+            let v = v.trim();
+            v.strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v)
+                .to_string()
+        })
+        .next_back()
+}
+
+/// The password from `--tds-password-file` or `OPENVDI_TDS_PASSWORD`, if given.
+pub fn password(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            err(
+                Code::Usage,
+                format!("--tds-password-file {}: {e}", f.display()),
+            )
+        })?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        return Ok(Some(line));
+    }
+    Ok(std::env::var("OPENVDI_TDS_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty()))
 }
 
 fn text(c: ColumnData<'_>) -> Option<String> {

@@ -6,6 +6,19 @@
 
 use openvdi::{Error, Timeout, VdConfig};
 
+/// Which ABI of a `--vdi-library` to drive (`--vdi-abi`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Abi {
+    /// openvdi's C API if the library exports it, else Microsoft's C++ classes.
+    #[default]
+    Auto,
+    /// openvdi's plain C API (`include/openvdi.h`).
+    C,
+    /// The C++ classes of Microsoft's Linux `vdi.h`.
+    Cpp,
+}
+
 /// Why `get_command` returned no command.
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {

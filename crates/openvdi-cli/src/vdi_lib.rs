@@ -1,9 +1,18 @@
-//! `--vdi-library PATH`: a `libsqlvdi.so` loaded at run time, driven through the plain
-//! C client API of `include/openvdi.h` (openvdi's own library, crate `openvdi-ffi`).
+//! `--vdi-library PATH`: a `libsqlvdi.so` loaded at run time, driven through one of
+//! two ABIs (`--vdi-abi auto|c|cpp`, [`Abi`]):
+//! * the plain C client API of `include/openvdi.h` (openvdi's own library, crate
+//!   `openvdi-ffi`), here;
+//! * the C++ classes of Microsoft's Linux `vdi.h` (what Microsoft's
+//!   `/opt/mssql/lib/libsqlvdi.so` exports; openvdi's exports them too), in
+//!   `vdi_cpp`.
 //!
-//! This is the only file of the crate with unsafe code (the crate root denies it):
-//! calling foreign functions and viewing the shared-memory buffer a command points
-//! to. The contract relied on, from `openvdi.h`:
+//! `auto` takes the C API when the library exports all of it, else the C++ classes
+//! when it exports all of those, else fails naming what is missing of each. The
+//! manifest's `transport` records the library and the ABI used.
+//!
+//! This file and `vdi_cpp` are the only files of the crate with unsafe code (the
+//! crate root denies it): calling foreign functions and viewing the shared-memory
+//! buffer a command points to. The contract relied on, from `openvdi.h`:
 //! * every function returns 0 or a `VD_E_*` code; out-parameters are written only on
 //!   success;
 //! * set handles may be used from any thread;
@@ -15,10 +24,8 @@
 //!   for the next one (as openvdi's Rust API allows); openvdi's library serialises
 //!   both internally (`crates/openvdi-ffi/src/lib.rs`: the blocks and ids behind
 //!   mutexes, over the thread-safe core device), which is what this transport needs
-//!   from a library.
-//!
-//! Microsoft's `libsqlvdi.so` exports only C++ classes, not this C API: loading it
-//! fails with a clear error naming the missing symbol.
+//!   from a library. (Through the C++ ABI nothing of the kind is assumed: each
+//!   device gets an owner thread, see `vdi_cpp`.)
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -28,12 +35,13 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use openvdi::{HResult, VdConfig};
 
-use crate::vdi::{Cmd, DevError, Device, DeviceCommand, DeviceSet, Native, Transport};
+use crate::vdi::{Abi, Cmd, DevError, Device, DeviceCommand, DeviceSet, Native, Transport};
+use crate::vdi_cpp::{CppApi, CppLibrary};
 
-/// `openvdi_config`: the 44-byte VDConfig layout.
+/// `openvdi_config` / `VDConfig`: the 44-byte layout.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct RawConfig {
+pub(crate) struct RawConfig {
     device_count: u32,
     features: u32,
     prefix_zone_size: u32,
@@ -48,9 +56,43 @@ struct RawConfig {
 }
 const _: () = assert!(std::mem::size_of::<RawConfig>() == 44);
 
-/// `openvdi_command`.
+impl RawConfig {
+    pub(crate) fn from_config(cfg: &VdConfig) -> RawConfig {
+        RawConfig {
+            device_count: cfg.device_count,
+            features: cfg.features,
+            prefix_zone_size: cfg.prefix_zone_size,
+            alignment: cfg.alignment,
+            soft_file_mark_block_size: cfg.soft_file_mark_block_size,
+            eom_warning_size: cfg.eom_warning_size,
+            server_time_out: cfg.server_time_out,
+            block_size: cfg.block_size,
+            max_io_depth: cfg.max_io_depth,
+            max_transfer_size: cfg.max_transfer_size,
+            buffer_area_size: cfg.buffer_area_size,
+        }
+    }
+    pub(crate) fn to_config(self) -> VdConfig {
+        let c = self;
+        VdConfig {
+            device_count: c.device_count,
+            features: c.features,
+            prefix_zone_size: c.prefix_zone_size,
+            alignment: c.alignment,
+            soft_file_mark_block_size: c.soft_file_mark_block_size,
+            eom_warning_size: c.eom_warning_size,
+            server_time_out: c.server_time_out,
+            block_size: c.block_size,
+            max_io_depth: c.max_io_depth,
+            max_transfer_size: c.max_transfer_size,
+            buffer_area_size: c.buffer_area_size,
+        }
+    }
+}
+
+/// `openvdi_command` / `VDC_Command`: 24 bytes on LP64.
 #[repr(C)]
-struct RawCommand {
+pub(crate) struct RawCommand {
     command_code: i32,
     size: i32,
     position: i64,
@@ -78,15 +120,39 @@ struct Api {
     complete: CompleteFn,
     device_free: FreeFn,
     path: String,
-    _lib: libloading::Library,
+    _lib: Arc<libloading::Library>,
+}
+
+/// The C API's functions, in the order of [`Api`]'s fields.
+const C_SYMBOLS: [&str; 9] = [
+    "openvdi_client_create",
+    "openvdi_client_get_configuration",
+    "openvdi_client_open_device",
+    "openvdi_client_signal_abort",
+    "openvdi_client_close",
+    "openvdi_client_free",
+    "openvdi_device_get_command",
+    "openvdi_device_complete_command",
+    "openvdi_device_free",
+];
+
+/// Which of [`C_SYMBOLS`] the library does not export.
+fn c_missing(lib: &libloading::Library) -> Vec<&'static str> {
+    C_SYMBOLS
+        .iter()
+        .copied()
+        .filter(|n| {
+            let c = CString::new(*n).expect("no NUL");
+            // SAFETY: only looked up as an untyped address, never called here.
+            unsafe { lib.get::<*mut c_void>(c.as_bytes_with_nul()) }.is_err()
+        })
+        .collect()
 }
 
 impl Api {
-    fn load(path: &Path) -> Result<Api> {
-        // SAFETY: loading runs the library's initialisers; the user named this
-        // library as a VDI client library, which is what it is trusted to be.
-        let lib = unsafe { libloading::Library::new(path) }
-            .with_context(|| format!("loading {}", path.display()))?;
+    /// Resolves the C API; the caller checked with [`c_missing`] that all of it is
+    /// there.
+    fn resolve(lib: Arc<libloading::Library>, path: &str) -> Result<Api> {
         macro_rules! sym {
             ($name:literal, $ty:ty) => {{
                 // SAFETY: the symbol is declared in openvdi.h with exactly this
@@ -94,9 +160,7 @@ impl Api {
                 // (moved into the returned Api) keeps the library loaded.
                 let s: libloading::Symbol<$ty> = unsafe { lib.get($name) }.with_context(|| {
                     format!(
-                        "{} does not export {} (the plain C API of openvdi.h; Microsoft's \
-                         libsqlvdi.so has only C++ classes)",
-                        path.display(),
+                        "{path} does not export {}",
                         String::from_utf8_lossy(&$name[..$name.len() - 1])
                     )
                 })?;
@@ -113,13 +177,13 @@ impl Api {
             get_command: sym!(b"openvdi_device_get_command\0", GetCommandFn),
             complete: sym!(b"openvdi_device_complete_command\0", CompleteFn),
             device_free: sym!(b"openvdi_device_free\0", FreeFn),
-            path: path.display().to_string(),
-            _lib: lib,
+            path: path.to_string(),
+            _lib: lib.clone(),
         })
     }
 }
 
-fn check(code: c_int, what: &str) -> Result<(), DevError> {
+pub(crate) fn check(code: c_int, what: &str) -> Result<(), DevError> {
     match HResult(code) {
         HResult::NOERROR => Ok(()),
         HResult::VD_E_TIMEOUT => Err(DevError::Timeout),
@@ -169,7 +233,7 @@ impl Drop for LibDevice {
     }
 }
 
-struct LibCmd {
+pub(crate) struct LibCmd {
     block: *mut RawCommand,
     code: u32,
     size: u32,
@@ -180,6 +244,30 @@ struct LibCmd {
 // command is completed, whichever thread looks at it; only one owner (this value)
 // touches it at a time.
 unsafe impl Send for LibCmd {}
+
+impl LibCmd {
+    /// Copies a command block's fields.
+    ///
+    /// # Safety
+    /// `p` is NULL or a command block a library's GetCommand just returned: readable,
+    /// its buffer (if any) `size` bytes of the client's until the command completes.
+    pub(crate) unsafe fn from_block(p: *mut RawCommand) -> Result<LibCmd, DevError> {
+        if p.is_null() {
+            return Err(DevError::Other("GetCommand returned no command".into()));
+        }
+        // SAFETY: caller contract: a readable block.
+        let raw = unsafe { &*p };
+        if raw.size < 0 {
+            return Err(DevError::Other(format!("command with size {}", raw.size)));
+        }
+        Ok(LibCmd {
+            block: p,
+            code: raw.command_code as u32,
+            size: raw.size as u32,
+            buffer: raw.buffer,
+        })
+    }
+}
 
 impl DeviceCommand for LibCmd {
     fn code(&self) -> u32 {
@@ -215,21 +303,9 @@ impl Device for LibDevice {
         // SAFETY: live device handle; `p` is valid for writing a pointer.
         let rc = unsafe { (self.api.get_command)(self.handle, i64::from(timeout_ms), &mut p) };
         check(rc, "GetCommand")?;
-        if p.is_null() {
-            return Err(DevError::Other("GetCommand returned no command".into()));
-        }
         // SAFETY: on success `p` points to the command block of its slot, readable
         // until the command is completed.
-        let raw = unsafe { &*p };
-        if raw.size < 0 {
-            return Err(DevError::Other(format!("command with size {}", raw.size)));
-        }
-        Ok(Box::new(LibCmd {
-            block: p,
-            code: raw.command_code as u32,
-            size: raw.size as u32,
-            buffer: raw.buffer,
-        }))
+        Ok(Box::new(unsafe { LibCmd::from_block(p) }?))
     }
 
     fn complete(&self, token: u64, code: u32, bytes: u32, position: u64) -> Result<(), DevError> {
@@ -250,19 +326,7 @@ impl DeviceSet for LibSet {
         let rc =
             unsafe { (self.api.get_configuration)(self.handle, i64::from(timeout_ms), &mut c) };
         check(rc, "GetConfiguration")?;
-        Ok(VdConfig {
-            device_count: c.device_count,
-            features: c.features,
-            prefix_zone_size: c.prefix_zone_size,
-            alignment: c.alignment,
-            soft_file_mark_block_size: c.soft_file_mark_block_size,
-            eom_warning_size: c.eom_warning_size,
-            server_time_out: c.server_time_out,
-            block_size: c.block_size,
-            max_io_depth: c.max_io_depth,
-            max_transfer_size: c.max_transfer_size,
-            buffer_area_size: c.buffer_area_size,
-        })
+        Ok(c.to_config())
     }
 
     fn open_device(&self, name: &str) -> Result<Box<dyn Device>, DevError> {
@@ -300,19 +364,7 @@ impl std::fmt::Debug for Library {
 impl Transport for Library {
     fn create(&self, name: &str, cfg: &VdConfig) -> Result<Box<dyn DeviceSet>, DevError> {
         let n = CString::new(name).map_err(|_| DevError::Other("NUL in set name".into()))?;
-        let c = RawConfig {
-            device_count: cfg.device_count,
-            features: cfg.features,
-            prefix_zone_size: cfg.prefix_zone_size,
-            alignment: cfg.alignment,
-            soft_file_mark_block_size: cfg.soft_file_mark_block_size,
-            eom_warning_size: cfg.eom_warning_size,
-            server_time_out: cfg.server_time_out,
-            block_size: cfg.block_size,
-            max_io_depth: cfg.max_io_depth,
-            max_transfer_size: cfg.max_transfer_size,
-            buffer_area_size: cfg.buffer_area_size,
-        };
+        let c = RawConfig::from_config(cfg);
         let mut h: *mut c_void = std::ptr::null_mut();
         // SAFETY: NUL-terminated name, a valid config, `h` valid for writing.
         check(unsafe { (self.0.create)(n.as_ptr(), &c, &mut h) }, "Create")?;
@@ -327,10 +379,48 @@ impl Transport for Library {
     }
 }
 
-/// The transport the settings ask for.
-pub fn transport(lib: Option<&Path>) -> Result<Box<dyn Transport>> {
-    match lib {
-        None => Ok(Box::new(Native)),
-        Some(p) => Ok(Box::new(Library(Arc::new(Api::load(p)?)))),
+/// The transport the settings ask for: openvdi's own client half, or `lib` through
+/// the ABI `abi` names (see the module docs for `auto`).
+pub fn transport(lib: Option<&Path>, abi: Abi) -> Result<Box<dyn Transport>> {
+    let Some(path) = lib else {
+        return Ok(Box::new(Native));
+    };
+    let shown = path.display().to_string();
+    // SAFETY: loading runs the library's initialisers; the user named this library
+    // as a VDI client library, which is what it is trusted to be.
+    let lib = Arc::new(
+        unsafe { libloading::Library::new(path) }.with_context(|| format!("loading {shown}"))?,
+    );
+    let c = c_missing(&lib);
+    let cpp = crate::vdi_cpp::missing(&lib);
+    let c_text = || format!("openvdi's C API (openvdi.h): missing {}", c.join(", "));
+    let cpp_text = || {
+        format!(
+            "the C++ classes of Microsoft's vdi.h: missing {}",
+            cpp.iter()
+                .map(|s| format!("{} ({})", s.what, s.names[0]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let use_c = match abi {
+        Abi::C if !c.is_empty() => anyhow::bail!("{shown} does not export {}", c_text()),
+        Abi::Cpp if !cpp.is_empty() => anyhow::bail!("{shown} does not export {}", cpp_text()),
+        Abi::C => true,
+        Abi::Cpp => false,
+        Abi::Auto if c.is_empty() => true,
+        Abi::Auto if cpp.is_empty() => false,
+        Abi::Auto => anyhow::bail!(
+            "{shown} is not a VDI client library: it exports neither {} nor {}",
+            c_text(),
+            cpp_text()
+        ),
+    };
+    if use_c {
+        Ok(Box::new(Library(Arc::new(Api::resolve(lib, &shown)?))))
+    } else {
+        let api = CppApi::resolve(lib, &shown)
+            .map_err(|_| anyhow::anyhow!("{shown} does not export {}", cpp_text()))?;
+        Ok(Box::new(CppLibrary::new(api)))
     }
 }

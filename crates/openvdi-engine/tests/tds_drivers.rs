@@ -471,3 +471,131 @@ fn cancel_token_aborts_a_running_backup() {
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(run.error.unwrap().has(3013));
 }
+
+/// Microsoft's mssql-python (ODBC Driver 18) over TLS: the whole session
+/// (Encrypt=yes) and the login only (Encrypt=no), TrustServerCertificate for the
+/// endpoint's self-signed certificate. Its parameterised statements arrive as
+/// sp_prepexec.
+#[test]
+fn mssql_python_tls_login_backup_headeronly_cancel() {
+    if !driver("mssql_python", "mssql-python") {
+        return;
+    }
+    let dir = data_dir();
+    Engine::open(dir.path())
+        .unwrap()
+        .create_database("sales", 4 << 20)
+        .unwrap();
+    let ep = Endpoint::start(dir.path());
+    let ms = |encrypt: &str, steps: Value| {
+        let mut s = spec("mssql_python", ep.port, steps);
+        s["encrypt"] = json!(encrypt);
+        s
+    };
+
+    let mut wrong = ms("yes", json!([]));
+    wrong["password"] = json!("Not-The-Pässword");
+    let r = client(&wrong, Duration::from_secs(60));
+    assert_eq!(r["login_error"]["number"], 18456, "{r}");
+    assert!(r["login_error"]["text"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("Login failed for user '{USER}'.")));
+    assert!(
+        !ep.log().contains("Not-The"),
+        "the password is never logged"
+    );
+
+    let mut stream = Vec::new();
+    for encrypt in ["yes", "no"] {
+        // A parameterised BACKUP goes out as sp_prepexec; through it mssql-python
+        // reports no INFO messages, so 4035/3014 are checked on a plain batch.
+        let a = Client::start("tdsmsp", 1, ClientOpts::default(), vec![]);
+        let b = Client::start("tdsmspb", 1, ClientOpts::default(), vec![]);
+        let r = client(
+            &ms(
+                encrypt,
+                json!([
+                    {"sql": "SELECT @@VERSION AS v, 7 AS n"},
+                    {"sql": "BACKUP DATABASE [sales] TO VIRTUAL_DEVICE = ? WITH STATS = 50",
+                     "params": [a.devices[0]]},
+                    {"sql": format!("BACKUP DATABASE [sales] TO VIRTUAL_DEVICE = '{}'", b.devices[0])},
+                    {"sql": "BACKUP DATABASE [nosuch] TO VIRTUAL_DEVICE = ?",
+                     "params": ["nobody-serves-this"]},
+                ]),
+            ),
+            Duration::from_secs(60),
+        );
+        let (_, logs) = a.finish();
+        let (_, logs_b) = b.finish();
+        let steps = r["steps"].as_array().unwrap_or_else(|| panic!("{r}"));
+        assert!(cell(&steps[0], "v").1.unwrap().contains("openvdi-engine"));
+        assert_eq!(cell(&steps[0], "n"), ("int", Some("7")));
+        assert!(
+            steps[1]["error"].is_null(),
+            "Encrypt={encrypt}: {}",
+            steps[1]
+        );
+        assert_eq!(logs[0].end, Some(Ok(())));
+        let bk = &steps[2];
+        assert!(bk["error"].is_null(), "Encrypt={encrypt}: {bk}");
+        let nums = numbers(bk);
+        assert!(nums.contains(&4035) && nums.contains(&3014), "{bk}");
+        assert_eq!(logs_b[0].end, Some(Ok(())));
+        stream = logs[0].data.clone();
+        // mssql-python raises with the first error of a failed statement only
+        // (the 3013 that follows is not exposed).
+        assert!(
+            steps[3]["error"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("Database 'nosuch' does not exist"),
+            "{}",
+            steps[3]
+        );
+    }
+
+    let c = Client::start("tdsmspho", 1, ClientOpts::default(), vec![stream]);
+    let r = client(
+        &ms(
+            "yes",
+            json!([{"sql": "RESTORE HEADERONLY FROM VIRTUAL_DEVICE = ?", "params": [c.devices[0]]}]),
+        ),
+        Duration::from_secs(60),
+    );
+    let _ = c.finish();
+    let st = &r["steps"][0];
+    assert!(st["error"].is_null(), "{st}");
+    assert_eq!(cell(st, "DatabaseName"), ("str", Some("sales")));
+    assert_eq!(cell(st, "FirstLSN").0, "Decimal");
+    assert_eq!(cell(st, "BackupStartDate").0, "datetime");
+    assert_eq!(cell(st, "IsCopyOnly"), ("bool", Some("False")));
+    assert_eq!(cell(st, "BackupSetGUID").0, "UUID");
+
+    // A query timeout: the driver sends ATTENTION mid-BACKUP; the set is aborted
+    // and nothing is left in /dev/shm.
+    let stall = ClientOpts {
+        stall_after: Some(3),
+        ..ClientOpts::default()
+    };
+    let c = Client::start("tdsmspcancel", 1, stall, vec![]);
+    let name = c.name.clone();
+    let mut s = ms(
+        "yes",
+        json!([
+            {"sql": "BACKUP DATABASE [sales] TO VIRTUAL_DEVICE = ?", "params": [c.devices[0]]},
+            {"sql": "SELECT 1 AS still_here"},
+        ]),
+    );
+    s["timeout"] = json!(2);
+    let r = client(&s, Duration::from_secs(60));
+    let (_, logs) = c.finish();
+    assert_eq!(r["steps"][0]["timeout"], true, "{r}");
+    assert_eq!(
+        cell(&r["steps"][1], "still_here"),
+        ("int", Some("1")),
+        "{r}"
+    );
+    assert_eq!(logs[0].end, Some(Err(HResult::VD_E_ABORT)));
+    no_set_left(&name);
+}

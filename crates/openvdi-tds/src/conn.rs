@@ -8,11 +8,15 @@
 //! connection ends) — a BACKUP never outlives its client.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::login::{self, enc};
+use crate::tls::{self, Mode, Pump, TlsError};
 use crate::token::{self, done, tok, Dialect};
 use crate::wire::{self, ptype, Bytes, Out, ReadError};
 use crate::{rpc, Backend, Item, Msg, Reply, Request, Shared};
@@ -40,6 +44,82 @@ pub enum ConnError {
     /// The login was refused (the client was told why).
     #[error("login refused: {0}")]
     Login(String),
+    /// TLS failed.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+}
+
+/// The connection's byte stream: the client's socket, or (whole-session TLS) the
+/// plaintext end of the TLS pump.
+enum Stream {
+    Tcp(TcpStream),
+    Plain(UnixStream),
+    /// Between taking the socket for TLS and putting the new stream in.
+    Taken,
+}
+
+fn taken() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the stream is being replaced",
+    )
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
+            Stream::Plain(s) => s.try_clone().map(Stream::Plain),
+            Stream::Taken => Err(taken()),
+        }
+    }
+    fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Plain(s) => s.shutdown(how),
+            Stream::Taken => Ok(()),
+        }
+    }
+    fn set_timeouts(&self, t: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+            Stream::Plain(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+            Stream::Taken => Ok(()),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Plain(s) => s.read(buf),
+            Stream::Taken => Err(taken()),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Plain(s) => s.write(buf),
+            Stream::Taken => Err(taken()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Plain(s) => s.flush(),
+            Stream::Taken => Err(taken()),
+        }
+    }
 }
 
 enum Event {
@@ -50,14 +130,21 @@ enum Event {
 
 struct Conn<'a, B: Backend> {
     shared: &'a Arc<Shared<B>>,
-    stream: TcpStream,
+    stream: Stream,
     d: Dialect,
     packet: usize,
     database: String,
     server: String,
     transaction: u64,
     next_transaction: u64,
+    /// Prepared statements (sp_prepexec/sp_prepare): handle → declaration names
+    /// and statement. At most [`MAX_PREPARED`]; the oldest goes first.
+    prepared: VecDeque<(i32, Vec<String>, String)>,
+    next_handle: i32,
 }
+
+/// Most prepared statements a connection keeps.
+const MAX_PREPARED: usize = 1024;
 
 pub(crate) fn run<B: Backend>(
     shared: &Arc<Shared<B>>,
@@ -69,13 +156,15 @@ pub(crate) fn run<B: Backend>(
     stream.set_write_timeout(Some(shared.cfg.login_timeout))?;
     let mut c = Conn {
         shared,
-        stream,
+        stream: Stream::Tcp(stream),
         d: Dialect { tds72: true },
         packet: DEFAULT_PACKET,
         database: "master".into(),
         server: shared.backend.server_name(),
         transaction: 0,
         next_transaction: 1,
+        prepared: VecDeque::new(),
+        next_handle: 1,
     };
     let result = c.login(spid).and_then(|()| c.serve());
     let _ = c.stream.shutdown(Shutdown::Both);
@@ -108,17 +197,42 @@ impl<B: Backend> Conn<'_, B> {
         let mut m = wire::read_message(&mut self.stream)?;
         if m.ptype == ptype::PRELOGIN {
             let p = login::parse_prelogin(&m.data)?;
-            // No TLS yet: ENCRYPT_NOT_SUP. A client that requires encryption
-            // (ENCRYPT_REQ, or ON) then gives up by itself, as against a server
-            // without a certificate.
-            let reply = login::prelogin_reply(self.shared.backend.version(), enc::NOT_SUP);
+            let tls = self.shared.cfg.tls.as_ref();
+            let (answer, mode) = tls::Tls::answer(tls, p.encryption);
+            let reply = login::prelogin_reply(self.shared.backend.version(), answer);
             self.send(&reply)?;
-            if matches!(p.encryption, Some(enc::REQ)) {
-                return Err(ConnError::Login(
-                    "the client requires encryption; the endpoint has no TLS".into(),
-                ));
-            }
-            m = wire::read_message(&mut self.stream)?;
+            m = match (mode, tls) {
+                (Mode::Refuse, _) if answer == enc::REQ => {
+                    return Err(ConnError::Login(
+                        "the client cannot encrypt; the endpoint requires encryption".into(),
+                    ))
+                }
+                (Mode::Refuse, _) => {
+                    return Err(ConnError::Login(
+                        "the client requires encryption; the endpoint has no TLS".into(),
+                    ))
+                }
+                (Mode::None, _) | (_, None) => wire::read_message(&mut self.stream)?,
+                (Mode::LoginOnly, Some(t)) => {
+                    let Stream::Tcp(tcp) = &mut self.stream else {
+                        return Err(ConnError::Protocol("TLS twice".into()));
+                    };
+                    let conn = tls::handshake(t, tcp)?;
+                    tls::read_login(conn, tcp)?
+                }
+                (Mode::Full, Some(t)) => {
+                    let Stream::Tcp(mut tcp) = std::mem::replace(&mut self.stream, Stream::Taken)
+                    else {
+                        return Err(ConnError::Protocol("TLS twice".into()));
+                    };
+                    let conn = tls::handshake(t, &mut tcp)?;
+                    let plain = Pump::start(tcp, conn)?;
+                    self.stream = Stream::Plain(plain);
+                    self.stream
+                        .set_timeouts(Some(self.shared.cfg.login_timeout))?;
+                    wire::read_message(&mut self.stream)?
+                }
+            };
         }
         if m.ptype != ptype::LOGIN7 {
             return Err(ConnError::Protocol(format!(
@@ -221,8 +335,7 @@ impl<B: Backend> Conn<'_, B> {
 
     /// Requests until the client leaves.
     fn serve(&mut self) -> Result<(), ConnError> {
-        self.stream.set_read_timeout(None)?;
-        self.stream.set_write_timeout(None)?;
+        self.stream.set_timeouts(None)?;
         let (tx, rx) = mpsc::channel::<Event>();
         let mut reader = self.stream.try_clone()?;
         let rtx = tx.clone();
@@ -443,33 +556,68 @@ impl<B: Backend> Conn<'_, B> {
         for (i, call) in calls.into_iter().enumerate() {
             let last = i + 1 == n;
             let mut failed = true;
-            if !call.is_executesql() {
-                self.msg(
-                    &mut o,
+            let mut handle_out: Option<(String, i32)> = None;
+            let bound: Result<Option<rpc::Bound>, (u32, String)> = match call.kind() {
+                rpc::Kind::Other => Err((
                     2812,
-                    16,
-                    62,
                     format!("Could not find stored procedure '{}'.", call.proc_name),
-                );
-            } else {
-                match call.executesql() {
-                    Err((num, text)) => self.msg(&mut o, num, 16, 1, text),
-                    Ok((sql, params)) => {
-                        let req = Request {
-                            sql,
-                            params,
-                            database: self.database.clone(),
-                        };
-                        let Some((reply, a)) = self.run(token, req, tx, rx, pending)? else {
-                            return Ok(false);
-                        };
-                        self.encode(&mut o, &reply, true);
-                        failed = reply.failed;
-                        attn = a;
+                )),
+                rpc::Kind::ExecuteSql => call.executesql().map(Some),
+                kind @ (rpc::Kind::PrepExec | rpc::Kind::Prepare) => {
+                    call.prepare().map(|(decl, (stmt, values))| {
+                        let h = self.next_handle;
+                        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+                        if self.prepared.len() >= MAX_PREPARED {
+                            self.prepared.pop_front();
+                        }
+                        self.prepared.push_back((h, decl, stmt.clone()));
+                        let name = call.params.first().map(|p| p.0.clone()).unwrap_or_default();
+                        handle_out = Some((name, h));
+                        (kind == rpc::Kind::PrepExec).then_some((stmt, values))
+                    })
+                }
+                rpc::Kind::Execute => call.handle().and_then(|(h, values)| {
+                    match self.prepared.iter().find(|p| i64::from(p.0) == h) {
+                        Some((_, decl, stmt)) => {
+                            rpc::Call::bind_prepared(decl, values).map(|v| Some((stmt.clone(), v)))
+                        }
+                        None => Err((
+                            8179,
+                            format!("Could not find prepared statement with handle {h}."),
+                        )),
                     }
+                }),
+                rpc::Kind::Unprepare => call.handle().map(|(h, _)| {
+                    self.prepared.retain(|p| i64::from(p.0) != h);
+                    None
+                }),
+            };
+            // The handle's RETURNVALUE first, before the statement's own tokens
+            // (ODBC Driver 18 takes it there as well as after RETURNSTATUS).
+            if let Some((name, h)) = handle_out.take() {
+                token::return_value_int(&mut o, self.d, 0, &name, h);
+            }
+            match bound {
+                Err((num, text)) => self.msg(&mut o, num, 16, 1, text),
+                Ok(None) => failed = false,
+                Ok(Some((sql, params))) => {
+                    let req = Request {
+                        sql,
+                        params,
+                        database: self.database.clone(),
+                    };
+                    let Some((reply, a)) = self.run(token, req, tx, rx, pending)? else {
+                        return Ok(false);
+                    };
+                    self.encode(&mut o, &reply, true);
+                    failed = reply.failed;
+                    attn = a;
                 }
             }
             token::return_status(&mut o, i32::from(failed));
+            if let Some((name, h)) = handle_out {
+                token::return_value_int(&mut o, self.d, 0, &name, h);
+            }
             let mut status = if failed { done::ERROR } else { 0 };
             if !last || attn {
                 status |= done::MORE;

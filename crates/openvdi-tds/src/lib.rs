@@ -35,9 +35,13 @@
 //! server's tokens), [`login`] (PRELOGIN and LOGIN7), [`rpc`] (RPC requests and
 //! `sp_executesql`), and the connection state machine (private).
 //!
-//! What is not here (yet): TLS (PRELOGIN answers ENCRYPT_NOT_SUP, so a client that
-//! requires encryption refuses to go on), MARS, integrated authentication,
-//! prepared statements (`sp_prepare`/`sp_execute`), bulk load.
+//! TLS ([`tls`], rustls): with [`Config::with_tls`], PRELOGIN negotiates
+//! encryption as SQL Server does (login-only for a client that says OFF, the whole
+//! session for ON/REQ, or forced); without it PRELOGIN answers ENCRYPT_NOT_SUP.
+//!
+//! What is not here (yet): TDS 8.0 (TLS before PRELOGIN, `Encrypt=strict`), MARS,
+//! integrated authentication, prepared statements (`sp_prepare`/`sp_execute`),
+//! bulk load.
 //!
 //! [MS-TDS]: https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-tds/
 
@@ -46,6 +50,7 @@
 mod conn;
 pub mod login;
 pub mod rpc;
+pub mod tls;
 pub mod token;
 pub mod wire;
 
@@ -193,6 +198,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a client may take from connecting to finishing its login (10 s).
     pub login_timeout: Duration,
+    /// TLS (None: PRELOGIN answers ENCRYPT_NOT_SUP).
+    pub tls: Option<tls::Tls>,
 }
 
 impl std::fmt::Debug for Config {
@@ -210,6 +217,7 @@ impl std::fmt::Debug for Config {
             )
             .field("max_connections", &self.max_connections)
             .field("login_timeout", &self.login_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -222,7 +230,14 @@ impl Config {
             logins: Vec::new(),
             max_connections: 256,
             login_timeout: Duration::from_secs(10),
+            tls: None,
         }
+    }
+
+    /// Serve TLS with this certificate (see [`tls`]).
+    pub fn with_tls(mut self, tls: tls::Tls) -> Config {
+        self.tls = Some(tls);
+        self
     }
 
     /// Add a SQL login.

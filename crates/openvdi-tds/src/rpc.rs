@@ -1,13 +1,88 @@
-//! RPC requests (MS-TDS §2.2.6.6) and what the endpoint does with them: only
+//! RPC requests (MS-TDS §2.2.6.6) and what the endpoint does with them:
 //! `sp_executesql` (ProcID 10, or by name), whose first parameter is the
 //! statement, the second the declaration of the others (`@device nvarchar(…)`),
-//! and the rest their values.
+//! and the rest their values; and the prepared-statement procedures ODBC drivers
+//! use for a parameterised statement: `sp_prepexec` (13: handle OUTPUT,
+//! declaration, statement, values), `sp_prepare` (11), `sp_execute` (12: handle,
+//! values) and `sp_unprepare` (15: handle).
 
 use crate::wire::{Bytes, Malformed};
 use crate::Value;
 
 /// `sp_executesql`'s ProcID.
 pub const SP_EXECUTESQL: u16 = 10;
+
+/// What a call asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// sp_executesql: run now.
+    ExecuteSql,
+    /// sp_prepexec: prepare (a handle comes back) and run.
+    PrepExec,
+    /// sp_prepare: prepare only.
+    Prepare,
+    /// sp_execute: run a prepared statement.
+    Execute,
+    /// sp_unprepare: forget a handle.
+    Unprepare,
+    /// Anything else (Msg 2812).
+    Other,
+}
+
+/// Parameters by name.
+pub type Params = [(String, Value)];
+
+/// A call's statement, ready to run.
+pub type Bound = (String, Vec<(String, Value)>);
+
+/// Names `values` after a declaration: named values keep their name (with `@`),
+/// unnamed ones take the declaration's names in order.
+fn bind(
+    proc: &str,
+    decl: &[String],
+    values: &[(String, Value)],
+) -> Result<Vec<(String, Value)>, CallError> {
+    let mut out = Vec::new();
+    for (i, (name, v)) in values.iter().enumerate() {
+        let name = if name.is_empty() {
+            match decl.get(i) {
+                Some(d) => d.clone(),
+                None => {
+                    return Err((
+                        8144,
+                        format!("Procedure or function {proc} has too many arguments specified."),
+                    ))
+                }
+            }
+        } else if name.starts_with('@') {
+            name.clone()
+        } else {
+            format!("@{name}")
+        };
+        out.push((name, v.clone()));
+    }
+    Ok(out)
+}
+
+fn string_param(
+    proc: &str,
+    p: Option<&(String, Value)>,
+    what: &str,
+    optional: bool,
+) -> Result<Option<String>, CallError> {
+    match p {
+        Some((_, Value::Str(s))) => Ok(Some(s.clone())),
+        Some((_, Value::Null)) | None if optional => Ok(None),
+        None => Err((
+            201,
+            format!("Procedure or function '{proc}' expects parameter '{what}', which was not supplied."),
+        )),
+        Some(_) => Err((
+            214,
+            format!("Procedure expects parameter '{what}' of type 'ntext/nchar/nvarchar'."),
+        )),
+    }
+}
 
 /// A malformed call: the SQL Server message number and text it gets.
 pub type CallError = (u32, String);
@@ -22,15 +97,67 @@ pub struct Call {
 }
 
 impl Call {
-    /// Whether this calls `sp_executesql`.
-    pub fn is_executesql(&self) -> bool {
+    /// What the call asks for (by name or ProcID).
+    pub fn kind(&self) -> Kind {
         let n = self.proc_name.to_ascii_lowercase();
         let n = n
             .trim_start_matches("master.")
             .trim_start_matches("sys.")
             .trim_start_matches("dbo.")
             .trim_start_matches('.');
-        n == "sp_executesql" || n == "[sp_executesql]"
+        match n.trim_start_matches('[').trim_end_matches(']') {
+            "sp_executesql" => Kind::ExecuteSql,
+            "sp_prepexec" => Kind::PrepExec,
+            "sp_prepare" => Kind::Prepare,
+            "sp_execute" => Kind::Execute,
+            "sp_unprepare" => Kind::Unprepare,
+            _ => Kind::Other,
+        }
+    }
+
+    /// Whether this calls `sp_executesql`.
+    pub fn is_executesql(&self) -> bool {
+        self.kind() == Kind::ExecuteSql
+    }
+
+    /// For `sp_prepexec` / `sp_prepare`: the declaration's names, the statement,
+    /// and (prepexec) the values bound.
+    pub fn prepare(&self) -> Result<(Vec<String>, Bound), CallError> {
+        let proc = if self.kind() == Kind::Prepare {
+            "sp_prepare"
+        } else {
+            "sp_prepexec"
+        };
+        let decl = string_param(proc, self.params.get(1), "@params", true)?
+            .map(|d| declared_names(&d))
+            .unwrap_or_default();
+        let stmt = string_param(proc, self.params.get(2), "@stmt", false)?.unwrap_or_default();
+        let rest = self.params.get(3..).unwrap_or(&[]);
+        let values = if self.kind() == Kind::Prepare {
+            Vec::new()
+        } else {
+            bind(proc, &decl, rest)?
+        };
+        Ok((decl, (stmt, values)))
+    }
+
+    /// For `sp_execute` / `sp_unprepare`: the handle, and the values after it.
+    pub fn handle(&self) -> Result<(i64, &Params), CallError> {
+        match self.params.first() {
+            Some((_, Value::Int(h))) => Ok((*h, &self.params[1..])),
+            _ => Err((
+                8179,
+                "Could not find prepared statement with handle 0.".into(),
+            )),
+        }
+    }
+
+    /// Binds `values` to a prepared statement's declaration.
+    pub fn bind_prepared(
+        decl: &[String],
+        values: &[(String, Value)],
+    ) -> Result<Vec<(String, Value)>, CallError> {
+        bind("sp_execute", decl, values)
     }
 
     /// For `sp_executesql`: the statement and its parameters by name (`@x`).
@@ -57,25 +184,8 @@ impl Call {
                 ))
             }
         };
-        let mut out = Vec::new();
-        for (i, (name, v)) in it.enumerate() {
-            let name =
-                if name.is_empty() {
-                    match decl.get(i) {
-                        Some(d) => d.clone(),
-                        None => return Err((
-                            8144,
-                            "Procedure or function sp_executesql has too many arguments specified."
-                                .into(),
-                        )),
-                    }
-                } else if name.starts_with('@') {
-                    name.clone()
-                } else {
-                    format!("@{name}")
-                };
-            out.push((name, v.clone()));
-        }
+        let rest: Vec<(String, Value)> = it.cloned().collect();
+        let out = bind("sp_executesql", &decl, &rest)?;
         Ok((stmt, out))
     }
 }
@@ -121,6 +231,10 @@ pub fn parse(data: &[u8], tds72: bool) -> Result<Vec<Call>, Malformed> {
         let proc_name = if n == 0xFFFF {
             match b.u16("ProcID")? {
                 SP_EXECUTESQL => "sp_executesql".to_string(),
+                11 => "sp_prepare".to_string(),
+                12 => "sp_execute".to_string(),
+                13 => "sp_prepexec".to_string(),
+                15 => "sp_unprepare".to_string(),
                 id => format!("#{id}"),
             }
         } else {
@@ -239,8 +353,24 @@ fn param_value(b: &mut Bytes<'_>) -> Result<Value, Malformed> {
                 raw.iter().map(|&c| char::from(c)).collect()
             }))
         }
+        // NTEXT, TEXT (ODBC drivers send long statements and strings so):
+        // LONGLEN maximum, collation, then LONGLEN length (0xFFFFFFFF: NULL).
+        0x63 | 0x23 => {
+            let _max = b.u32("parameter size")?;
+            b.take(5, "collation")?;
+            let n = b.u32("parameter length")?;
+            if n == u32::MAX {
+                return Ok(Value::Null);
+            }
+            let raw = b.take(n as usize, "parameter value")?;
+            Ok(Value::Str(if t == 0x63 {
+                crate::wire::ucs2_to_string(raw)
+            } else {
+                raw.iter().map(|&c| char::from(c)).collect()
+            }))
+        }
         other => Err(Malformed(format!(
-            "parameter data type {other:#04x} is not supported (send NVARCHAR, VARCHAR or an integer type)"
+            "parameter data type {other:#04x} is not supported (send NVARCHAR, VARCHAR, NTEXT, TEXT or an integer type)"
         ))),
     }
 }
@@ -314,6 +444,63 @@ mod tests {
         for n in 0..o.buf.len() {
             let _ = parse(&o.buf[..n], true);
         }
+    }
+
+    #[test]
+    fn prepexec_execute_and_unprepare() {
+        let mut o = Out::default();
+        o.u32(22).u32(18).u16(2).bytes(&[0; 8]).u32(1);
+        o.u16(0xFFFF).u16(13).u16(0);
+        o.b_varchar("@handle").u8(1).u8(0x26).u8(4).u8(0); // int OUTPUT, NULL
+        nvarchar(&mut o, "", "@P1 nvarchar(40)");
+        nvarchar(&mut o, "", "BACKUP DATABASE [a] TO VIRTUAL_DEVICE = @P1");
+        nvarchar(&mut o, "", "dev1");
+        let calls = parse(&o.buf, true).unwrap();
+        assert_eq!(calls[0].kind(), Kind::PrepExec);
+        let (decl, (stmt, values)) = calls[0].prepare().unwrap();
+        assert_eq!(decl, vec!["@P1"]);
+        assert!(stmt.ends_with("= @P1"));
+        assert_eq!(values, vec![("@P1".into(), Value::Str("dev1".into()))]);
+
+        let mut o = Out::default();
+        o.u32(22).u32(18).u16(2).bytes(&[0; 8]).u32(1);
+        o.u16(0xFFFF).u16(12).u16(0);
+        o.b_varchar("").u8(0).u8(0x26).u8(4).u8(4).u32(7);
+        nvarchar(&mut o, "", "dev2");
+        o.u8(0xFF); // the next call of the batch
+        o.u16(0xFFFF).u16(15).u16(0);
+        o.b_varchar("").u8(0).u8(0x26).u8(4).u8(4).u32(7);
+        let calls = parse(&o.buf, true).unwrap();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].kind(), Kind::Execute);
+        let (h, rest) = calls[0].handle().unwrap();
+        assert_eq!(h, 7);
+        assert_eq!(
+            Call::bind_prepared(&decl, rest).unwrap(),
+            vec![("@P1".into(), Value::Str("dev2".into()))]
+        );
+        assert_eq!(calls[1].kind(), Kind::Unprepare);
+        assert_eq!(calls[1].handle().unwrap().0, 7);
+        for n in 0..o.buf.len() {
+            let _ = parse(&o.buf[..n], true);
+        }
+    }
+
+    #[test]
+    fn ntext_parameters() {
+        let mut o = Out::default();
+        o.u16(0xFFFF).u16(SP_EXECUTESQL).u16(0);
+        let mut v = Out::default();
+        v.ucs2("SELECT 1");
+        o.b_varchar("")
+            .u8(0)
+            .u8(0x63)
+            .u32(0x7FFF_FFFF)
+            .bytes(&crate::token::COLLATION)
+            .u32(v.buf.len() as u32)
+            .bytes(&v.buf);
+        let calls = parse(&o.buf, false).unwrap();
+        assert_eq!(calls[0].executesql().unwrap().0, "SELECT 1");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub mod tok {
     pub const COLMETADATA: u8 = 0x81;
     /// RETURNSTATUS.
     pub const RETURNSTATUS: u8 = 0x79;
+    /// RETURNVALUE.
+    pub const RETURNVALUE: u8 = 0xAC;
     /// ERROR.
     pub const ERROR: u8 = 0xAA;
     /// INFO.
@@ -130,6 +132,22 @@ pub fn done(o: &mut Out, d: Dialect, t: u8, status: u16, curcmd: u16, rows: u64)
 /// RETURNSTATUS.
 pub fn return_status(o: &mut Out, v: i32) {
     o.u8(tok::RETURNSTATUS).u32(v as u32);
+}
+
+/// RETURNVALUE (§2.2.7.19) of an int OUTPUT parameter: `ordinal` is its position
+/// in the call (0 first), sent as INTN(4).
+pub fn return_value_int(o: &mut Out, d: Dialect, ordinal: u16, name: &str, v: i32) {
+    o.u8(tok::RETURNVALUE).u16(ordinal).b_varchar(name).u8(0x01); // status: OUTPUT
+    if d.tds72 {
+        o.u32(0); // UserType
+    } else {
+        o.u16(0);
+    }
+    o.u16(0x0001) // flags: nullable
+        .u8(0x26)
+        .u8(4)
+        .u8(4)
+        .u32(v as u32);
 }
 
 /// How one column goes out.

@@ -149,7 +149,10 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     repo.require_or_create_default(ctx.settings.repo_is_default)?;
     let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "backup")?;
     // The transport first: a library that cannot be loaded fails before any side effect.
-    let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
+    let transport = crate::vdi_lib::transport(
+        ctx.settings.engine.vdi_library.as_deref(),
+        ctx.settings.engine.vdi_abi,
+    )?;
     let engine: Arc<dyn Engine> =
         engine::open(&ctx.settings.engine, ctx.progress, Some(&plan.database))?;
     let server = ctx

@@ -139,7 +139,10 @@ pub fn engine_session(
     op: &str,
     stmt: impl FnOnce(&[String]) -> String,
 ) -> Result<engine::Outcome> {
-    let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
+    let transport = crate::vdi_lib::transport(
+        ctx.settings.engine.vdi_library.as_deref(),
+        ctx.settings.engine.vdi_abi,
+    )?;
     let engine: Arc<dyn Engine> = engine::open(&ctx.settings.engine, ctx.progress, None)?;
     let n = sources.len() as u32;
     vdi::remove_stale_sets();

@@ -150,6 +150,43 @@ pub fn sha(path: &Path) -> String {
         .to_string()
 }
 
+/// openvdi's own libsqlvdi.so, built on demand (another package's cdylib).
+pub fn libsqlvdi() -> PathBuf {
+    let o = run({
+        let mut c = std::process::Command::new(env!("CARGO"));
+        c.args(["build", "-q", "-p", "openvdi-ffi", "--lib"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        c
+    });
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
+    let p = exe.with_file_name("libsqlvdi.so");
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// openvdi-engine (for `serve`), built on demand.
+pub fn engine_bin() -> PathBuf {
+    let o = run({
+        let mut c = std::process::Command::new(env!("CARGO"));
+        c.args([
+            "build",
+            "-q",
+            "-p",
+            "openvdi-engine",
+            "--bin",
+            "openvdi-engine",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        c
+    });
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
+    let p = exe.with_file_name("openvdi-engine");
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
 /// openvdi-sqlcmd, built on demand (it belongs to another package, so cargo does not
 /// build it for this crate's tests).
 pub fn sqlcmd() -> PathBuf {

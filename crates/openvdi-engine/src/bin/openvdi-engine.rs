@@ -89,6 +89,8 @@ enum Cmd {
         /// Most connections at once.
         #[arg(long, default_value_t = 256)]
         max_connections: usize,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Put a VDI client through what SQL Server may do to it, scenario by scenario
     /// (docs/CONFORMANCE.md). Exit 0 only when every scenario passed.
@@ -260,9 +262,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         logins,
         open_timeout,
         max_connections,
+        tls,
     } = cli.cmd
     {
-        return serve(engine, listen, logins, open_timeout, max_connections);
+        return serve(engine, listen, logins, open_timeout, max_connections, tls);
     }
     let mut out = std::io::stdout().lock();
     match cli.cmd {
@@ -363,6 +366,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `serve`'s TLS: a certificate from PEM files or a self-signed one made at start.
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// The server certificate chain (PEM). Without --cert/--key a self-signed
+    /// certificate for localhost, the listening address and the host name is
+    /// generated at start (clients then need TrustServerCertificate=yes).
+    #[arg(long, requires = "key", env = "OPENVDI_TDS_CERT")]
+    cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "cert", env = "OPENVDI_TDS_KEY")]
+    key: Option<PathBuf>,
+    /// Encrypt every session, as SQL Server's "Force Encryption": a client that
+    /// asks for login-only encryption gets it all, one that cannot encrypt is
+    /// refused.
+    #[arg(long, conflicts_with = "no_tls")]
+    force_encryption: bool,
+    /// No TLS at all: PRELOGIN answers ENCRYPT_NOT_SUP (clients that require
+    /// encryption give up).
+    #[arg(long)]
+    no_tls: bool,
+}
+
+impl TlsArgs {
+    fn build(&self, listen: std::net::SocketAddr) -> anyhow::Result<Option<openvdi_tds::tls::Tls>> {
+        if self.no_tls {
+            return Ok(None);
+        }
+        let t = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => openvdi_tds::tls::Tls::from_pem_files(c, k)?,
+            _ => {
+                let mut names = vec!["localhost".to_string(), listen.ip().to_string()];
+                if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                    let h = h.trim().to_string();
+                    if !h.is_empty() && !names.contains(&h) {
+                        names.push(h);
+                    }
+                }
+                openvdi_tds::tls::Tls::self_signed(&names)?
+            }
+        };
+        Ok(Some(t.forced(self.force_encryption)))
+    }
+}
+
 /// `serve`: bind, say where, and serve until killed.
 fn serve(
     engine: Engine,
@@ -370,9 +417,18 @@ fn serve(
     logins: Vec<String>,
     open_timeout: u64,
     max_connections: usize,
+    tls: TlsArgs,
 ) -> anyhow::Result<ExitCode> {
     let mut cfg = openvdi_tds::Config::new(listen);
     cfg.max_connections = max_connections;
+    if let Some(t) = tls.build(listen)? {
+        eprintln!(
+            "openvdi-engine: TLS with {}{}",
+            t.source,
+            if t.force { ", encryption forced" } else { "" }
+        );
+        cfg = cfg.with_tls(t);
+    }
     for l in &logins {
         let (user, password) = l
             .split_once(':')

@@ -2,7 +2,8 @@
 
 Used by crates/openvdi-engine/tests/tds_drivers.rs against `openvdi-engine serve`.
 argv[1] is a JSON spec:
-  {"driver": "pytds" | "pymssql", "port": N, "user": U, "password": P,
+  {"driver": "pytds" | "pymssql" | "mssql_python", "port": N, "user": U, "password": P,
+   "encrypt": "yes" | "no" (mssql_python; default yes),
    "database": D (optional), "timeout": seconds (optional),
    "steps": [{"sql": S, "params": {name: value} | null, "drop": bool}]}
 A step with "drop" closes the socket abruptly once the query has been sent and
@@ -113,10 +114,68 @@ def run_pymssql(spec):
     return {"steps": out}
 
 
+def run_mssql_python(spec):
+    """Microsoft's mssql-python (ODBC Driver 18 underneath). Parameters are `?`
+    placeholders with "params" a list; a parameterised statement goes out as
+    sp_prepexec. Messages are ODBC diagnostics "[01000] (5701)": the number is the
+    one in parentheses. A failed statement raises with its first error only."""
+    import re
+    import mssql_python
+
+    cs = (
+        f"Server=tcp:127.0.0.1,{spec['port']};UID={spec['user']};PWD={{{spec['password']}}};"
+        f"Database={spec.get('database', 'master')};Encrypt={spec.get('encrypt', 'yes')};"
+        "TrustServerCertificate=yes"
+    )
+    try:
+        conn = mssql_python.connect(cs, autocommit=True, timeout=10)
+    except mssql_python.Error as e:
+        text = str(e)
+        num = 18456 if "Login failed" in text else None
+        return {"login_error": {"number": num, "text": text}}
+    if spec.get("timeout"):
+        conn.timeout = spec["timeout"]
+
+    def number(state):
+        m = re.search(r"\((\d+)\)", state)
+        return int(m.group(1)) if m else None
+
+    out = []
+    cur = conn.cursor()
+    for step in spec["steps"]:
+        r = {"sets": [], "messages": [], "error": None, "timeout": False}
+        try:
+            if step.get("params") is not None:
+                cur.execute(step["sql"], *step["params"])
+            else:
+                cur.execute(step["sql"])
+            while True:
+                # Each call clears the cursor's messages: collect them as they come.
+                r["messages"] += [[number(st), tx] for st, tx in cur.messages or []]
+                if cur.description:
+                    cols = [d[0] for d in cur.description]
+                    rows = [[typed(v) for v in row] for row in cur.fetchall()]
+                    r["sets"].append({"columns": cols, "rows": rows})
+                if not cur.nextset():
+                    r["messages"] += [[number(st), tx] for st, tx in cur.messages or []]
+                    break
+        except mssql_python.Error as e:
+            text = str(e)
+            if "timeout" in text.lower() or "HYT00" in text:
+                r["timeout"] = True
+            else:
+                r["error"] = {"number": None, "text": text}
+        out.append(r)
+    conn.close()
+    return {"steps": out}
+
+
 def main():
     spec = json.loads(sys.argv[1])
     if spec["driver"] == "pytds":
         res = run_pytds(spec)
+    elif spec["driver"] == "mssql_python":
+        res = run_mssql_python(spec)
     else:
         res = run_pymssql(spec)
     print(json.dumps(res))
