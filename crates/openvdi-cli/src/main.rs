@@ -23,6 +23,7 @@ mod cli;
 mod cmd;
 mod codec;
 mod config;
+mod crypto;
 mod embedded;
 mod engine;
 mod exit;
@@ -36,6 +37,7 @@ mod progress;
 mod redact;
 mod repo;
 mod retention;
+mod secret;
 mod storage;
 #[cfg(feature = "tds")]
 mod tds;

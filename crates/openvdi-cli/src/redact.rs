@@ -35,6 +35,8 @@ const SECRET_VARS: &[&str] = &[
     "AZURE_STORAGE_TOKEN",
     "AZURE_CLIENT_SECRET",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "OPENVDI_PASSWORD",
+    "OPENVDI_NEW_PASSWORD",
 ];
 
 fn secrets() -> &'static Mutex<Vec<String>> {
