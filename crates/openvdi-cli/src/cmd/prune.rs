@@ -140,7 +140,13 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     let mut in_grace = 0usize;
     if a.database.is_none() && a.for_server.is_none() {
         for e in repo.store.list("")? {
-            if e.key == MARKER || e.key.starts_with(lock::PREFIX) || e.key == lock::LOCAL_FILE {
+            // The repository's own objects: the marker, the config object (its key
+            // slots: deleting it would make every backup unreadable), the locks.
+            if e.key == MARKER
+                || e.key == crate::crypto::CONFIG
+                || e.key.starts_with(lock::PREFIX)
+                || e.key == lock::LOCAL_FILE
+            {
                 continue;
             }
             let in_doomed = doomed

@@ -261,6 +261,10 @@ pub fn relocate(ctx: &Ctx, repo: &Repo, m: &Manifest, opts: &mut RestoreOptions)
         return Ok(());
     }
     crate::manifest::check_name("--as", &name).map_err(|e| err(Code::Usage, e))?;
+    // FILELISTONLY hands the head of the backup to the engine: authenticate first.
+    if repo.encrypted {
+        authenticate_first(repo, m)?;
+    }
     let (tables, msgs) =
         super::inspect::query(ctx, &super::inspect::stored_target(repo, m), "FILELISTONLY")?;
     let Some(files) = tables.first() else {
