@@ -491,6 +491,7 @@ fn s3_encrypted_repository_round_trips_and_stores_no_plaintext() {
     let mut b = std::fs::read(&mdf).unwrap();
     for page in [20usize, 300] {
         b[page * 8192 + 512..page * 8192 + 512 + MARKER.len()].copy_from_slice(MARKER);
+        openvdi_engine::page::seal(&mut b[page * 8192..(page + 1) * 8192]);
     }
     std::fs::write(&mdf, &b).unwrap();
     let has = |hay: &[u8], n: &[u8]| hay.windows(n.len()).any(|x| x == n);
@@ -526,8 +527,8 @@ fn s3_encrypted_repository_round_trips_and_stores_no_plaintext() {
         }
     }
     for (extra, pw) in [
-        (vec![], "wrong password"),
-        (vec!["--key-file", "/nonexistent/key"], "wrong password"),
+        (vec![], "not-the-pw-4711"),
+        (vec!["--key-file", "/nonexistent/key"], "not-the-pw-4711"),
     ] {
         let mut a = extra.clone();
         a.extend(["restore", last.as_str(), "--as", "s3copy"]);
