@@ -378,7 +378,11 @@ impl<R: Read> StripeReader<R> {
     /// Reads and checks the header. `ctx`: the repository's keys, for an encrypted
     /// repository (an unencrypted stripe is then refused: it cannot be authenticated).
     /// `decode` false: check the stored bytes only, yield no data.
-    pub fn open(mut inner: R, ctx: Option<StripeCtx<'_>>, decode: bool) -> Result<Self, ChunkError> {
+    pub fn open(
+        mut inner: R,
+        ctx: Option<StripeCtx<'_>>,
+        decode: bool,
+    ) -> Result<Self, ChunkError> {
         let mut h = [0u8; HEADER_LEN];
         read_full(&mut inner, &mut h)?;
         let mut hasher = blake3::Hasher::new();
@@ -455,7 +459,11 @@ impl<R: Read> StripeReader<R> {
         }
         let enc = self.version == 2;
         if raw_len == 0 {
-            let want = if enc { TRAILER_LEN + TAG_LEN } else { TRAILER_LEN };
+            let want = if enc {
+                TRAILER_LEN + TAG_LEN
+            } else {
+                TRAILER_LEN
+            };
             if stored_len as usize != want || crc_raw != 0 {
                 return Err(ChunkError::Corrupt("bad end frame".into()));
             }
@@ -633,7 +641,11 @@ mod tests {
         out
     }
 
-    fn read_sealed(keys: &crate::crypto::Keys, data: &[u8], decode: bool) -> Result<Vec<u8>, ChunkError> {
+    fn read_sealed(
+        keys: &crate::crypto::Keys,
+        data: &[u8],
+        decode: bool,
+    ) -> Result<Vec<u8>, ChunkError> {
         let ctx = StripeCtx {
             keys,
             backup_id: "B",
@@ -660,14 +672,20 @@ mod tests {
             assert_eq!(read_sealed(&keys, &good, true).unwrap(), chunks.concat());
             assert!(read_sealed(&keys, &good, false).is_ok());
             // The plaintext is nowhere in the stored bytes.
-            assert!(!good.windows(64).any(|w| w == &chunks[0][100..164]), "{codec}");
+            assert!(
+                !good.windows(64).any(|w| w == &chunks[0][100..164]),
+                "{codec}"
+            );
             for i in 0..good.len() {
                 let mut bad = good.clone();
                 bad[i] ^= 0x40;
                 // Decoding authenticates every frame and the trailer; the check-only
                 // pass catches the rest through the crc32c and the trailer, and the
                 // caller compares the blake3 with the manifest.
-                assert!(read_sealed(&keys, &bad, true).is_err(), "{codec}: flip at {i} not caught");
+                assert!(
+                    read_sealed(&keys, &bad, true).is_err(),
+                    "{codec}: flip at {i} not caught"
+                );
             }
             assert!(read_sealed(&keys, &good[..good.len() - 1], true).is_err());
             // Another stripe's key (another backup id) does not open it.

@@ -44,7 +44,12 @@ pub struct Global {
     pub quiet: bool,
     /// Password of an encrypted repository: the first line of FILE (or set
     /// OPENVDI_PASSWORD; on a terminal openvdi asks). Never given as a plain flag.
-    #[arg(long, global = true, env = "OPENVDI_PASSWORD_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "OPENVDI_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
     pub password_file: Option<PathBuf>,
     /// Key file of an encrypted repository (instead of a password).
     #[arg(long, global = true, env = "OPENVDI_KEY_FILE", value_name = "FILE")]

@@ -91,7 +91,11 @@ impl Argon2Params {
     /// 64 MiB, 3 passes, 1 lane (OWASP's argon2id guidance), unless
     /// `OPENVDI_KDF_MEMORY_MIB` / `OPENVDI_KDF_ITERATIONS` say otherwise.
     pub fn from_env() -> Argon2Params {
-        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse::<u32>().ok());
+        let num = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
         Argon2Params {
             memory_kib: num("OPENVDI_KDF_MEMORY_MIB").map_or(64 * 1024, |m| m.max(1) * 1024),
             iterations: num("OPENVDI_KDF_ITERATIONS").unwrap_or(3).max(1),
@@ -182,7 +186,11 @@ pub fn hex(b: &[u8]) -> String {
 pub fn unhex<const N: usize>(s: &str) -> Result<[u8; N], String> {
     let bytes = s.as_bytes();
     if bytes.len() != 2 * N {
-        return Err(format!("expected {} hex digits, got {}", 2 * N, bytes.len()));
+        return Err(format!(
+            "expected {} hex digits, got {}",
+            2 * N,
+            bytes.len()
+        ));
     }
     let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
@@ -237,7 +245,10 @@ fn kek(secret: &Secret, slot: &Slot) -> Result<Zeroizing<[u8; 32]>, String> {
                 || a.parallelism == 0
                 || a.parallelism > 16
             {
-                return Err(format!("slot {}: argon2id parameters out of range", slot.id));
+                return Err(format!(
+                    "slot {}: argon2id parameters out of range",
+                    slot.id
+                ));
             }
             let params = argon2::Params::new(a.memory_kib, a.iterations, a.parallelism, Some(32))
                 .map_err(|e| format!("slot {}: argon2id parameters: {e}", slot.id))?;
@@ -289,7 +300,11 @@ fn unwrap_slot(secret: &Secret, slot: &Slot, repo_id: &[u8; 16]) -> Option<Zeroi
         return None;
     }
     cipher(&k)
-        .decrypt_in_place(Nonce::from_slice(&nonce), &slot_ad(repo_id, slot.id), &mut *buf)
+        .decrypt_in_place(
+            Nonce::from_slice(&nonce),
+            &slot_ad(repo_id, slot.id),
+            &mut *buf,
+        )
         .ok()?;
     let mut m = Zeroizing::new([0u8; 32]);
     m.copy_from_slice(&buf[..32]);
@@ -324,8 +339,8 @@ impl Keys {
         if stored.len() > MAX_CONFIG {
             return Err(damaged(format!("{} bytes", stored.len())));
         }
-        let env: Envelope = serde_json::from_slice(stored)
-            .map_err(|e| damaged(format!("unreadable: {e}")))?;
+        let env: Envelope =
+            serde_json::from_slice(stored).map_err(|e| damaged(format!("unreadable: {e}")))?;
         if env.format != FORMAT {
             return Err(damaged(format!(
                 "repository format {} (this openvdi reads 1 and {FORMAT})",
@@ -434,7 +449,12 @@ impl Keys {
     }
 
     fn manifest_ad(&self, key: &str) -> Vec<u8> {
-        [b"openvdi/v2/manifest".as_slice(), &self.repo_id, key.as_bytes()].concat()
+        [
+            b"openvdi/v2/manifest".as_slice(),
+            &self.repo_id,
+            key.as_bytes(),
+        ]
+        .concat()
     }
 
     /// Encrypts a manifest stored at `key` (random nonce: a few per backup).
@@ -630,9 +650,17 @@ mod tests {
         let s = k.stripe("B1", 1, &salt);
         let mut buf = b"hello".to_vec();
         s.seal(0, false, 1, 5, &mut buf);
-        for (frame, last, id, idx) in [(1, false, "B1", 1), (0, true, "B1", 1), (0, false, "B2", 1), (0, false, "B1", 2)] {
+        for (frame, last, id, idx) in [
+            (1, false, "B1", 1),
+            (0, true, "B1", 1),
+            (0, false, "B2", 1),
+            (0, false, "B1", 2),
+        ] {
             let mut b = buf.clone();
-            assert!(k.stripe(id, idx, &salt).open(frame, last, 1, 5, &mut b).is_err());
+            assert!(k
+                .stripe(id, idx, &salt)
+                .open(frame, last, 1, 5, &mut b)
+                .is_err());
         }
         let mut b = buf.clone();
         assert!(s.open(0, false, 1, 6, &mut b).is_err());

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Keys, UnlockError};
 use crate::exit::{err, Code};
-use crate::secret::Credentials;
 use crate::manifest::{self, Manifest};
+use crate::secret::Credentials;
 use crate::storage::{self, Store, StoreError};
 
 /// Marks a repository; its absence means "repository missing" (exit 10).
@@ -180,7 +180,11 @@ impl Repo {
     /// fails (exit 10) instead of quietly starting a second repository.
     /// The default repository is created encrypted when a password or key file is
     /// at hand (else this fails with exit 12: `openvdi init` can create it).
-    pub fn require_or_create_default(&mut self, is_default: bool, creds: &Credentials) -> Result<()> {
+    pub fn require_or_create_default(
+        &mut self,
+        is_default: bool,
+        creds: &Credentials,
+    ) -> Result<()> {
         if is_default && self.kind()? == Kind::Missing {
             let secret = creds.new_secret()?.ok_or_else(|| {
                 err(
@@ -374,7 +378,9 @@ impl Repo {
         let bytes = match (self.encrypted, &self.keys) {
             (false, _) => bytes,
             (true, Some(k)) => k.seal_manifest(&key, &bytes),
-            (true, None) => anyhow::bail!("writing a manifest of an encrypted repository without its key"),
+            (true, None) => {
+                anyhow::bail!("writing a manifest of an encrypted repository without its key")
+            }
         };
         self.store
             .put_atomic(&key, &bytes)

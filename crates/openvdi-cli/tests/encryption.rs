@@ -86,7 +86,14 @@ fn encrypted_round_trip_for_1_and_4_stripes_and_every_codec_stores_no_plaintext(
         for codec in ["none", "zstd:1", "lz4"] {
             let before = std::fs::read(&mdf).unwrap();
             assert!(contains(&before, MARKER));
-            let b = e.json(&["backup", "secretdb", "--stripes", stripes, "--compress", codec]);
+            let b = e.json(&[
+                "backup",
+                "secretdb",
+                "--stripes",
+                stripes,
+                "--compress",
+                codec,
+            ]);
             let id = b["id"].as_str().unwrap().to_string();
             engine(&e).modify("secretdb", 64).unwrap();
             e.json(&["restore", &id, "--replace"]);
@@ -122,7 +129,9 @@ fn encrypted_round_trip_for_1_and_4_stripes_and_every_codec_stores_no_plaintext(
     assert_eq!(e.backups().len(), 1);
     // Control: an unencrypted repository does store the marker in the clear.
     let plain = Env::plain();
-    engine(&plain).create_database("secretdb", 12 << 20).unwrap();
+    engine(&plain)
+        .create_database("secretdb", 12 << 20)
+        .unwrap();
     plant_marker(&plain, "secretdb");
     plain.json(&["backup", "secretdb", "--compress", "none"]);
     assert!(objects(&plain.repo)
@@ -140,16 +149,35 @@ fn exists(e: &Env, db: &str) -> bool {
 fn a_wrong_password_or_a_missing_key_file_exits_12_before_anything_is_restored() {
     let e = Env::new();
     engine(&e).create_database("wp", 8 << 20).unwrap();
-    let id = e.json(&["backup", "wp"])["id"].as_str().unwrap().to_string();
+    let id = e.json(&["backup", "wp"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for (args, vars) in [
-        (vec!["restore", id.as_str(), "--as", "wp_copy"], vec![("OPENVDI_PASSWORD", "not-the-pw-4711")]),
         (
-            vec!["--key-file", "/nonexistent/openvdi.key", "restore", id.as_str(), "--as", "wp_copy"],
+            vec!["restore", id.as_str(), "--as", "wp_copy"],
+            vec![("OPENVDI_PASSWORD", "not-the-pw-4711")],
+        ),
+        (
+            vec![
+                "--key-file",
+                "/nonexistent/openvdi.key",
+                "restore",
+                id.as_str(),
+                "--as",
+                "wp_copy",
+            ],
             vec![],
         ),
         (vec!["list"], vec![("OPENVDI_PASSWORD", "not-the-pw-4711")]),
-        (vec!["backup", "wp"], vec![("OPENVDI_PASSWORD", "not-the-pw-4711")]),
-        (vec!["verify", id.as_str()], vec![("OPENVDI_PASSWORD", "not-the-pw-4711")]),
+        (
+            vec!["backup", "wp"],
+            vec![("OPENVDI_PASSWORD", "not-the-pw-4711")],
+        ),
+        (
+            vec!["verify", id.as_str()],
+            vec![("OPENVDI_PASSWORD", "not-the-pw-4711")],
+        ),
     ] {
         let o = with_env(&e, &args, &vars);
         assert_eq!(code(&o), Some(12), "{args:?}: {}", stderr(&o));
@@ -158,13 +186,31 @@ fn a_wrong_password_or_a_missing_key_file_exits_12_before_anything_is_restored()
             err.contains("wrong password") || err.contains("key file"),
             "{args:?}: {err}"
         );
-        assert!(!err.contains("not-the-pw-4711") && !err.contains(PASSWORD), "{err}");
+        assert!(
+            !err.contains("not-the-pw-4711") && !err.contains(PASSWORD),
+            "{err}"
+        );
         assert!(!exists(&e, "wp_copy"), "{args:?} reached the engine");
     }
     // A wrong key file (exists, opens no slot) is the same error.
     let k = e.dir.path().join("other.key");
-    std::fs::write(&k, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
-    let o = with_env(&e, &["--key-file", k.to_str().unwrap(), "restore", &id, "--as", "wp_copy"], &[]);
+    std::fs::write(
+        &k,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let o = with_env(
+        &e,
+        &[
+            "--key-file",
+            k.to_str().unwrap(),
+            "restore",
+            &id,
+            "--as",
+            "wp_copy",
+        ],
+        &[],
+    );
     assert_eq!(code(&o), Some(12), "{}", stderr(&o));
     assert!(!exists(&e, "wp_copy"));
     // --json names the kind.
@@ -222,11 +268,31 @@ impl Tamper<'_> {
 fn tampering_is_detected_by_verify_and_refused_by_restore_before_the_engine_gets_a_byte() {
     let e = Env::new();
     engine(&e).create_database("tp", 8 << 20).unwrap();
-    let a = e.json(&["backup", "tp", "--stripes", "2", "--compress", "zstd:1", "--maxtransfersize", "262144"]);
+    let a = e.json(&[
+        "backup",
+        "tp",
+        "--stripes",
+        "2",
+        "--compress",
+        "zstd:1",
+        "--maxtransfersize",
+        "262144",
+    ]);
     engine(&e).modify("tp", 30).unwrap();
-    let b = e.json(&["backup", "tp", "--stripes", "2", "--compress", "zstd:1", "--maxtransfersize", "262144"]);
+    let b = e.json(&[
+        "backup",
+        "tp",
+        "--stripes",
+        "2",
+        "--compress",
+        "zstd:1",
+        "--maxtransfersize",
+        "262144",
+    ]);
     let (ida, idb) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
-    let key = |m: &serde_json::Value, i: usize| Path::new(&e.repo).join(m["stripes"][i]["key"].as_str().unwrap());
+    let key = |m: &serde_json::Value, i: usize| {
+        Path::new(&e.repo).join(m["stripes"][i]["key"].as_str().unwrap())
+    };
     let dir_of = |m: &serde_json::Value| key(m, 0).parent().unwrap().to_path_buf();
     let t = Tamper { e: &e };
     let a1 = key(&a, 0);
@@ -247,7 +313,12 @@ fn tampering_is_detected_by_verify_and_refused_by_restore_before_the_engine_gets
         let n = good.len();
         let mut spots = vec![0, 9, 20, n / 2, n - 1];
         if p == &a1 {
-            spots.extend([fa[1].0 + 2, fa[1].0 + 40, fa[fa.len() - 1].0 + 5, fa[fa.len() - 1].0 + 30]);
+            spots.extend([
+                fa[1].0 + 2,
+                fa[1].0 + 40,
+                fa[fa.len() - 1].0 + 5,
+                fa[fa.len() - 1].0 + 30,
+            ]);
         }
         for at in spots {
             let mut bad = good.clone();
@@ -343,14 +414,21 @@ fn data_objects(repo: &str) -> Vec<(String, Vec<u8>)> {
 fn key_slots_add_a_password_restore_with_it_remove_the_first_and_no_data_is_rewritten() {
     let e = Env::new();
     engine(&e).create_database("ks", 8 << 20).unwrap();
-    let id = e.json(&["backup", "ks", "--stripes", "2"])["id"].as_str().unwrap().to_string();
+    let id = e.json(&["backup", "ks", "--stripes", "2"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let before = data_objects(&e.repo);
     let pw2 = e.dir.path().join("pw2");
     std::fs::write(&pw2, "a second password\n").unwrap();
     let added = e.json(&["key", "add", "--new-password-file", pw2.to_str().unwrap()]);
     assert_eq!(added["added"], 2);
     let second = [("OPENVDI_PASSWORD", "a second password")];
-    let o = with_env(&e, &["--json", "--quiet", "restore", &id, "--as", "ks2"], &second);
+    let o = with_env(
+        &e,
+        &["--json", "--quiet", "restore", &id, "--as", "ks2"],
+        &second,
+    );
     assert_eq!(code(&o), Some(0), "{}", stderr(&o));
     assert!(exists(&e, "ks2"));
     // The first one is removed, by the holder of the second.
@@ -360,7 +438,12 @@ fn key_slots_add_a_password_restore_with_it_remove_the_first_and_no_data_is_rewr
     let o = with_env(&e, &["key", "remove", "1"], &second);
     assert_eq!(code(&o), Some(0), "{}", stderr(&o));
     let o = e.run(&["list"]);
-    assert_eq!(code(&o), Some(12), "the old password still opens it: {}", stderr(&o));
+    assert_eq!(
+        code(&o),
+        Some(12),
+        "the old password still opens it: {}",
+        stderr(&o)
+    );
     let o = with_env(&e, &["restore", &id, "--as", "ks3"], &[]);
     assert_eq!(code(&o), Some(12));
     assert!(!exists(&e, "ks3"));
@@ -369,21 +452,44 @@ fn key_slots_add_a_password_restore_with_it_remove_the_first_and_no_data_is_rewr
     assert_eq!(code(&o), Some(2), "{}", stderr(&o));
     // A key file slot (created), and passwd replacing the password.
     let kf = e.dir.path().join("recovery.key");
-    let o = with_env(&e, &["key", "add", "--new-key-file", kf.to_str().unwrap()], &second);
+    let o = with_env(
+        &e,
+        &["key", "add", "--new-key-file", kf.to_str().unwrap()],
+        &second,
+    );
     assert_eq!(code(&o), Some(0), "{}", stderr(&o));
     assert!(kf.is_file());
     let o = with_env(
         &e,
-        &["--key-file", kf.to_str().unwrap(), "restore", &id, "--as", "ks4"],
+        &[
+            "--key-file",
+            kf.to_str().unwrap(),
+            "restore",
+            &id,
+            "--as",
+            "ks4",
+        ],
         &[("OPENVDI_PASSWORD", "")],
     );
     assert_eq!(code(&o), Some(0), "{}", stderr(&o));
     let pw3 = e.dir.path().join("pw3");
     std::fs::write(&pw3, "third").unwrap();
-    let o = with_env(&e, &["key", "passwd", "--new-password-file", pw3.to_str().unwrap()], &second);
+    let o = with_env(
+        &e,
+        &[
+            "key",
+            "passwd",
+            "--new-password-file",
+            pw3.to_str().unwrap(),
+        ],
+        &second,
+    );
     assert_eq!(code(&o), Some(0), "{}", stderr(&o));
     assert_eq!(code(&with_env(&e, &["list"], &second)), Some(12));
-    assert_eq!(code(&with_env(&e, &["list"], &[("OPENVDI_PASSWORD", "third")])), Some(0));
+    assert_eq!(
+        code(&with_env(&e, &["list"], &[("OPENVDI_PASSWORD", "third")])),
+        Some(0)
+    );
     // Not one data object changed.
     assert_eq!(data_objects(&e.repo), before);
 }
@@ -393,12 +499,18 @@ fn an_old_client_and_an_unencrypted_repository() {
     // Older repositories (openvdi-repo.json, format 1) still open, without a password.
     let e = Env::plain();
     engine(&e).create_database("old", 8 << 20).unwrap();
-    let o = with_env(&e, &["--json", "--quiet", "backup", "old"], &[("OPENVDI_PASSWORD", "")]);
+    let o = with_env(
+        &e,
+        &["--json", "--quiet", "backup", "old"],
+        &[("OPENVDI_PASSWORD", "")],
+    );
     assert_eq!(code(&o), Some(0), "{}", stderr(&o));
     assert!(Path::new(&e.repo).join("openvdi-repo.json").is_file());
     // A marker of a format this version does not know is refused.
     let m = Path::new(&e.repo).join("openvdi-repo.json");
-    let text = std::fs::read_to_string(&m).unwrap().replace("\"format\": 1", "\"format\": 9");
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("\"format\": 1", "\"format\": 9");
     std::fs::write(&m, text).unwrap();
     let o = e.run(&["list"]);
     assert_eq!(code(&o), Some(1), "{}", stderr(&o));

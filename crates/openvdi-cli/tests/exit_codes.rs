@@ -147,7 +147,14 @@ fn code_12_for_a_wrong_password_or_key_file_in_text_and_json() {
     e.json(&["backup", "k12"]);
     for args in [
         vec!["--key-file", "/nonexistent/key", "list"],
-        vec!["--password-file", "/nonexistent/pw", "restore", "latest", "--as", "k12b"],
+        vec![
+            "--password-file",
+            "/nonexistent/pw",
+            "restore",
+            "latest",
+            "--as",
+            "k12b",
+        ],
     ] {
         let (v, err) = json_fail(&e, &args, 12);
         assert_eq!(v["error_kind"], "wrong_password", "{v}");

@@ -256,7 +256,8 @@ fn repositories_are_created_on_purpose_and_only_backup_demo_creates_demo() {
                 c2.env_remove(k);
             }
         }
-        c2.args(["--quiet", "backup", "demo"]).stdin(std::process::Stdio::null());
+        c2.args(["--quiet", "backup", "demo"])
+            .stdin(std::process::Stdio::null());
         c2
     });
     assert_eq!(o.status.code(), Some(12), "{o:?}");

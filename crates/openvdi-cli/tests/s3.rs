@@ -500,7 +500,17 @@ fn s3_encrypted_repository_round_trips_and_stores_no_plaintext() {
     for stripes in ["1", "4"] {
         for codec in ["none", "zstd:1", "lz4"] {
             let before = std::fs::read(&mdf).unwrap();
-            let v = w.ok(&e, &["backup", "s3secret", "--stripes", stripes, "--compress", codec]);
+            let v = w.ok(
+                &e,
+                &[
+                    "backup",
+                    "s3secret",
+                    "--stripes",
+                    stripes,
+                    "--compress",
+                    codec,
+                ],
+            );
             let id = v["id"].as_str().unwrap().to_string();
             for s in v["stripes"].as_array().unwrap() {
                 let k = s["key"].as_str().unwrap().to_string();
@@ -536,8 +546,16 @@ fn s3_encrypted_repository_round_trips_and_stores_no_plaintext() {
         w.configure(&mut c);
         c.env("OPENVDI_PASSWORD", pw);
         let o = util::run(c);
-        assert_eq!(o.status.code(), Some(12), "{a:?}: {}", String::from_utf8_lossy(&o.stderr));
-        assert!(eng.database_info("s3copy").is_err(), "{a:?} reached the engine");
+        assert_eq!(
+            o.status.code(),
+            Some(12),
+            "{a:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            eng.database_info("s3copy").is_err(),
+            "{a:?} reached the engine"
+        );
     }
     assert_eq!(w.ok(&e, &["verify", "--all"])["ok"], true);
 }

@@ -150,7 +150,12 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         ctx.settings.repo_is_default,
         &crate::secret::Credentials::from_settings(&ctx.settings),
     )?;
-    let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "backup", repo.keys.as_deref())?;
+    let _lock = lock::acquire(
+        &repo.store,
+        lock::Mode::Shared,
+        "backup",
+        repo.keys.as_deref(),
+    )?;
     // The transport first: a library that cannot be loaded fails before any side effect.
     let transport = crate::vdi_lib::transport(ctx.settings.engine.vdi_library.as_deref())?;
     let engine: Arc<dyn Engine> =

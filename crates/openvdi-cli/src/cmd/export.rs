@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::chunk::{self, ChunkError, StripeCtx, StripeReader};
-use crate::crypto::Keys;
 use crate::cli::ExportArgs;
+use crate::crypto::Keys;
 use crate::exit::{err, Code};
 use crate::manifest::{Manifest, Stripe};
 use crate::output;

@@ -11,7 +11,12 @@ use crate::{lock, output, retention};
 
 pub fn run(ctx: &Ctx, a: ForgetArgs) -> Result<()> {
     let repo = super::open_repo(ctx)?;
-    let _lock = lock::acquire(&repo.store, lock::Mode::Exclusive, "forget", repo.keys.as_deref())?;
+    let _lock = lock::acquire(
+        &repo.store,
+        lock::Mode::Exclusive,
+        "forget",
+        repo.keys.as_deref(),
+    )?;
     if a.backup == "latest" || a.backup.starts_with("latest:") {
         return Err(err(
             Code::Usage,

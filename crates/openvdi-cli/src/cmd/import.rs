@@ -98,7 +98,12 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         ctx.settings.repo_is_default,
         &crate::secret::Credentials::from_settings(&ctx.settings),
     )?;
-    let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "import", repo.keys.as_deref())?;
+    let _lock = lock::acquire(
+        &repo.store,
+        lock::Mode::Shared,
+        "import",
+        repo.keys.as_deref(),
+    )?;
     let started = Utc::now();
     let taken = info.backup_start.unwrap_or(started);
     let dir_of = |id: &str| naming::backup_dir(&server, &database, kind, id);

@@ -44,7 +44,11 @@ pub fn run(ctx: &Ctx, a: InitArgs) -> Result<()> {
     } else if created {
         output::text(&format!(
             "created the {} openvdi repository at {loc}",
-            if encrypted { "encrypted" } else { "UNENCRYPTED" }
+            if encrypted {
+                "encrypted"
+            } else {
+                "UNENCRYPTED"
+            }
         ));
     } else {
         output::text(&format!("{loc} is an openvdi repository already"));

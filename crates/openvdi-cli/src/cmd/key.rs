@@ -29,10 +29,7 @@ fn keys_of(repo: &crate::repo::Repo) -> Result<Keys> {
     let keys = repo.keys.as_ref().ok_or_else(|| {
         err(
             Code::Usage,
-            format!(
-                "{} is not encrypted: it has no key slots",
-                repo.location()
-            ),
+            format!("{} is not encrypted: it has no key slots", repo.location()),
         )
     })?;
     // A private copy to change: re-open the stored config with the same master key
@@ -43,7 +40,12 @@ fn keys_of(repo: &crate::repo::Repo) -> Result<Keys> {
 pub fn run(ctx: &Ctx, k: KeyCommand) -> Result<()> {
     let repo = super::open_repo(ctx)?;
     let mut keys = keys_of(&repo)?;
-    let _lock = crate::lock::acquire(&repo.store, crate::lock::Mode::Exclusive, "key", repo.keys.as_deref())?;
+    let _lock = crate::lock::acquire(
+        &repo.store,
+        crate::lock::Mode::Exclusive,
+        "key",
+        repo.keys.as_deref(),
+    )?;
     let (what, json) = match k {
         KeyCommand::List => {
             let slots: Vec<serde_json::Value> = keys

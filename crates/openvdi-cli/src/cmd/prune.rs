@@ -97,7 +97,12 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
         - chrono::Duration::from_std(grace)
             .map_err(|_| err(Code::Usage, "--upload-grace: too long"))?;
     let repo = super::open_repo(ctx)?;
-    let _lock = lock::acquire(&repo.store, lock::Mode::Exclusive, "prune", repo.keys.as_deref())?;
+    let _lock = lock::acquire(
+        &repo.store,
+        lock::Mode::Exclusive,
+        "prune",
+        repo.keys.as_deref(),
+    )?;
     let scan = repo.scan()?;
     let all = scan.backups;
     // The folders of damaged manifests are never touched: their objects are not

@@ -224,7 +224,10 @@ pub fn authenticate_first(repo: &Repo, m: &Manifest) -> Result<()> {
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("check thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("check thread panicked")))
+            })
             .collect()
     });
     for r in results {

@@ -94,7 +94,8 @@ fn verify_without_key(ctx: &Ctx, repo: &Repo, only: Option<&str>) -> Result<()> 
                 if !ctx.settings.json {
                     output::text(&format!("{k}: FAILED: {e:#}"));
                 }
-                report.push(serde_json::json!({"object": k, "ok": false, "error": format!("{e:#}")}));
+                report
+                    .push(serde_json::json!({"object": k, "ok": false, "error": format!("{e:#}")}));
             }
         }
     }
