@@ -478,7 +478,7 @@ impl<R: Read> StripeReader<R> {
                 match &self.key {
                     Some(k) => {
                         k.open(self.chunks, true, self.codec.id(), 0, &mut t)
-                            .map_err(|()| {
+                            .map_err(|_| {
                                 ChunkError::Corrupt(
                                     "the trailer does not authenticate (frames dropped, \
                                      added or moved, or the stripe belongs elsewhere)"
@@ -556,7 +556,7 @@ impl<R: Read> StripeReader<R> {
                     raw_len as u32,
                     &mut self.stored_buf,
                 )
-                .map_err(|()| {
+                .map_err(|_| {
                     ChunkError::Corrupt(format!(
                         "chunk {} does not authenticate (altered, moved, or from another \
                          backup or stripe)",

@@ -201,7 +201,7 @@ pub fn unhex<const N: usize>(s: &str) -> Result<[u8; N], String> {
 }
 
 fn unhex_vec(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..s.len() / 2)
@@ -585,14 +585,12 @@ impl StripeKey {
         codec: u8,
         raw_len: u32,
         buf: &mut Vec<u8>,
-    ) -> Result<(), ()> {
-        self.cipher
-            .decrypt_in_place(
-                Nonce::from_slice(&Self::nonce(frame, last)),
-                &self.ad(frame, last, codec, raw_len),
-                buf,
-            )
-            .map_err(|_| ())
+    ) -> Result<(), aes_gcm::Error> {
+        self.cipher.decrypt_in_place(
+            Nonce::from_slice(&Self::nonce(frame, last)),
+            &self.ad(frame, last, codec, raw_len),
+            buf,
+        )
     }
 }
 

@@ -374,6 +374,26 @@ fn tampering_is_detected_by_verify_and_refused_by_restore_before_the_engine_gets
     t.refused(idb, "the manifest of another backup");
     std::fs::write(&mb, &good_mb).unwrap();
 
+    // The config object: any flipped byte fails its JSON, its MAC (exit 3) or the
+    // unwrapping of the master key (exit 12); nothing reaches the engine.
+    let cfg = Path::new(&e.repo).join("openvdi-config.json");
+    let good_cfg = std::fs::read(&cfg).unwrap();
+    let n = good_cfg.len();
+    for at in [0, n / 5, n / 3, n / 2, 2 * n / 3, n - 3] {
+        let mut bad = good_cfg.clone();
+        bad[at] ^= 0x01;
+        std::fs::write(&cfg, &bad).unwrap();
+        let o = e.run(&["restore", ida, "--as", "tampered"]);
+        assert!(
+            matches!(code(&o), Some(3) | Some(12)),
+            "config byte {at}: {:?} {}",
+            code(&o),
+            stderr(&o)
+        );
+        assert!(!exists(&e, "tampered"));
+    }
+    std::fs::write(&cfg, &good_cfg).unwrap();
+
     // Put back, everything restores again.
     e.json(&["verify", "--all"]);
     e.json(&["restore", idb, "--as", "tp_ok"]);
