@@ -183,6 +183,17 @@ pub fn hex(b: &[u8]) -> String {
     s
 }
 
+/// One lower-case hex digit. Strict on purpose: accepting `A`–`F` too would let a
+/// byte of a stored object be flipped (`a` ↔ `A` is one bit) without any check
+/// noticing, and every stored byte must matter.
+fn nibble(c: u8) -> Result<u8, String> {
+    match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(format!("{:?} is not a lower-case hex digit", c as char)),
+    }
+}
+
 pub fn unhex<const N: usize>(s: &str) -> Result<[u8; N], String> {
     let bytes = s.as_bytes();
     if bytes.len() != 2 * N {
@@ -194,22 +205,18 @@ pub fn unhex<const N: usize>(s: &str) -> Result<[u8; N], String> {
     }
     let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
-        let d = std::str::from_utf8(&bytes[2 * i..2 * i + 2]).map_err(|_| "not hex")?;
-        *o = u8::from_str_radix(d, 16).map_err(|_| format!("{d:?} is not hex"))?;
+        *o = nibble(bytes[2 * i])? << 4 | nibble(bytes[2 * i + 1])?;
     }
     Ok(out)
 }
 
 fn unhex_vec(s: &str) -> Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) {
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
-    (0..s.len() / 2)
-        .map(|i| {
-            s.get(2 * i..2 * i + 2)
-                .and_then(|d| u8::from_str_radix(d, 16).ok())
-                .ok_or_else(|| "not hex".to_string())
-        })
+    b.chunks_exact(2)
+        .map(|d| Ok(nibble(d[0])? << 4 | nibble(d[1])?))
         .collect()
 }
 
@@ -664,6 +671,9 @@ mod tests {
         assert!(s.open(0, false, 1, 6, &mut b).is_err());
         s.open(0, false, 1, 5, &mut buf).unwrap();
         assert_eq!(buf, b"hello");
+        assert_eq!(unhex::<2>("0aff").unwrap(), [10, 255]);
+        assert!(unhex::<2>("0AFF").is_err(), "upper case is a flipped bit");
+        assert!(unhex_vec("0A").is_err());
         let sealed = k.seal_manifest("a/manifest.json", b"{}");
         assert_eq!(k.open_manifest("a/manifest.json", &sealed).unwrap(), b"{}");
         assert!(k.open_manifest("b/manifest.json", &sealed).is_err());
