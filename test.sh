@@ -55,6 +55,12 @@ if [[ $QUICK == 0 ]]; then
     fi
     ldconfig -p | grep -q 'libltdl\.so\.7' || { echo "libltdl.so.7 (ODBC Driver 18 needs it) is missing" >&2; exit 1; }
   fi
+  step "install cryptography (the independent decoder of crates/openvdi-cli/tests/decode_stripe.py)"
+  python3 -c 'import cryptography.hazmat.primitives.kdf.argon2' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'cryptography>=44'
+  python3 -c 'import cryptography.hazmat.primitives.kdf.argon2' || { echo "cryptography (>= 44) not importable after installing it" >&2; exit 1; }
+  # crates/openvdi-cli/tests/encryption.rs fails instead of skipping now.
+  export OPENVDI_REQUIRE_PY_CRYPTO=1
   # crates/openvdi-engine/tests/tds_drivers.rs fails instead of skipping now.
   export OPENVDI_REQUIRE_TDS_DRIVERS=1
   step "cargo fmt --check"

@@ -16,7 +16,7 @@ use crate::manifest::Kind;
     long_about = "Back up and restore SQL Server databases through the Virtual Device Interface: \
 striped, compressed, checksummed, to a local directory or object storage (S3, Azure, GCS).\n\n\
 Exit codes: 0 ok, 1 failure, 2 usage, 3 verification failed, 10 repository or backup missing, \
-11 repository locked, 130 interrupted."
+11 repository locked, 12 wrong password or key (or none given), 130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -42,6 +42,18 @@ pub struct Global {
     /// No progress output.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Password of an encrypted repository: the first line of FILE (or set
+    /// OPENVDI_PASSWORD; on a terminal openvdi asks). Never given as a plain flag.
+    #[arg(
+        long,
+        global = true,
+        env = "OPENVDI_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Key file of an encrypted repository (instead of a password).
+    #[arg(long, global = true, env = "OPENVDI_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -124,6 +136,37 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Remove every lock of an object-store repository (after a host crashed).
     Unlock,
+    /// Manage the key slots of an encrypted repository (passwords, key files).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a key slot: a new password (--new-password-file, OPENVDI_NEW_PASSWORD or a
+    /// prompt) or a key file (--new-key-file; created with 32 random bytes if missing).
+    Add(NewSecretArgs),
+    /// Remove a key slot (never the last one).
+    Remove {
+        /// The slot's id (see `openvdi key list`).
+        slot: u32,
+    },
+    /// List the key slots.
+    List,
+    /// Change the password that opened the repository: adds the new one, removes
+    /// the slot that was used.
+    Passwd(NewSecretArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewSecretArgs {
+    /// The new password: the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "new_key_file")]
+    pub new_password_file: Option<PathBuf>,
+    /// A key file for the new slot (created with 32 random bytes, mode 0600, if
+    /// it does not exist).
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +219,15 @@ pub struct InitArgs {
     /// Create it even in a folder or prefix that already holds other objects.
     #[arg(long)]
     pub force: bool,
+    /// Encrypt and authenticate everything stored (the default): a random master
+    /// key in key slots opened by a password (argon2id) or a key file (--key-file,
+    /// created if missing).
+    #[arg(long, conflicts_with = "no_encryption")]
+    pub encryption: bool,
+    /// Store backups in the clear (anyone who can read the storage can read the
+    /// databases).
+    #[arg(long)]
+    pub no_encryption: bool,
 }
 
 #[derive(Debug, Args)]

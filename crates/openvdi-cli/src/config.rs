@@ -238,6 +238,10 @@ pub struct Settings {
     pub quiet: bool,
     pub engine: EngineSettings,
     pub file: FileDefaults,
+    /// `--password-file` / `OPENVDI_PASSWORD_FILE`.
+    pub password_file: Option<std::path::PathBuf>,
+    /// `--key-file` / `OPENVDI_KEY_FILE`.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// Backup knobs whose fallback comes from the file.
@@ -299,6 +303,8 @@ impl Settings {
         // Before anything can print it (see `redact`).
         crate::redact::register_url(&repo);
         Ok(Settings {
+            password_file: g.password_file.clone(),
+            key_file: g.key_file.clone(),
             repo,
             repo_is_default,
             json: g.json,

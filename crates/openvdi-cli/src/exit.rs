@@ -22,6 +22,9 @@ pub enum Code {
     RepoMissing = 10,
     /// Another live process holds the repository lock.
     LockHeld = 11,
+    /// The repository is encrypted and the password or key file given does not open
+    /// it, or none was given (or a key file named cannot be read).
+    WrongKey = 12,
     /// Interrupted by SIGINT/SIGTERM; the set was aborted and nothing partial is listed.
     Interrupted = 130,
 }
@@ -40,6 +43,7 @@ impl Code {
             Code::Verify => "verification_failed",
             Code::RepoMissing => "repository_missing",
             Code::LockHeld => "lock_held",
+            Code::WrongKey => "wrong_password",
             Code::Interrupted => "interrupted",
         }
     }

@@ -7,6 +7,9 @@
 //!   lock object whose host is this host and whose process (pid *and* start time, so a
 //!   reused pid does not count) is gone is stale and deleted. Locks of other hosts are
 //!   honoured; `openvdi unlock` is the manual escape hatch for a crashed remote host.
+//!   In an encrypted repository a lock object is `{"body": JSON, "mac": HEX}` with
+//!   HMAC-SHA256 under the lock MAC key: one that does not authenticate is honoured
+//!   as held (never deleted as stale, since its host and pid cannot be trusted).
 
 use std::fs::OpenOptions;
 use std::sync::Arc;
@@ -73,7 +76,12 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Takes the lock or fails with exit code 11.
-pub fn acquire(store: &Arc<dyn Store>, mode: Mode, command: &str) -> Result<Lock> {
+pub fn acquire(
+    store: &Arc<dyn Store>,
+    mode: Mode,
+    command: &str,
+    keys: Option<&crate::crypto::Keys>,
+) -> Result<Lock> {
     if let Some(root) = store.local_root() {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let path = root.join(LOCAL_FILE);
@@ -117,7 +125,7 @@ pub fn acquire(store: &Arc<dyn Store>, mode: Mode, command: &str) -> Result<Lock
         command: command.to_string(),
         created: chrono::Utc::now(),
     };
-    store.put_atomic(&key, &serde_json::to_vec(&me)?)?;
+    store.put_atomic(&key, &seal(&me, keys)?)?;
     let lock = Lock::Object {
         store: store.clone(),
         key: key.clone(),
@@ -129,10 +137,19 @@ pub fn acquire(store: &Arc<dyn Store>, mode: Mode, command: &str) -> Result<Lock
         let Ok(bytes) = store.get(&e.key) else {
             continue; // released meanwhile
         };
-        let Ok(h) = serde_json::from_slice::<Holder>(&bytes) else {
-            continue;
+        let h = match open(&bytes, keys) {
+            Some(h) => h,
+            None if keys.is_some() => Holder {
+                host: format!("an unauthenticated lock object {}", e.key),
+                pid: 0,
+                start_time: 0,
+                exclusive: true,
+                command: "unknown".into(),
+                created: chrono::Utc::now(),
+            },
+            None => continue,
         };
-        if h.host == host && start_time(h.pid) != Some(h.start_time) {
+        if h.pid != 0 && h.host == host && start_time(h.pid) != Some(h.start_time) {
             store.delete(&e.key)?; // its process is gone: stale
             continue;
         }
@@ -155,6 +172,37 @@ pub fn acquire(store: &Arc<dyn Store>, mode: Mode, command: &str) -> Result<Lock
     Ok(lock)
 }
 
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    body: String,
+    mac: String,
+}
+
+fn seal(h: &Holder, keys: Option<&crate::crypto::Keys>) -> Result<Vec<u8>> {
+    let body = serde_json::to_string(h)?;
+    Ok(match keys {
+        None => body.into_bytes(),
+        Some(k) => {
+            let mac = crate::crypto::hex(&k.mac("lock", body.as_bytes()));
+            serde_json::to_vec(&Sealed { body, mac })?
+        }
+    })
+}
+
+fn open(bytes: &[u8], keys: Option<&crate::crypto::Keys>) -> Option<Holder> {
+    match keys {
+        None => serde_json::from_slice(bytes).ok(),
+        Some(k) => {
+            let s: Sealed = serde_json::from_slice(bytes).ok()?;
+            let tag: [u8; 32] = crate::crypto::unhex(&s.mac).ok()?;
+            if !k.verify_mac("lock", s.body.as_bytes(), &tag) {
+                return None;
+            }
+            serde_json::from_str(&s.body).ok()
+        }
+    }
+}
+
 /// Removes every lock object (object stores) — for a crashed remote host.
 pub fn force_unlock(store: &Arc<dyn Store>) -> Result<usize> {
     let locks = store.list(PREFIX)?;
@@ -172,13 +220,13 @@ mod tests {
     fn local_shared_and_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         let s = crate::storage::open(dir.path().to_str().unwrap()).unwrap();
-        let a = acquire(&s, Mode::Shared, "backup").unwrap();
-        let b = acquire(&s, Mode::Shared, "backup").unwrap();
-        let e = acquire(&s, Mode::Exclusive, "prune").unwrap_err();
+        let a = acquire(&s, Mode::Shared, "backup", None).unwrap();
+        let b = acquire(&s, Mode::Shared, "backup", None).unwrap();
+        let e = acquire(&s, Mode::Exclusive, "prune", None).unwrap_err();
         assert_eq!(crate::exit::code_of(&e), Code::LockHeld);
         drop((a, b));
-        let x = acquire(&s, Mode::Exclusive, "prune").unwrap();
-        assert!(acquire(&s, Mode::Shared, "backup").is_err());
+        let x = acquire(&s, Mode::Exclusive, "prune", None).unwrap();
+        assert!(acquire(&s, Mode::Shared, "backup", None).is_err());
         drop(x);
     }
 
@@ -201,12 +249,12 @@ mod tests {
             host: "other-host".into(),
             ..dead
         };
-        let l = acquire(&s, Mode::Shared, "backup").unwrap();
+        let l = acquire(&s, Mode::Shared, "backup", None).unwrap();
         assert!(!s.exists("locks/dead.json").unwrap());
         drop(l);
         s.put_atomic("locks/live.json", &serde_json::to_vec(&live).unwrap())
             .unwrap();
-        let e = acquire(&s, Mode::Shared, "backup").unwrap_err();
+        let e = acquire(&s, Mode::Shared, "backup", None).unwrap_err();
         assert_eq!(crate::exit::code_of(&e), Code::LockHeld);
         assert_eq!(
             s.list(PREFIX).unwrap().len(),

@@ -36,6 +36,8 @@ const SECRET_VARS: &[&str] = &[
     "AZURE_CLIENT_SECRET",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
     "OPENVDI_TDS_PASSWORD",
+    "OPENVDI_PASSWORD",
+    "OPENVDI_NEW_PASSWORD",
 ];
 
 fn secrets() -> &'static Mutex<Vec<String>> {

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::{self, Keys, UnlockError};
 use crate::exit::{err, Code};
 use crate::manifest::{self, Manifest};
+use crate::secret::Credentials;
 use crate::storage::{self, Store, StoreError};
 
 /// Marks a repository; its absence means "repository missing" (exit 10).
@@ -48,16 +50,107 @@ pub struct Scan {
     pub damaged: Vec<Damaged>,
 }
 
+/// What is at a location.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Missing,
+    /// `openvdi-repo.json`: backups stored in the clear (format 1).
+    Plain,
+    /// `openvdi-config.json`: an encrypted, authenticated repository (format 2).
+    Encrypted,
+}
+
 #[derive(Debug, Clone)]
 pub struct Repo {
     pub store: Arc<dyn Store>,
+    /// The keys of an encrypted repository, once unlocked.
+    pub keys: Option<Arc<Keys>>,
+    /// True for an encrypted repository (known once [`Repo::require`] or
+    /// [`Repo::unlock`] ran).
+    pub encrypted: bool,
 }
 
 impl Repo {
     /// Opens the backend only; nothing is read yet.
     pub fn open(url: &str) -> Result<Repo> {
         let store = storage::open(url).map_err(|e| err(Code::Usage, e.to_string()))?;
-        Ok(Repo { store })
+        Ok(Repo {
+            store,
+            keys: None,
+            encrypted: false,
+        })
+    }
+
+    /// Which kind of repository is there. An unencrypted repository's marker of a
+    /// format this version does not know is refused (so a future format can never be
+    /// written in an older one's layout).
+    pub fn kind(&self) -> Result<Kind> {
+        let ctx = || format!("reading {}", self.location());
+        if self.store.exists(crypto::CONFIG).with_context(ctx)? {
+            return Ok(Kind::Encrypted);
+        }
+        if !self.store.exists(MARKER).with_context(ctx)? {
+            return Ok(Kind::Missing);
+        }
+        let bytes = self.store.get(MARKER).with_context(ctx)?;
+        let m: Marker = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: unreadable {MARKER}: {e}", self.location()))?;
+        if m.format != 1 {
+            return Err(err(
+                Code::Failure,
+                format!(
+                    "{} is an openvdi repository of format {}, which this openvdi ({}) does                      not know: upgrade openvdi",
+                    self.location(),
+                    m.format,
+                    env!("CARGO_PKG_VERSION")
+                ),
+            ));
+        }
+        Ok(Kind::Plain)
+    }
+
+    /// For an encrypted repository: reads the config object and opens a key slot
+    /// with the credentials (exit 12 if they do not open it or none were given).
+    /// An unencrypted one needs nothing. Fails with exit 10 if there is no repository.
+    pub fn unlock(&mut self, creds: &Credentials) -> Result<()> {
+        self.require()?;
+        if !self.encrypted || self.keys.is_some() {
+            return Ok(());
+        }
+        let secret = creds.secret()?.ok_or_else(crate::secret::none_given)?;
+        let stored = self
+            .store
+            .get(crypto::CONFIG)
+            .with_context(|| format!("reading {}", self.location()))?;
+        match Keys::open(&stored, &secret) {
+            Ok(k) => {
+                self.keys = Some(Arc::new(k));
+                Ok(())
+            }
+            Err(UnlockError::Wrong) => Err(err(
+                Code::WrongKey,
+                format!(
+                    "wrong {}: it opens none of the key slots of {}",
+                    match secret {
+                        crypto::Secret::Password(_) => "password",
+                        crypto::Secret::KeyFile(_) => "key file",
+                    },
+                    self.location()
+                ),
+            )),
+            Err(UnlockError::Damaged(why)) => Err(err(
+                Code::Verify,
+                format!("the repository's {} is damaged: {why}", crypto::CONFIG),
+            )),
+        }
+    }
+
+    /// Stores the (changed) key slots of an unlocked repository: the config object
+    /// is the only object written.
+    pub fn save_config(&self, keys: &Keys) -> Result<()> {
+        self.store
+            .put_atomic(crypto::CONFIG, &keys.to_config())
+            .with_context(|| format!("writing the key slots of {}", self.location()))
     }
 
     pub fn location(&self) -> String {
@@ -65,12 +158,10 @@ impl Repo {
     }
 
     /// Fails with exit code 10 unless the repository exists.
-    pub fn require(&self) -> Result<()> {
-        if self
-            .store
-            .exists(MARKER)
-            .with_context(|| format!("reading {}", self.location()))?
-        {
+    pub fn require(&mut self) -> Result<()> {
+        let kind = self.kind()?;
+        if kind != Kind::Missing {
+            self.encrypted = kind == Kind::Encrypted;
             Ok(())
         } else {
             Err(err(
@@ -87,19 +178,37 @@ impl Repo {
     /// on first use, so a fresh machine's first `openvdi backup` works; any location
     /// the user named must exist already (`openvdi init`), so a mistyped `--repo`
     /// fails (exit 10) instead of quietly starting a second repository.
-    pub fn require_or_create_default(&self, is_default: bool) -> Result<()> {
-        if is_default && !self.store.exists(MARKER)? {
-            return self.init(false).map(|_| ());
+    /// The default repository is created encrypted when a password or key file is
+    /// at hand (else this fails with exit 12: `openvdi init` can create it).
+    pub fn require_or_create_default(
+        &mut self,
+        is_default: bool,
+        creds: &Credentials,
+    ) -> Result<()> {
+        if is_default && self.kind()? == Kind::Missing {
+            let secret = creds.new_secret()?.ok_or_else(|| {
+                err(
+                    Code::WrongKey,
+                    format!(
+                        "creating the default repository {} encrypted needs a password                          (OPENVDI_PASSWORD, --password-file FILE, a terminal) or --key-file                          FILE; or create it with `openvdi init` (`--no-encryption` to store                          backups in the clear)",
+                        self.location()
+                    ),
+                )
+            })?;
+            self.init(false, Some(&secret))?;
         }
-        self.require()
+        self.unlock(creds)
     }
 
     /// `openvdi init`: creates the repository. Refuses a location that already holds
     /// anything else (a folder or prefix with objects but no repository marker): a
     /// repository is not started inside unrelated data. Returns false if a
     /// repository was there already (nothing is changed).
-    pub fn init(&self, allow_non_empty: bool) -> Result<bool> {
-        if self.store.exists(MARKER)? {
+    /// With `secret` the repository is encrypted (a config object with one key
+    /// slot, argon2id parameters from [`crypto::Argon2Params::from_env`]); without,
+    /// backups are stored in the clear.
+    pub fn init(&mut self, allow_non_empty: bool, secret: Option<&crypto::Secret>) -> Result<bool> {
+        if self.kind()? != Kind::Missing {
             return Ok(false);
         }
         if !allow_non_empty {
@@ -120,6 +229,22 @@ impl Repo {
                 ));
             }
         }
+        if let Some(secret) = secret {
+            let keys = Keys::create(secret, crypto::Argon2Params::from_env())
+                .map_err(|e| anyhow::anyhow!("creating the repository's keys: {e}"))?;
+            // Exclusive: two `init`s racing never leave two master keys, one of which
+            // would encrypt backups the other's password cannot read.
+            if !self
+                .store
+                .create_exclusive(crypto::CONFIG, &keys.to_config())
+                .with_context(|| format!("creating the repository at {}", self.location()))?
+            {
+                return Ok(false);
+            }
+            self.encrypted = true;
+            self.keys = Some(Arc::new(keys));
+            return Ok(true);
+        }
         let m = Marker {
             format: 1,
             created: chrono::Utc::now(),
@@ -128,6 +253,7 @@ impl Repo {
         self.store
             .put_atomic(MARKER, &serde_json::to_vec_pretty(&m)?)
             .with_context(|| format!("creating the repository at {}", self.location()))?;
+        self.encrypted = false;
         Ok(true)
     }
 
@@ -167,7 +293,15 @@ impl Repo {
                 Err(StoreError::NotFound(_)) => continue, // pruned meanwhile
                 Err(e) => return Err(e.into()),
             };
-            match Manifest::parse(&e.key, &bytes) {
+            let plain = match (self.encrypted, &self.keys) {
+                (false, _) => Ok(bytes),
+                (true, Some(k)) => k.open_manifest(&e.key, &bytes),
+                (true, None) => {
+                    return Err(crate::secret::none_given()
+                        .context("reading the backups of an encrypted repository"))
+                }
+            };
+            match plain.and_then(|b| Manifest::parse(&e.key, &b)) {
                 Ok(m) => out.backups.push(m),
                 Err(why) => out.damaged.push(damaged(why)),
             }
@@ -241,6 +375,13 @@ impl Repo {
                 anyhow::bail!("writing the manifest of {}: injected failure", m.id);
             }
         }
+        let bytes = match (self.encrypted, &self.keys) {
+            (false, _) => bytes,
+            (true, Some(k)) => k.seal_manifest(&key, &bytes),
+            (true, None) => {
+                anyhow::bail!("writing a manifest of an encrypted repository without its key")
+            }
+        };
         self.store
             .put_atomic(&key, &bytes)
             .with_context(|| format!("writing the manifest of {}", m.id))
@@ -304,7 +445,8 @@ mod tests {
     fn a_reserved_id_is_never_handed_out_again() {
         let dir = tempfile::tempdir().unwrap();
         for url in ["memory://b/p".to_string(), dir.path().display().to_string()] {
-            let repo = Repo::open(&url).unwrap();
+            let mut repo = Repo::open(&url).unwrap();
+            repo.init(false, None).unwrap();
             let dir_of = |id: &str| format!("S/db/FULL/{id}");
             let a = repo.unique_id("S_db_FULL_1", dir_of).unwrap();
             let b = repo.unique_id("S_db_FULL_1", dir_of).unwrap();

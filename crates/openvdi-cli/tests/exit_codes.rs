@@ -141,6 +141,33 @@ fn codes_0_1_2_3_and_10_in_text_and_json() {
 }
 
 #[test]
+fn code_12_for_a_wrong_password_or_key_file_in_text_and_json() {
+    let e = Env::new();
+    engine(&e).create_database("k12", 8 << 20).unwrap();
+    e.json(&["backup", "k12"]);
+    for args in [
+        vec!["--key-file", "/nonexistent/key", "list"],
+        vec![
+            "--password-file",
+            "/nonexistent/pw",
+            "restore",
+            "latest",
+            "--as",
+            "k12b",
+        ],
+    ] {
+        let (v, err) = json_fail(&e, &args, 12);
+        assert_eq!(v["error_kind"], "wrong_password", "{v}");
+        assert!(err.contains("/nonexistent/"), "{err}");
+    }
+    let pw = e.dir.path().join("wrong");
+    std::fs::write(&pw, "not the password\n").unwrap();
+    let err = stderr_of(&e, &["--password-file", pw.to_str().unwrap(), "list"], 12);
+    assert!(err.contains("wrong password"), "{err}");
+    assert!(engine(&e).database_info("k12b").is_err());
+}
+
+#[test]
 fn code_11_when_another_process_holds_the_lock() {
     let e = Env::new();
     let lockfile = Path::new(&e.repo).join(".openvdi.lock");

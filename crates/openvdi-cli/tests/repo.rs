@@ -188,7 +188,7 @@ fn prune_is_a_dry_run_unless_confirmed() {
     let mut files = 0;
     for entry in walk(std::path::Path::new(&e.repo)) {
         let name = entry.file_name().unwrap().to_string_lossy().to_string();
-        if name != "openvdi-repo.json" && name != ".openvdi.lock" {
+        if name != "openvdi-config.json" && name != ".openvdi.lock" {
             files += 1;
         }
     }
@@ -247,11 +247,29 @@ fn repositories_are_created_on_purpose_and_only_backup_demo_creates_demo() {
         .env("XDG_CONFIG_HOME", d.path().join("config"))
         .env("XDG_DATA_HOME", d.path().join("data"))
         .args(["--quiet", "backup", "demo"]);
+    // Without a password it is not created in the clear: exit 12, nothing written.
+    let o = util::run({
+        let mut c2 = Command::new(env!("CARGO_BIN_EXE_openvdi"));
+        c2.envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OPENVDI_") {
+                c2.env_remove(k);
+            }
+        }
+        c2.args(["--quiet", "backup", "demo"])
+            .stdin(std::process::Stdio::null());
+        c2
+    });
+    assert_eq!(o.status.code(), Some(12), "{o:?}");
+    assert!(!d.path().join("data/openvdi-repo").exists());
+    c.env("OPENVDI_PASSWORD", util::PASSWORD)
+        .env("OPENVDI_KDF_MEMORY_MIB", "8")
+        .env("OPENVDI_KDF_ITERATIONS", "1");
     let o = util::run(c);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert!(d
         .path()
-        .join("data/openvdi-repo/openvdi-repo.json")
+        .join("data/openvdi-repo/openvdi-config.json")
         .is_file());
 
     // restore and inspect on an empty data directory never create `demo`.

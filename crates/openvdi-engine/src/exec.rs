@@ -954,7 +954,8 @@ impl Targets {
             .map_err(|e| write_error(path, &e))?;
         if let Some((_, after)) = self.track.filter(|(id, _)| *id == file_id) {
             let mut found = Vec::new();
-            let aligned = offset.is_multiple_of(PAGE_SIZE as u64) && data.len().is_multiple_of(PAGE_SIZE);
+            let aligned =
+                offset.is_multiple_of(PAGE_SIZE as u64) && data.len().is_multiple_of(PAGE_SIZE);
             if aligned {
                 let first = offset / PAGE_SIZE as u64;
                 for (k, p) in data.chunks_exact(PAGE_SIZE).enumerate() {

@@ -145,9 +145,17 @@ fn statement(p: &Plan, devices: &[String]) -> String {
 
 pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
     let plan = validate(ctx, a)?;
-    let repo = Repo::open(&ctx.settings.repo)?;
-    repo.require_or_create_default(ctx.settings.repo_is_default)?;
-    let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "backup")?;
+    let mut repo = Repo::open(&ctx.settings.repo)?;
+    repo.require_or_create_default(
+        ctx.settings.repo_is_default,
+        &crate::secret::Credentials::from_settings(&ctx.settings),
+    )?;
+    let _lock = lock::acquire(
+        &repo.store,
+        lock::Mode::Shared,
+        "backup",
+        repo.keys.as_deref(),
+    )?;
     // The transport first: a library that cannot be loaded fails before any side effect.
     let transport = crate::vdi_lib::transport(
         ctx.settings.engine.vdi_library.as_deref(),
@@ -320,6 +328,13 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             counters: counters.clone(),
             open_timeout: ctx.settings.engine.open_timeout,
             on_sealed: Some(&on_sealed),
+            encryption: (1..=plan.stripes)
+                .map(|i| {
+                    repo.keys
+                        .as_ref()
+                        .map(|k| crate::chunk::Encryption::new(k, &id, i))
+                })
+                .collect(),
         });
         if r.is_err() {
             set.signal_abort();

@@ -7,13 +7,16 @@ use anyhow::Result;
 use super::Ctx;
 use crate::cli::ForgetArgs;
 use crate::exit::{err, Code};
-use crate::repo::Repo;
 use crate::{lock, output, retention};
 
 pub fn run(ctx: &Ctx, a: ForgetArgs) -> Result<()> {
-    let repo = Repo::open(&ctx.settings.repo)?;
-    repo.require()?;
-    let _lock = lock::acquire(&repo.store, lock::Mode::Exclusive, "forget")?;
+    let repo = super::open_repo(ctx)?;
+    let _lock = lock::acquire(
+        &repo.store,
+        lock::Mode::Exclusive,
+        "forget",
+        repo.keys.as_deref(),
+    )?;
     if a.backup == "latest" || a.backup.starts_with("latest:") {
         return Err(err(
             Code::Usage,

@@ -23,9 +23,16 @@ use crate::{lock, naming, output, progress};
 /// Raw chunk size for imports (VDI's largest MAXTRANSFERSIZE).
 const CHUNK: usize = 4 << 20;
 
-fn store_file(store: &dyn Store, path: &PathBuf, key: &str, codec: Codec) -> Result<chunk::Sealed> {
+fn store_file(
+    store: &dyn Store,
+    path: &PathBuf,
+    key: &str,
+    codec: Codec,
+    enc: Option<chunk::Encryption>,
+) -> Result<chunk::Sealed> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut sink = chunk::Sink::new(store.create(key)?, codec)?;
+    let sk = enc.as_ref().map(|e| e.key.clone());
+    let mut sink = chunk::Sink::new(store.create(key)?, codec, enc)?;
     let r = (|| -> Result<()> {
         loop {
             let buf = read_chunk(&mut f as &mut dyn Read, CHUNK)
@@ -33,7 +40,8 @@ fn store_file(store: &dyn Store, path: &PathBuf, key: &str, codec: Codec) -> Res
             if buf.is_empty() {
                 return Ok(());
             }
-            sink.append(chunk::encode(codec, &buf)?, &buf)?;
+            let frame = chunk::encode_for(codec, &buf, sk.as_ref(), sink.next_frame())?;
+            sink.append(frame, &buf)?;
         }
     })();
     match r {
@@ -85,9 +93,17 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
     // Names from the files' headers are data from outside: checked like a manifest's.
     manifest::check_name("database", &database).map_err(|e| err(Code::Usage, e))?;
     manifest::check_name("server", &server).map_err(|e| err(Code::Usage, e))?;
-    let repo = Repo::open(&ctx.settings.repo)?;
-    repo.require_or_create_default(ctx.settings.repo_is_default)?;
-    let _lock = lock::acquire(&repo.store, lock::Mode::Shared, "import")?;
+    let mut repo = Repo::open(&ctx.settings.repo)?;
+    repo.require_or_create_default(
+        ctx.settings.repo_is_default,
+        &crate::secret::Credentials::from_settings(&ctx.settings),
+    )?;
+    let _lock = lock::acquire(
+        &repo.store,
+        lock::Mode::Shared,
+        "import",
+        repo.keys.as_deref(),
+    )?;
     let started = Utc::now();
     let taken = info.backup_start.unwrap_or(started);
     let dir_of = |id: &str| naming::backup_dir(&server, &database, kind, id);
@@ -104,13 +120,17 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
                     naming::stripe_name(i as u32 + 1, codec.suffix())
                 );
                 let store = repo.store.as_ref();
+                let enc = repo
+                    .keys
+                    .as_ref()
+                    .map(|k| chunk::Encryption::new(k, &id, i as u32 + 1));
                 sc.spawn(move || {
                     let chunk::Sealed {
                         raw_size,
                         stored_size,
                         chunks,
                         blake3,
-                    } = store_file(store, f, &key, codec)?;
+                    } = store_file(store, f, &key, codec, enc)?;
                     Ok(Stripe {
                         index: i as u32 + 1,
                         key,

@@ -23,6 +23,7 @@ use crate::{mtf, output};
 /// What to read: a stored backup, or files.
 pub struct Target {
     pub store: Arc<dyn Store>,
+    pub keys: Option<Arc<crate::crypto::Keys>>,
     pub sources: Vec<Source>,
     pub block_size: Option<u32>,
     pub label: String,
@@ -32,6 +33,7 @@ pub struct Target {
 pub fn stored_target(repo: &Repo, m: &crate::manifest::Manifest) -> Target {
     Target {
         store: repo.store.clone(),
+        keys: repo.keys.clone(),
         sources: m
             .stripes
             .iter()
@@ -39,6 +41,8 @@ pub fn stored_target(repo: &Repo, m: &crate::manifest::Manifest) -> Target {
                 key: s.key.clone(),
                 raw_size: s.raw_size,
                 blake3: s.blake3.clone(),
+                backup_id: m.id.to_string(),
+                index: s.index,
             })
             .collect(),
         block_size: m.block_size,
@@ -73,6 +77,7 @@ pub fn file_target(files: &[PathBuf]) -> Result<Target> {
     Ok(Target {
         // File sources never touch the store; any store will do.
         store: Arc::new(LocalStore::new(PathBuf::from("."))),
+        keys: None,
         sources: ordered.iter().cloned().map(Source::File).collect(),
         block_size: None,
         label: ordered
@@ -87,6 +92,7 @@ pub fn query(ctx: &Ctx, t: &Target, what: &str) -> Result<(Vec<Table>, Vec<Strin
     let o = engine_session(
         ctx,
         t.store.clone(),
+        t.keys.clone(),
         t.sources.clone(),
         None,
         "inspect",
@@ -247,8 +253,7 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     let t = if a.target.iter().any(|t| is_path(t)) {
         file_target(&files)?
     } else if a.target.len() == 1 {
-        let repo = Repo::open(&ctx.settings.repo)?;
-        repo.require()?;
+        let repo = super::open_repo(ctx)?;
         let m = repo.find(&a.target[0])?;
         stored_target(&repo, &m)
     } else {

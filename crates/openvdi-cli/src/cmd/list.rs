@@ -8,12 +8,10 @@ use anyhow::Result;
 use super::Ctx;
 use crate::cli::ListArgs;
 use crate::progress::human;
-use crate::repo::Repo;
 use crate::{chain, output};
 
 pub fn run(ctx: &Ctx, a: ListArgs) -> Result<()> {
-    let repo = Repo::open(&ctx.settings.repo)?;
-    repo.require()?;
+    let repo = super::open_repo(ctx)?;
     let scan = repo.scan()?;
     let damaged = scan.damaged;
     let all: Vec<_> = scan

@@ -4,7 +4,9 @@ mod backup;
 mod export;
 mod forget;
 mod import;
+mod init;
 mod inspect;
+mod key;
 mod list;
 mod pitr;
 mod prune;
@@ -36,21 +38,7 @@ pub fn run(cli: Cli, stop: Arc<Stop>) -> Result<()> {
         stop,
     };
     match cli.command {
-        Command::Init(a) => {
-            let repo = crate::repo::Repo::open(&ctx.settings.repo)?;
-            let created = repo.init(a.force)?;
-            let loc = repo.location();
-            if ctx.settings.json {
-                crate::output::json(
-                    &serde_json::json!({"ok": true, "repository": loc, "created": created}),
-                );
-            } else if created {
-                crate::output::text(&format!("created the openvdi repository at {loc}"));
-            } else {
-                crate::output::text(&format!("{loc} is an openvdi repository already"));
-            }
-            Ok(())
-        }
+        Command::Init(a) => init::run(&ctx, a),
         Command::Backup(a) => backup::run(&ctx, a),
         Command::Restore(a) => restore::run(&ctx, a),
         Command::List(a) => list::run(&ctx, a),
@@ -60,8 +48,9 @@ pub fn run(cli: Cli, stop: Arc<Stop>) -> Result<()> {
         Command::Import(a) => import::run(&ctx, a),
         Command::Prune(a) => prune::run(&ctx, a),
         Command::Forget(a) => forget::run(&ctx, a),
+        Command::Key(k) => key::run(&ctx, k),
         Command::Unlock => {
-            let repo = crate::repo::Repo::open(&ctx.settings.repo)?;
+            let mut repo = crate::repo::Repo::open(&ctx.settings.repo)?;
             repo.require()?;
             let n = crate::lock::force_unlock(&repo.store)?;
             if ctx.settings.json {
@@ -72,6 +61,15 @@ pub fn run(cli: Cli, stop: Arc<Stop>) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Opens the repository for a command that reads it: exit 10 if there is none; an
+/// encrypted one is unlocked with the command's credentials (exit 12 if they do not
+/// open it).
+pub fn open_repo(ctx: &Ctx) -> Result<crate::repo::Repo> {
+    let mut repo = crate::repo::Repo::open(&ctx.settings.repo)?;
+    repo.unlock(&crate::secret::Credentials::from_settings(&ctx.settings))?;
+    Ok(repo)
 }
 
 /// Turns a pipeline's stop reason into an error with the right exit code.

@@ -17,7 +17,6 @@ use crate::cli::RestoreArgs;
 use crate::engine::{self, ident};
 use crate::exit::{err, Code};
 use crate::manifest::{Kind, Manifest};
-use crate::repo::Repo;
 use crate::{output, progress};
 
 /// Where to stop.
@@ -195,8 +194,7 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         (None, None) => unreachable!("called with --at or --at-lsn"),
     };
     let database = a.backup.clone();
-    let repo = Repo::open(&ctx.settings.repo)?;
-    repo.require()?;
+    let repo = super::open_repo(ctx)?;
     let all = repo.backups()?;
     let group: Vec<&Manifest> = all
         .iter()

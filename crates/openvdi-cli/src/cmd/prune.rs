@@ -96,9 +96,13 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     let cutoff = chrono::Utc::now()
         - chrono::Duration::from_std(grace)
             .map_err(|_| err(Code::Usage, "--upload-grace: too long"))?;
-    let repo = Repo::open(&ctx.settings.repo)?;
-    repo.require()?;
-    let _lock = lock::acquire(&repo.store, lock::Mode::Exclusive, "prune")?;
+    let repo = super::open_repo(ctx)?;
+    let _lock = lock::acquire(
+        &repo.store,
+        lock::Mode::Exclusive,
+        "prune",
+        repo.keys.as_deref(),
+    )?;
     let scan = repo.scan()?;
     let all = scan.backups;
     // The folders of damaged manifests are never touched: their objects are not
@@ -141,7 +145,13 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
     let mut in_grace = 0usize;
     if a.database.is_none() && a.for_server.is_none() {
         for e in repo.store.list("")? {
-            if e.key == MARKER || e.key.starts_with(lock::PREFIX) || e.key == lock::LOCAL_FILE {
+            // The repository's own objects: the marker, the config object (its key
+            // slots: deleting it would make every backup unreadable), the locks.
+            if e.key == MARKER
+                || e.key == crate::crypto::CONFIG
+                || e.key.starts_with(lock::PREFIX)
+                || e.key == lock::LOCAL_FILE
+            {
                 continue;
             }
             let in_doomed = doomed

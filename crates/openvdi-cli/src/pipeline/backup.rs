@@ -37,6 +37,9 @@ pub struct Plan<'a> {
     /// header and the backup set's metadata, from which the manifest takes the
     /// backup's own facts (LSNs, GUIDs) before any engine message arrives.
     pub on_sealed: Option<&'a OnSealed<'a>>,
+    /// Per stripe, in device order: its key and salt (encrypted repositories), or
+    /// None (every stripe alike).
+    pub encryption: Vec<Option<chunk::Encryption>>,
 }
 
 /// See [`Plan::on_sealed`].
@@ -77,6 +80,8 @@ struct Job {
     seq: u64,
     cmd: Cmd,
     reply: Sender<Item>,
+    /// The stripe's key and this chunk's frame index (encrypted stripes).
+    enc: Option<(Arc<chunk::Encryption>, u64)>,
 }
 
 enum Item {
@@ -133,12 +138,15 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
         let mut handles = Vec::new();
         for (i, dev) in devices.iter().enumerate() {
             let dev: &dyn Device = dev.as_ref();
+            let enc: Option<Arc<chunk::Encryption>> =
+                plan.encryption.get(i).cloned().flatten().map(Arc::new);
+            let enc_w = enc.clone();
             let (item_tx, item_rx) = unbounded::<Item>();
             let job_tx = job_tx.clone();
             let stop = &plan.stop;
             let set = plan.set;
             let counters = plan.counters[i].clone();
-            s.spawn(move || device_loop(dev, set, stop, codec, job_tx, item_tx));
+            s.spawn(move || device_loop(dev, set, stop, codec, enc, job_tx, item_tx));
             let store = plan.store.clone();
             let key = plan.keys[i].clone();
             handles.push(s.spawn(move || {
@@ -154,6 +162,7 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
                         codec,
                         stop,
                         &counters,
+                        enc_w,
                         item_rx,
                         (sealing, i),
                     )
@@ -195,7 +204,10 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
 
 fn worker(codec: Codec, rx: Receiver<Job>) {
     for job in rx {
-        let frame = chunk::encode(codec, job.cmd.data());
+        let frame = match &job.enc {
+            Some((e, n)) => chunk::encode_sealed(codec, job.cmd.data(), &e.key, *n),
+            None => chunk::encode(codec, job.cmd.data()),
+        };
         // The writer may have gone after a failure; the command dies with the set.
         let _ = job.reply.send(Item::Frame {
             seq: job.seq,
@@ -210,10 +222,13 @@ fn device_loop(
     set: &dyn DeviceSet,
     stop: &Stop,
     codec: Codec,
+    enc: Option<Arc<chunk::Encryption>>,
     jobs: Sender<Job>,
     items: Sender<Item>,
 ) {
     let mut seq = 0u64;
+    // Frame index of the next VDC_Write (the nonce counter of an encrypted stripe).
+    let mut frame_no = 0u64;
     loop {
         if stop.is_stopped() {
             set.signal_abort();
@@ -233,7 +248,7 @@ fn device_loop(
         let r = match code {
             // Uncompressed: only a crc32c to compute (hardware speed), so skip the two
             // thread hand-offs of the worker pool; the writer stores from shared memory.
-            vdc::VDC_Write if codec == Codec::None => {
+            vdc::VDC_Write if codec == Codec::None && enc.is_none() => {
                 let frame = chunk::encode(codec, cmd.data());
                 let r = items.send(Item::Frame { seq, cmd, frame });
                 seq += 1;
@@ -244,8 +259,10 @@ fn device_loop(
                     seq,
                     cmd,
                     reply: items.clone(),
+                    enc: enc.clone().map(|e| (e, frame_no)),
                 });
                 seq += 1;
+                frame_no += 1;
                 r.map_err(|_| StopReason::Failed("the compression workers are gone".into()))
             }
             vdc::VDC_Flush | vdc::VDC_Complete => {
@@ -278,6 +295,7 @@ fn writer_loop(
     codec: Codec,
     stop: &Stop,
     counters: &Counters,
+    enc: Option<Arc<chunk::Encryption>>,
     items: Receiver<Item>,
     (sealing, index): (&Sealing<'_>, usize),
 ) -> Result<StripeResult, String> {
@@ -298,7 +316,8 @@ fn writer_loop(
     let open = |sink: &mut Option<Sink>| -> Result<(), StopReason> {
         if sink.is_none() {
             let w = store.create(key).map_err(|e| failed(e.to_string()))?;
-            *sink = Some(Sink::new(w, codec).map_err(|e| failed(e.to_string()))?);
+            let e = enc.as_deref().cloned();
+            *sink = Some(Sink::new(w, codec, e).map_err(|e| failed(e.to_string()))?);
         }
         Ok(())
     };

@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use openvdi::{vdc, vdf, win32};
 
 use super::{wait_configuration, Counters, Stop, StopReason, POLL_MS};
-use crate::chunk::{ChunkError, StripeReader};
+use crate::chunk::{ChunkError, StripeCtx, StripeReader};
 use crate::storage::Store;
 use crate::vdi::{DevError, Device, DeviceSet};
 
@@ -22,6 +22,10 @@ pub enum Source {
         key: String,
         raw_size: u64,
         blake3: String,
+        /// The backup and stripe it belongs to (an encrypted stripe's key and
+        /// associated data are bound to both).
+        backup_id: String,
+        index: u32,
     },
     /// A plain `.bak` file (inspect, import): sent as it is.
     File(std::path::PathBuf),
@@ -32,6 +36,8 @@ pub struct Plan<'a> {
     pub device_names: Vec<String>,
     pub store: Arc<dyn Store>,
     pub sources: Vec<Source>,
+    /// The repository's keys, when it is encrypted.
+    pub keys: Option<Arc<crate::crypto::Keys>>,
     pub stop: Arc<Stop>,
     pub counters: Vec<Arc<Counters>>,
     pub open_timeout: Duration,
@@ -45,13 +51,28 @@ enum Msg {
 }
 
 /// Sends one device's stream in chunks, then `End` only if everything checked out.
-fn reader_loop(store: &dyn Store, src: &Source, counters: &Counters, tx: Sender<Msg>) {
+fn reader_loop(
+    store: &dyn Store,
+    keys: Option<&crate::crypto::Keys>,
+    src: &Source,
+    counters: &Counters,
+    tx: Sender<Msg>,
+) {
     let r = match src {
         Source::Stored {
             key,
             raw_size,
             blake3,
-        } => read_stored(store, key, *raw_size, blake3, counters, &tx),
+            backup_id,
+            index,
+        } => {
+            let ctx = keys.map(|keys| StripeCtx {
+                keys,
+                backup_id,
+                index: *index,
+            });
+            read_stored(store, ctx, key, *raw_size, blake3, counters, &tx)
+        }
         Source::File(path) => read_file(path, counters, &tx),
     };
     let _ = tx.send(match r {
@@ -81,6 +102,7 @@ fn read_file(path: &Path, counters: &Counters, tx: &Sender<Msg>) -> Result<(), S
 /// Opens a stored stripe and checks it frame by frame.
 fn read_stored(
     store: &dyn Store,
+    ctx: Option<StripeCtx<'_>>,
     key: &str,
     raw_size: u64,
     blake3: &str,
@@ -96,8 +118,9 @@ fn read_stored(
     let cv = |e: ChunkError| match e {
         ChunkError::Corrupt(m) => StopReason::Verify(format!("{key}: {m}")),
         ChunkError::Io(e) => StopReason::Failed(format!("reading {key}: {e}")),
+        e @ ChunkError::KeyNeeded => StopReason::Failed(format!("{key}: {e}")),
     };
-    let mut rd = StripeReader::new(input).map_err(cv)?;
+    let mut rd = StripeReader::open(input, ctx, true).map_err(cv)?;
     let mut raw = 0u64;
     loop {
         let mut buf = Vec::new();
@@ -225,7 +248,8 @@ pub fn run(plan: Plan<'_>) -> Result<(), StopReason> {
             let store = plan.store.clone();
             let src = plan.sources[i].clone();
             let c = plan.counters[i].clone();
-            s.spawn(move || reader_loop(store.as_ref(), &src, &c, tx));
+            let keys = plan.keys.clone();
+            s.spawn(move || reader_loop(store.as_ref(), keys.as_deref(), &src, &c, tx));
             let dev: &dyn Device = dev.as_ref();
             let (set, stop, c) = (plan.set, &plan.stop, plan.counters[i].clone());
             s.spawn(move || {

@@ -206,6 +206,7 @@ fn backup_into(
         counters: counters(n as usize),
         open_timeout: Duration::from_secs(10),
         on_sealed: None,
+        encryption: Vec::new(),
     });
     server.join().unwrap();
     set.close().unwrap();
@@ -241,8 +242,11 @@ fn restore_from(store: &Arc<dyn Store>, results: &[backup::StripeResult]) -> Res
                 key: format!("b/stripe{}", i + 1),
                 raw_size: r.raw_size,
                 blake3: r.blake3.clone(),
+                backup_id: "b".into(),
+                index: i as u32 + 1,
             })
             .collect(),
+        keys: None,
         stop: Stop::new(),
         counters: counters(n as usize),
         open_timeout: Duration::from_secs(10),

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 pub const DEADLINE: Duration = Duration::from_secs(240);
 
+/// The password every test repository is created with (`Env::cmd` sets
+/// `OPENVDI_PASSWORD`, so `init` makes an encrypted repository unless told not to).
+pub const PASSWORD: &str = "correct horse battery staple";
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mssql")
 }
@@ -26,6 +30,14 @@ impl Env {
     pub fn new() -> Env {
         let e = Env::uninitialised();
         e.ok(&["--quiet", "init"]);
+        e
+    }
+
+    /// A scratch environment whose repository stores backups in the clear
+    /// (`init --no-encryption`): for tests that read or edit stored objects by hand.
+    pub fn plain() -> Env {
+        let e = Env::uninitialised();
+        e.ok(&["--quiet", "init", "--no-encryption"]);
         e
     }
 
@@ -57,6 +69,10 @@ impl Env {
         c.env("HOME", self.dir.path())
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("OPENVDI_PASSWORD", PASSWORD)
+            // argon2id at 8 MiB, 1 pass: a test runs hundreds of commands.
+            .env("OPENVDI_KDF_MEMORY_MIB", "8")
+            .env("OPENVDI_KDF_ITERATIONS", "1")
             .arg("--repo")
             .arg(&self.repo)
             .arg("--data-dir")
