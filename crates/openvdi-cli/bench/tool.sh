@@ -32,6 +32,9 @@ now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 
+# Throughput of the pipeline itself: an unencrypted repository (the cost of
+# encryption is bench/encryption.sh's subject).
+"${OV[@]}" init --no-encryption >/dev/null 2>&1
 echo "bench: creating a $SIZE database (engine)…" >&2
 "$BIN/openvdi-engine" --data-dir "$WORK/data" create-database bench --size "$SIZE" >/dev/null
 cat "$WORK"/data/bench* >/dev/null
