@@ -100,14 +100,15 @@ pub struct EngineArgs {
         value_name = "FILE"
     )]
     pub media_password_file: Option<PathBuf>,
-    /// Read the backup set's password of backups made WITH PASSWORD from this file.
+    /// Read the backup set's password of backups made WITH PASSWORD from this file
+    /// (not the repository's password: that is --password-file).
     #[arg(
         long,
         global = true,
-        env = "OPENVDI_PASSWORD_FILE",
+        env = "OPENVDI_BACKUP_PASSWORD_FILE",
         value_name = "FILE"
     )]
-    pub password_file: Option<PathBuf>,
+    pub backup_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -327,7 +327,7 @@ impl Settings {
                     e.open_timeout.or(f.open_timeout).unwrap_or(60),
                 ),
                 media_password: password_from(e.media_password_file.as_deref(), "media-password")?,
-                password: password_from(e.password_file.as_deref(), "password")?,
+                password: password_from(e.backup_password_file.as_deref(), "backup-password")?,
             },
             file: FileDefaults {
                 stripes: f.stripes,

@@ -190,7 +190,10 @@ impl Repo {
                 err(
                     Code::WrongKey,
                     format!(
-                        "creating the default repository {} encrypted needs a password                          (OPENVDI_PASSWORD, --password-file FILE, a terminal) or --key-file                          FILE; or create it with `openvdi init` (`--no-encryption` to store                          backups in the clear)",
+                        "creating the default repository {} encrypted needs a password \
+                         (OPENVDI_PASSWORD, --password-file FILE, a terminal) or --key-file \
+                         FILE; or create it with `openvdi init` (`--no-encryption` to store \
+                         backups in the clear)",
                         self.location()
                     ),
                 )

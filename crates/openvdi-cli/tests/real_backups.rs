@@ -2,7 +2,7 @@
 //! binary: `import` (database and type read from the file by the engine, no flags),
 //! `verify` (the stored stripes and their MTF walk) and `verify --engine` (RESTORE
 //! VERIFYONLY through virtual devices). And password-protected media: a clear
-//! error without its passwords, `--media-password-file` / `--password-file` to
+//! error without its passwords, `--media-password-file` / `--backup-password-file` to
 //! give them.
 
 mod util;
@@ -126,12 +126,12 @@ fn protected_media_gives_a_clear_error_and_takes_password_files() {
     let own_s = own.to_str().unwrap();
     let o = e.run(&["inspect", own_s]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--password-file"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--backup-password-file"));
     let (mp, sp) = (mpf.to_str().unwrap(), spf.to_str().unwrap());
     let i = e.json(&[
         "--media-password-file",
         mp,
-        "--password-file",
+        "--backup-password-file",
         sp,
         "inspect",
         own_s,
@@ -140,7 +140,7 @@ fn protected_media_gives_a_clear_error_and_takes_password_files() {
     let v = e.json(&[
         "--media-password-file",
         mp,
-        "--password-file",
+        "--backup-password-file",
         sp,
         "import",
         own_s,
@@ -154,7 +154,7 @@ fn protected_media_gives_a_clear_error_and_takes_password_files() {
     let s = e.json(&[
         "--media-password-file",
         mp,
-        "--password-file",
+        "--backup-password-file",
         sp,
         "verify",
         "--engine",
@@ -169,6 +169,14 @@ fn protected_media_gives_a_clear_error_and_takes_password_files() {
     }
     // A missing or empty password file is a usage error.
     std::fs::write(&spf, "").unwrap();
-    e.expect(&["--password-file", sp, "inspect", own_s], 2);
-    e.expect(&["--password-file", "/nonexistent/pw", "inspect", own_s], 2);
+    e.expect(&["--backup-password-file", sp, "inspect", own_s], 2);
+    e.expect(
+        &[
+            "--backup-password-file",
+            "/nonexistent/pw",
+            "inspect",
+            own_s,
+        ],
+        2,
+    );
 }

@@ -83,7 +83,7 @@ pub fn stop_error(r: StopReason) -> anyhow::Error {
         StopReason::Engine(m) if m.contains("Msg 3279") => anyhow::anyhow!(
             "the engine failed: {m}\nthe backup is password-protected (or its password is \
              wrong): give its passwords with --media-password-file FILE (BACKUP … WITH \
-             MEDIAPASSWORD) and --password-file FILE (WITH PASSWORD)"
+             MEDIAPASSWORD) and --backup-password-file FILE (WITH PASSWORD)"
         ),
         StopReason::Engine(m) => anyhow::anyhow!("the engine failed: {m}"),
         StopReason::Failed(m) => anyhow::anyhow!(m),
