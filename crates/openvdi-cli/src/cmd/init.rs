@@ -13,10 +13,9 @@ use crate::secret::Credentials;
 pub fn run(ctx: &Ctx, a: InitArgs) -> Result<()> {
     let mut repo = Repo::open(&ctx.settings.repo)?;
     let creds = Credentials::from_settings(&ctx.settings);
-    let secret = if a.no_encryption {
+    // Nothing will be created on an existing repository: ask for no password there.
+    let secret = if a.no_encryption || repo.kind()? != crate::repo::Kind::Missing {
         None
-    } else if repo.kind()? != crate::repo::Kind::Missing {
-        None // nothing will be created: ask for no password
     } else {
         Some(creds.new_secret()?.ok_or_else(|| {
             err(
