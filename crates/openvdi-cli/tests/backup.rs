@@ -630,9 +630,9 @@ fn an_interrupted_backups_final_progress_says_failed_not_done() {
     let text = std::fs::read_to_string(err.path()).unwrap();
     let last: serde_json::Value = text
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "progress")
-        .last()
+        .find(|v| v["event"] == "progress")
         .unwrap_or_else(|| panic!("no progress event in {text}"));
     assert_eq!(last["final"], true, "{last}");
     assert_eq!(last["outcome"], "failed", "{last}");
