@@ -12,11 +12,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures::stream::TryStreamExt;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 
 use super::s3admin::S3Admin;
@@ -316,25 +317,78 @@ impl Drop for Upload {
     }
 }
 
-/// `Read` over a streamed GET.
-struct StreamRead {
-    stream: BoxStream<'static, object_store::Result<Bytes>>,
+/// How much one ranged GET of a stripe fetches (see [`RangedRead`]).
+const RANGE_BYTES: u64 = 16 << 20;
+
+/// `Read` over an object fetched in ranges of [`RANGE_BYTES`], the next one
+/// requested while the current one is consumed.
+///
+/// One GET for a whole stripe ties a request to how fast its reader consumes it: a
+/// stripe of gigabytes, or a reader held back by the engine or by verification,
+/// outlives the HTTP client's request timeout and fails mid-restore ("operation
+/// timed out"), and a retry would start the object again. Ranges bound each
+/// request's time and size; `If-Match` on the ETag the object had when opened makes
+/// an object replaced meanwhile an error instead of a splice of two objects.
+struct RangedRead {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+    etag: Option<String>,
+    /// Where the next range to request starts.
+    next: u64,
+    pending: Option<tokio::task::JoinHandle<object_store::Result<Bytes>>>,
     cur: Bytes,
 }
 
-impl Read for StreamRead {
+impl RangedRead {
+    fn request(&mut self) {
+        if self.next >= self.size {
+            return;
+        }
+        let end = (self.next + RANGE_BYTES).min(self.size);
+        let (store, path) = (self.store.clone(), self.path.clone());
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(self.next..end)),
+            if_match: self.etag.clone(),
+            ..GetOptions::default()
+        };
+        self.pending =
+            Some(runtime().spawn(async move { store.get_opts(&path, opts).await?.bytes().await }));
+        self.next = end;
+    }
+}
+
+impl Read for RangedRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match runtime().block_on(self.stream.next()) {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                None => return Ok(0),
+        if self.cur.is_empty() {
+            let Some(h) = self.pending.take() else {
+                return Ok(0);
+            };
+            let b = runtime()
+                .block_on(h)
+                .map_err(io::Error::other)?
+                .map_err(io::Error::other)?;
+            if b.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{}: a ranged read returned nothing", self.path),
+                ));
             }
+            self.cur = b;
+            self.request();
         }
         let n = buf.len().min(self.cur.len());
         buf[..n].copy_from_slice(&self.cur[..n]);
         self.cur = self.cur.slice(n..);
         Ok(n)
+    }
+}
+
+impl Drop for RangedRead {
+    fn drop(&mut self) {
+        if let Some(h) = self.pending.take() {
+            h.abort();
+        }
     }
 }
 
@@ -360,16 +414,21 @@ impl Store for ObjectStoreBackend {
     }
 
     fn open_read(&self, key: &str) -> Result<Box<dyn Read + Send>> {
-        let r = runtime()
-            .block_on(self.store.get(&Path::from(key)))
+        let path = Path::from(key);
+        let meta = runtime()
+            .block_on(self.store.head(&path))
             .map_err(obj_err(key))?;
-        Ok(Box::new(std::io::BufReader::with_capacity(
-            1 << 20,
-            StreamRead {
-                stream: r.into_stream(),
-                cur: Bytes::new(),
-            },
-        )))
+        let mut r = RangedRead {
+            store: self.store.clone(),
+            path,
+            size: meta.size,
+            etag: meta.e_tag,
+            next: 0,
+            pending: None,
+            cur: Bytes::new(),
+        };
+        r.request();
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, r)))
     }
 
     fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
