@@ -503,25 +503,10 @@ fn an_external_engines_backups_chain_by_the_lsns_their_streams_record() {
         ]);
         assert_eq!(b["engine"]["kind"], "external");
         let id = b["id"].as_str().unwrap().to_string();
-        let h = &e.json(&["inspect", &id])["header"][0];
-        for (ours, theirs) in [
-            ("first_lsn", "FirstLSN"),
-            ("last_lsn", "LastLSN"),
-            ("checkpoint_lsn", "CheckpointLSN"),
-            ("database_backup_lsn", "DatabaseBackupLSN"),
-            ("backup_set_guid", "BackupSetGUID"),
-        ] {
-            assert!(b["chain"][ours].is_string(), "{kind}: no {ours} in {b}");
-            assert_eq!(b["chain"][ours], h[theirs], "{kind}: {ours}");
-        }
+        util::assert_chain_matches_headeronly(&e, &b, kind);
         ids.push(id);
     }
-    let all = e.backups();
-    let parent = |id: &str| {
-        all.iter().find(|m| m["id"] == id).unwrap()["chain"]["parent"]
-            .as_str()
-            .map(String::from)
-    };
+    let parent = |id: &str| util::parent_of(&e, id);
     assert_eq!(parent(&ids[1]).as_deref(), Some(ids[0].as_str()));
     // The first log after the diff continues the diff's LSNs.
     assert_eq!(parent(&ids[2]).as_deref(), Some(ids[1].as_str()));

@@ -215,25 +215,10 @@ fn tds_round_trip(stripes: &str, ado_extra: &str) {
         assert!(b["transport"].as_str().unwrap().contains("C++ ABI"), "{b}");
         let id = b["id"].as_str().unwrap().to_string();
         // The chain facts come from the stream and agree with HEADERONLY.
-        let h = &e.json(&["inspect", &id])["header"][0];
-        for (ours, theirs) in [
-            ("first_lsn", "FirstLSN"),
-            ("last_lsn", "LastLSN"),
-            ("checkpoint_lsn", "CheckpointLSN"),
-            ("database_backup_lsn", "DatabaseBackupLSN"),
-            ("backup_set_guid", "BackupSetGUID"),
-        ] {
-            assert!(b["chain"][ours].is_string(), "{kind}: no {ours} in {b}");
-            assert_eq!(b["chain"][ours], h[theirs], "{kind}: {ours}");
-        }
+        util::assert_chain_matches_headeronly(&e, &b, kind);
         ids.push(id);
     }
-    let all = e.backups();
-    let parent = |id: &str| {
-        all.iter().find(|m| m["id"] == id).unwrap()["chain"]["parent"]
-            .as_str()
-            .map(String::from)
-    };
+    let parent = |id: &str| util::parent_of(&e, id);
     assert_eq!(parent(&ids[1]).as_deref(), Some(ids[0].as_str()));
     assert_eq!(parent(&ids[2]).as_deref(), Some(ids[1].as_str()));
     // The full alone, over what is there now: the data file as it was backed up.
@@ -264,7 +249,7 @@ fn tds_round_trip(stripes: &str, ado_extra: &str) {
         .flatten()
         .map(|f| f.file_name().to_string_lossy().into_owned())
         .collect();
-    for m in &all {
+    for m in &e.backups() {
         let set = m["vdi_set"].as_str().unwrap();
         assert!(!set.is_empty(), "{m}");
         assert!(

@@ -168,60 +168,64 @@ pub fn sha(path: &Path) -> String {
 
 /// openvdi's own libsqlvdi.so, built on demand (another package's cdylib).
 pub fn libsqlvdi() -> PathBuf {
-    let o = run({
-        let mut c = std::process::Command::new(env!("CARGO"));
-        c.args(["build", "-q", "-p", "openvdi-ffi", "--lib"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        c
-    });
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
-    let p = exe.with_file_name("libsqlvdi.so");
-    assert!(p.is_file(), "{} missing", p.display());
-    p
+    built_beside("openvdi-ffi", &["--lib"], "libsqlvdi.so")
 }
 
 /// openvdi-engine (for `serve`), built on demand.
 pub fn engine_bin() -> PathBuf {
-    let o = run({
-        let mut c = std::process::Command::new(env!("CARGO"));
-        c.args([
-            "build",
-            "-q",
-            "-p",
-            "openvdi-engine",
-            "--bin",
-            "openvdi-engine",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        c
-    });
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
-    let p = exe.with_file_name("openvdi-engine");
-    assert!(p.is_file(), "{} missing", p.display());
-    p
+    built_beside(
+        "openvdi-engine",
+        &["--bin", "openvdi-engine"],
+        "openvdi-engine",
+    )
 }
 
 /// openvdi-sqlcmd, built on demand (it belongs to another package, so cargo does not
 /// build it for this crate's tests).
 pub fn sqlcmd() -> PathBuf {
+    built_beside(
+        "openvdi-engine",
+        &["--bin", "openvdi-sqlcmd"],
+        "openvdi-sqlcmd",
+    )
+}
+
+/// Builds `what` of another package of the workspace and returns `file`, which cargo
+/// puts beside this crate's `openvdi` binary.
+fn built_beside(package: &str, what: &[&str], file: &str) -> PathBuf {
     let o = run({
         let mut c = std::process::Command::new(env!("CARGO"));
-        c.args([
-            "build",
-            "-q",
-            "-p",
-            "openvdi-engine",
-            "--bin",
-            "openvdi-sqlcmd",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        c.args(["build", "-q", "-p", package])
+            .args(what)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
         c
     });
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_openvdi"));
-    let p = exe.with_file_name("openvdi-sqlcmd");
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_openvdi")).with_file_name(file);
     assert!(p.is_file(), "{} missing", p.display());
     p
+}
+
+/// A backup's chain facts (`openvdi backup --json`) are those HEADERONLY reads from
+/// its stored stream (`openvdi inspect`).
+pub fn assert_chain_matches_headeronly(e: &Env, b: &serde_json::Value, kind: &str) {
+    let id = b["id"].as_str().unwrap();
+    let h = &e.json(&["inspect", id])["header"][0];
+    for (ours, theirs) in [
+        ("first_lsn", "FirstLSN"),
+        ("last_lsn", "LastLSN"),
+        ("checkpoint_lsn", "CheckpointLSN"),
+        ("database_backup_lsn", "DatabaseBackupLSN"),
+        ("backup_set_guid", "BackupSetGUID"),
+    ] {
+        assert!(b["chain"][ours].is_string(), "{kind}: no {ours} in {b}");
+        assert_eq!(b["chain"][ours], h[theirs], "{kind}: {ours}");
+    }
+}
+
+/// The chain parent `list` gives backup `id`.
+pub fn parent_of(e: &Env, id: &str) -> Option<String> {
+    e.backups().iter().find(|m| m["id"] == id).unwrap()["chain"]["parent"]
+        .as_str()
+        .map(String::from)
 }
