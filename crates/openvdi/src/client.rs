@@ -702,7 +702,7 @@ impl ClientDevice {
             ));
         }
         let on = WaitOn {
-            event: &d.sub_head.v,
+            event: &d.sub_event.v,
             abort: &h.abort.v,
             peer_live: &h.server_live.v,
             state: Some(&d.state.v),
@@ -711,7 +711,7 @@ impl ClientDevice {
         };
         // The device lock is taken per attempt, never across a sleep, so another
         // thread may complete commands of this device while this one waits.
-        let r = block_on(timeout.deadline(), &on, || match self.lock() {
+        let attempt = || match self.lock() {
             Ok(mut local) => {
                 let r = self.try_take(set, d, &mut local);
                 if matches!(r, Some(Err(Error::Close))) {
@@ -720,7 +720,13 @@ impl ClientDevice {
                 r
             }
             Err(e) => Some(Err(e)),
-        });
+        };
+        // One attempt before the deadline is computed: a command already waiting
+        // costs no clock read.
+        let r = match attempt() {
+            Some(r) => r,
+            None => block_on(timeout.deadline(), &on, attempt),
+        };
         if matches!(r, Err(Error::Close)) {
             if let Ok(mut l) = inner.local.lock() {
                 l.open[self.index] = false;
@@ -750,67 +756,54 @@ impl ClientDevice {
             set.ctl.header().state.v.load(Ordering::Acquire) == set_state::SERVER_CLOSED;
         let dev_closed = d.state.v.load(Ordering::Acquire) & dev_state::SERVER_CLOSED != 0;
         loop {
-            // SYNC POINT: Acquire pairs with the server's Release store of sub_head in
-            // `ServerDevice::send_command`: the slot fields it wrote are visible.
-            let head = d.sub_head.v.load(Ordering::Acquire);
-            let pending = head.wrapping_sub(local.sub_tail);
-            if pending == 0 {
+            let pos = local.sub_tail;
+            let e = &d.sub_ring[(pos as usize) % SLOTS];
+            // SYNC POINT: Acquire pairs with the server's Release store of `turn` in
+            // `ServerDevice::send_command`: the entry's fields are visible.
+            let turn = e.turn.load(Ordering::Acquire);
+            if turn != pos.wrapping_add(1) {
+                // Not yet sent: the entry still holds the command of the previous lap
+                // (or nothing, on the first). Anything else was not written by a server.
+                if turn != 0 && turn != pos.wrapping_sub(SLOTS as u32 - 1) {
+                    return Some(Err(
+                        self.corrupt(set, "the submission ring holds an entry out of turn")
+                    ));
+                }
                 break;
             }
-            if pending as usize > SLOTS {
-                return Some(Err(self.corrupt(
-                    set,
-                    "the submission ring claims more commands than it holds",
-                )));
-            }
-            let idx =
-                d.sub_ring[(local.sub_tail as usize) % SLOTS].load(Ordering::Relaxed) as usize;
+            let idx = e.slot.load(Ordering::Relaxed) as usize;
             if idx >= SLOTS || local.outstanding[idx] != 0 {
                 return Some(Err(
                     self.corrupt(set, "the submission ring names a bad slot")
                 ));
             }
-            let s = &d.slots[idx];
-            let code = s.code.load(Ordering::Relaxed);
+            let code = e.code.load(Ordering::Relaxed);
+            let seq = e.seq.load(Ordering::Relaxed);
             let io_error = d.state.v.load(Ordering::Acquire) & dev_state::IO_ERROR != 0;
             if io_error && code != vdc::VDC_ClearError {
                 // Spec §6.0: commands queued behind a failure never reach the client.
-                local.sub_tail = local.sub_tail.wrapping_add(1);
-                if s.state
-                    .compare_exchange(
-                        slot_state::QUEUED,
-                        slot_state::DELIVERED,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_err()
-                {
-                    return Some(Err(
-                        self.corrupt(set, "a queued slot was not in the QUEUED state")
-                    ));
-                }
-                self.publish_completion(d, local, idx, win32::ERROR_IO_DEVICE, 0, 0);
+                local.sub_tail = pos.wrapping_add(1);
+                self.publish_completion(d, local, idx, seq, win32::ERROR_IO_DEVICE, 0, 0);
                 continue;
             }
             if io_error && local.n_outstanding > 0 {
                 // ClearError waits until every outstanding command was completed.
                 return None;
             }
-            let seq = s.seq.load(Ordering::Relaxed);
             if seq == 0 {
                 return Some(Err(self.corrupt(set, "a command has sequence number 0")));
             }
-            let size = s.size.load(Ordering::Relaxed);
-            let position = s.position.load(Ordering::Relaxed);
-            let seg = s.segment.load(Ordering::Relaxed);
+            let size = e.size.load(Ordering::Relaxed);
+            let position = e.position.load(Ordering::Relaxed);
+            let seg = e.segment.load(Ordering::Relaxed);
+            let len = e.buf_len.load(Ordering::Relaxed);
+            let off = e.offset.load(Ordering::Relaxed);
             let buf = if seg == u32::MAX {
                 if matches!(code, vdc::VDC_Read | vdc::VDC_Write) && size != 0 {
                     return Some(Err(self.corrupt(set, "a data command has no buffer")));
                 }
                 None
             } else {
-                let len = s.buf_len.load(Ordering::Relaxed);
-                let off = s.offset.load(Ordering::Relaxed);
                 if matches!(code, vdc::VDC_Read | vdc::VDC_Write) && size > len {
                     return Some(Err(self.corrupt(set, "a command's size exceeds its buffer")));
                 }
@@ -833,20 +826,20 @@ impl ClientDevice {
                     }
                 }
             };
-            if s.state
-                .compare_exchange(
-                    slot_state::QUEUED,
-                    slot_state::DELIVERED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-            {
-                return Some(Err(
-                    self.corrupt(set, "a queued slot was not in the QUEUED state")
-                ));
-            }
-            local.sub_tail = local.sub_tail.wrapping_add(1);
+            // The client side's record of the delivered command, for buffer handles
+            // (any client process of the set may look it up).
+            let s = &d.slots[idx];
+            s.code.store(code, Ordering::Relaxed);
+            s.size.store(size, Ordering::Relaxed);
+            s.position.store(position, Ordering::Relaxed);
+            s.segment.store(seg, Ordering::Relaxed);
+            s.buf_len.store(len, Ordering::Relaxed);
+            s.offset.store(off, Ordering::Relaxed);
+            s.seq.store(seq, Ordering::Relaxed);
+            // SYNC POINT: Release pairs with the Acquire load of `state` in
+            // `get_buffer_handle` / `map_buffer_handle`.
+            s.state.store(slot_state::DELIVERED, Ordering::Release);
+            local.sub_tail = pos.wrapping_add(1);
             local.outstanding[idx] = seq;
             local.n_outstanding += 1;
             local.seq_hint = seq;
@@ -933,6 +926,7 @@ impl ClientDevice {
             ));
         }
         let code = d.slots[slot].code.load(Ordering::Relaxed);
+        let seq = local.outstanding[slot];
         local.outstanding[slot] = 0;
         local.n_outstanding -= 1;
         if completion_code != win32::ERROR_SUCCESS {
@@ -947,6 +941,7 @@ impl ClientDevice {
             d,
             &mut local,
             slot,
+            seq,
             completion_code,
             bytes_transferred,
             position,
@@ -960,56 +955,53 @@ impl ClientDevice {
 
     fn drain_queued(&self, d: &DeviceBlock, local: &mut DeviceLocal) {
         loop {
-            let head = d.sub_head.v.load(Ordering::Acquire);
-            let pending = head.wrapping_sub(local.sub_tail);
-            if pending == 0 || pending as usize > SLOTS {
+            let pos = local.sub_tail;
+            let e = &d.sub_ring[(pos as usize) % SLOTS];
+            if e.turn.load(Ordering::Acquire) != pos.wrapping_add(1) {
                 return;
             }
-            let idx =
-                d.sub_ring[(local.sub_tail as usize) % SLOTS].load(Ordering::Relaxed) as usize;
+            let idx = e.slot.load(Ordering::Relaxed) as usize;
             if idx >= SLOTS || local.outstanding[idx] != 0 {
                 return;
             }
-            let s = &d.slots[idx];
-            if s.code.load(Ordering::Relaxed) == vdc::VDC_ClearError {
+            if e.code.load(Ordering::Relaxed) == vdc::VDC_ClearError {
                 return;
             }
-            if s.state
-                .compare_exchange(
-                    slot_state::QUEUED,
-                    slot_state::DELIVERED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-            {
-                return;
-            }
-            local.sub_tail = local.sub_tail.wrapping_add(1);
-            self.publish_completion(d, local, idx, win32::ERROR_IO_DEVICE, 0, 0);
+            let seq = e.seq.load(Ordering::Relaxed);
+            local.sub_tail = pos.wrapping_add(1);
+            self.publish_completion(d, local, idx, seq, win32::ERROR_IO_DEVICE, 0, 0);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn publish_completion(
         &self,
         d: &DeviceBlock,
         local: &mut DeviceLocal,
         slot: usize,
+        seq: u32,
         code: u32,
         bytes: u32,
         position: u64,
     ) {
+        // No longer delivered: its buffer handle stops resolving before the server
+        // can reuse the buffer.
         let s = &d.slots[slot];
-        s.completion_code.store(code, Ordering::Relaxed);
-        s.bytes.store(bytes, Ordering::Relaxed);
-        s.out_position.store(position, Ordering::Relaxed);
-        s.state.store(slot_state::COMPLETED, Ordering::Relaxed);
-        d.cmp_ring[(local.cmp_head as usize) % SLOTS].store(slot as u32, Ordering::Relaxed);
-        local.cmp_head = local.cmp_head.wrapping_add(1);
-        // SYNC POINT: Release pairs with the server's Acquire load of cmp_head in
-        // `ServerDevice::wait_completion`: the completion fields above are visible.
-        d.cmp_head.v.store(local.cmp_head, Ordering::Release);
-        wake_if_sleeping(&d.cmp_head.v, &d.server_waiting.v);
+        if s.state.load(Ordering::Relaxed) != slot_state::FREE {
+            s.state.store(slot_state::FREE, Ordering::Release);
+        }
+        let pos = local.cmp_head;
+        let e = &d.cmp_ring[(pos as usize) % SLOTS];
+        e.slot.store(slot as u32, Ordering::Relaxed);
+        e.seq.store(seq, Ordering::Relaxed);
+        e.completion_code.store(code, Ordering::Relaxed);
+        e.bytes.store(bytes, Ordering::Relaxed);
+        e.out_position.store(position, Ordering::Relaxed);
+        local.cmp_head = pos.wrapping_add(1);
+        // SYNC POINT: Release pairs with the server's Acquire load of `turn` in
+        // `ServerDevice::try_reap`: the completion fields above are visible.
+        e.turn.store(local.cmp_head, Ordering::Release);
+        wake_if_sleeping(&d.cmp_event.v, &d.server_waiting.v);
     }
 
     /// Commands taken and not yet completed.

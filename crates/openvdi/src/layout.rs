@@ -1,4 +1,4 @@
-//! The shared-memory layout, version 1. `docs/PROTOCOL.md` describes the same bytes
+//! The shared-memory layout, version 3. `docs/PROTOCOL.md` describes the same bytes
 //! in prose; the `const` asserts at the bottom pin every offset it names.
 //!
 //! Every field is an atomic, including padding, because the peer may write any byte
@@ -16,7 +16,11 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"OPENVDI\x01");
 /// Layout version; bumped on any incompatible change.
 /// Version 2: the `*_waiting` words are announcements the waker clears (swap to 0)
 /// as it wakes, no longer counters the sleepers decrement.
-pub const VERSION: u32 = 2;
+/// Version 3: a command and a completion each travel in one 64-byte ring entry whose
+/// `turn` word publishes it (one cache line per hand-off instead of a head word, a
+/// ring word and a slot); the event words are bumped only to wake a sleeper; the
+/// publisher's StoreLoad fence is replaced by the sleeper's membarrier(2).
+pub const VERSION: u32 = 3;
 /// Commands a device can have queued or outstanding at once.
 pub const SLOTS: usize = 64;
 /// Buffer-area segments a set can have.
@@ -57,14 +61,10 @@ pub mod dev_state {
 
 /// `Slot.state` values.
 pub mod slot_state {
-    /// Not in use.
+    /// No command delivered in the slot.
     pub const FREE: u32 = 0;
-    /// Sent by the server, not yet taken by the client.
-    pub const QUEUED: u32 = 1;
-    /// Taken by the client with GetCommand; the buffer belongs to the client.
+    /// Taken by a client process with GetCommand; the buffer belongs to the client.
     pub const DELIVERED: u32 = 2;
-    /// Completed by the client (or auto-completed); waiting for the server to reap it.
-    pub const COMPLETED: u32 = 3;
 }
 
 /// One hot 32-bit word alone on a 64-byte cache line, so that the two processes'
@@ -139,9 +139,58 @@ pub struct SetHeader {
     _pad4: [AtomicU64; 360],
 }
 
-/// One command slot (64 bytes). The server fills the request fields before
-/// publishing the slot on the submission ring; the client fills the completion
-/// fields before publishing it on the completion ring.
+/// One submission ring entry (64 bytes, one cache line): a command as the server
+/// sent it. The server writes every field, then Release-stores `turn`; the client
+/// reads the entry once `turn` says it is the one it expects.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct SubEntry {
+    /// Ring position + 1 (wrapping) of the command this entry holds; 0 = never used.
+    pub turn: AtomicU32,
+    /// VDC_* command code.
+    pub code: AtomicU32,
+    /// `size` of the command.
+    pub size: AtomicU32,
+    /// The slot the command occupies until it is completed (< [`SLOTS`]).
+    pub slot: AtomicU32,
+    /// `position` of the command.
+    pub position: AtomicU64,
+    /// Segment of the buffer, or `u32::MAX` for none.
+    pub segment: AtomicU32,
+    /// Usable bytes of the buffer at `offset`.
+    pub buf_len: AtomicU32,
+    /// Offset of the buffer's data zone in its segment.
+    pub offset: AtomicU64,
+    /// Sequence number of the command instance (nonzero), for handles and stale-id checks.
+    pub seq: AtomicU32,
+    _pad: [AtomicU32; 5],
+}
+
+/// One completion ring entry (64 bytes): the client writes every field, then
+/// Release-stores `turn`.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct CmpEntry {
+    /// Ring position + 1 (wrapping) of the completion this entry holds; 0 = never used.
+    pub turn: AtomicU32,
+    /// The slot of the completed command.
+    pub slot: AtomicU32,
+    /// Its sequence number.
+    pub seq: AtomicU32,
+    /// Win32 completion code.
+    pub completion_code: AtomicU32,
+    /// Bytes transferred.
+    pub bytes: AtomicU32,
+    _pad0: AtomicU32,
+    /// Completion position.
+    pub out_position: AtomicU64,
+    _pad: [AtomicU64; 4],
+}
+
+/// One command slot (64 bytes) of the client side's table of delivered commands:
+/// written by the client process that took the command, read by every client
+/// process of the set for buffer handles (GetBufferHandle / MapBufferHandle). The
+/// server never reads it.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Slot {
@@ -157,17 +206,11 @@ pub struct Slot {
     pub buf_len: AtomicU32,
     /// Offset of the buffer's data zone in its segment.
     pub offset: AtomicU64,
-    /// Sequence number of the command instance (nonzero), for handles and stale-id checks.
+    /// Sequence number of the command instance.
     pub seq: AtomicU32,
     /// [`slot_state`].
     pub state: AtomicU32,
-    /// Completion: Win32 code.
-    pub completion_code: AtomicU32,
-    /// Completion: bytes transferred.
-    pub bytes: AtomicU32,
-    /// Completion: position.
-    pub out_position: AtomicU64,
-    _pad: AtomicU64,
+    _pad: [AtomicU64; 3],
 }
 
 /// The per-device block (8192 bytes), after the header.
@@ -182,24 +225,25 @@ pub struct DeviceBlock {
     _pad1: [AtomicU32; 16],
     /// [`dev_state`] bits.
     pub state: Line,
-    /// Commands published by the server (wrapping count); the client's futex word.
-    pub sub_head: Line,
-    /// Nonzero: a client thread may be asleep on `sub_head`; the server swaps it to 0
-    /// and wakes.
+    /// The client's futex word: bumped by the server only to wake a client thread
+    /// that announced it sleeps (and by CloseDevice and aborts).
+    pub sub_event: Line,
+    /// Nonzero: a client thread may be asleep on `sub_event`; the server swaps it to
+    /// 0, bumps `sub_event` and wakes.
     pub client_waiting: Line,
-    /// Completions published by the client (wrapping count); the server's futex word.
-    pub cmp_head: Line,
-    /// Nonzero: a server thread may be asleep on `cmp_head`; the client swaps it to 0
-    /// and wakes.
+    /// The server's futex word, bumped by the client only to wake.
+    pub cmp_event: Line,
+    /// Nonzero: a server thread may be asleep on `cmp_event`; the client swaps it to
+    /// 0, bumps `cmp_event` and wakes.
     pub server_waiting: Line,
-    /// Submission ring: slot indices, in send order.
-    pub sub_ring: [AtomicU32; SLOTS],
-    /// Completion ring: slot indices, in completion order.
-    pub cmp_ring: [AtomicU32; SLOTS],
-    _pad2: [AtomicU32; 16],
+    _pad2: [AtomicU64; 56],
+    /// Submission ring: command k (wrapping count from 0) in `sub_ring[k mod 64]`.
+    pub sub_ring: [SubEntry; SLOTS],
+    /// Completion ring, likewise.
+    pub cmp_ring: [CmpEntry; SLOTS],
     /// The command slots.
     pub slots: [Slot; SLOTS],
-    _pad3: [AtomicU64; 368],
+    _pad3: [AtomicU64; 384],
 }
 
 /// Offset of device `i`'s block in the control object.
@@ -240,6 +284,25 @@ const _: () = {
     assert!(offset_of!(SetHeader, segments) == 960);
     assert!(size_of::<SetHeader>() == 4096);
 
+    assert!(size_of::<SubEntry>() == 64);
+    assert!(offset_of!(SubEntry, turn) == 0);
+    assert!(offset_of!(SubEntry, code) == 4);
+    assert!(offset_of!(SubEntry, size) == 8);
+    assert!(offset_of!(SubEntry, slot) == 12);
+    assert!(offset_of!(SubEntry, position) == 16);
+    assert!(offset_of!(SubEntry, segment) == 24);
+    assert!(offset_of!(SubEntry, buf_len) == 28);
+    assert!(offset_of!(SubEntry, offset) == 32);
+    assert!(offset_of!(SubEntry, seq) == 40);
+
+    assert!(size_of::<CmpEntry>() == 64);
+    assert!(offset_of!(CmpEntry, turn) == 0);
+    assert!(offset_of!(CmpEntry, slot) == 4);
+    assert!(offset_of!(CmpEntry, seq) == 8);
+    assert!(offset_of!(CmpEntry, completion_code) == 12);
+    assert!(offset_of!(CmpEntry, bytes) == 16);
+    assert!(offset_of!(CmpEntry, out_position) == 24);
+
     assert!(size_of::<Slot>() == 64);
     assert!(offset_of!(Slot, code) == 0);
     assert!(offset_of!(Slot, size) == 4);
@@ -249,19 +312,16 @@ const _: () = {
     assert!(offset_of!(Slot, offset) == 24);
     assert!(offset_of!(Slot, seq) == 32);
     assert!(offset_of!(Slot, state) == 36);
-    assert!(offset_of!(Slot, completion_code) == 40);
-    assert!(offset_of!(Slot, bytes) == 44);
-    assert!(offset_of!(Slot, out_position) == 48);
 
     assert!(offset_of!(DeviceBlock, name_len) == 0);
     assert!(offset_of!(DeviceBlock, name) == 64);
     assert!(offset_of!(DeviceBlock, state) == 256);
-    assert!(offset_of!(DeviceBlock, sub_head) == 320);
+    assert!(offset_of!(DeviceBlock, sub_event) == 320);
     assert!(offset_of!(DeviceBlock, client_waiting) == 384);
-    assert!(offset_of!(DeviceBlock, cmp_head) == 448);
+    assert!(offset_of!(DeviceBlock, cmp_event) == 448);
     assert!(offset_of!(DeviceBlock, server_waiting) == 512);
-    assert!(offset_of!(DeviceBlock, sub_ring) == 576);
-    assert!(offset_of!(DeviceBlock, cmp_ring) == 832);
-    assert!(offset_of!(DeviceBlock, slots) == 1152);
-    assert!(size_of::<DeviceBlock>() == 8192);
+    assert!(offset_of!(DeviceBlock, sub_ring) == 1024);
+    assert!(offset_of!(DeviceBlock, cmp_ring) == 5120);
+    assert!(offset_of!(DeviceBlock, slots) == 9216);
+    assert!(size_of::<DeviceBlock>() == 16384);
 };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::consts::{vdc, vdf, win32};
 use crate::error::{AbortReason, Error, Result};
-use crate::layout::{dev_state, set_state, slot_state, DeviceBlock, MAX_SEGMENTS, SLOTS};
+use crate::layout::{dev_state, set_state, DeviceBlock, MAX_SEGMENTS, SLOTS};
 use crate::set::{self, block_on, wake_if_sleeping, LiveWord, Sentinel, SetShared, WaitOn};
 use crate::shm::{write_name, SharedBuf};
 use crate::sys::{self, Mapping, ShmDirWatch, Woke};
@@ -214,6 +214,13 @@ struct ServerInner {
     outstanding: AtomicUsize,
     last_progress: AtomicU64,
     epoch: Instant,
+}
+
+/// Whether the client asked for a serverTimeOut, the only user of the set-wide
+/// count of outstanding commands: without it no shared counter is touched per
+/// command (a locked instruction that would also wait for the ring entry's line).
+fn sto_set(inner: &ServerInner) -> bool {
+    inner.cfg.get().is_some_and(|c| c.server_time_out != 0)
 }
 
 #[derive(Debug)]
@@ -948,44 +955,41 @@ impl ServerDevice {
         };
         let seq = local.next_seq;
         local.next_seq = local.next_seq.wrapping_add(1).max(1);
-        let s = &d.slots[idx as usize];
-        s.code.store(cmd.code, Ordering::Relaxed);
-        s.size.store(cmd.size, Ordering::Relaxed);
-        s.position.store(cmd.position, Ordering::Relaxed);
+        let pos = local.sub_head;
+        let e = &d.sub_ring[(pos as usize) % SLOTS];
+        e.code.store(cmd.code, Ordering::Relaxed);
+        e.size.store(cmd.size, Ordering::Relaxed);
+        e.slot.store(idx, Ordering::Relaxed);
+        e.position.store(cmd.position, Ordering::Relaxed);
         match cmd.buffer {
             Some(b) => {
-                s.segment.store(b.seg, Ordering::Relaxed);
-                s.offset.store(b.offset, Ordering::Relaxed);
-                s.buf_len.store(b.len() as u32, Ordering::Relaxed);
+                e.segment.store(b.seg, Ordering::Relaxed);
+                e.offset.store(b.offset, Ordering::Relaxed);
+                e.buf_len.store(b.len() as u32, Ordering::Relaxed);
             }
             None => {
-                s.segment.store(u32::MAX, Ordering::Relaxed);
-                s.offset.store(0, Ordering::Relaxed);
-                s.buf_len.store(0, Ordering::Relaxed);
+                e.segment.store(u32::MAX, Ordering::Relaxed);
+                e.offset.store(0, Ordering::Relaxed);
+                e.buf_len.store(0, Ordering::Relaxed);
             }
         }
-        s.seq.store(seq, Ordering::Relaxed);
-        s.completion_code.store(0, Ordering::Relaxed);
-        s.bytes.store(0, Ordering::Relaxed);
-        s.out_position.store(0, Ordering::Relaxed);
-        s.state.store(slot_state::QUEUED, Ordering::Relaxed);
+        e.seq.store(seq, Ordering::Relaxed);
         local.slots[idx as usize] = Some(Sent {
             tag: cmd.tag,
             code: cmd.code,
             size: cmd.size,
             seq,
         });
-        d.sub_ring[(local.sub_head as usize) % SLOTS].store(idx, Ordering::Relaxed);
-        local.sub_head = local.sub_head.wrapping_add(1);
-        if self.set.outstanding.fetch_add(1, Ordering::AcqRel) == 0 {
+        local.sub_head = pos.wrapping_add(1);
+        if sto_set(&self.set) && self.set.outstanding.fetch_add(1, Ordering::AcqRel) == 0 {
             self.set
                 .last_progress
                 .store(self.set.now_ns(), Ordering::Relaxed);
         }
-        // SYNC POINT: Release pairs with the client's Acquire load of sub_head in
-        // `ClientDevice::get_command`: the slot fields above are visible first.
-        d.sub_head.v.store(local.sub_head, Ordering::Release);
-        wake_if_sleeping(&d.sub_head.v, &d.client_waiting.v);
+        // SYNC POINT: Release pairs with the client's Acquire load of `turn` in
+        // `ClientDevice::try_take`: the entry's fields above are visible first.
+        e.turn.store(pos.wrapping_add(1), Ordering::Release);
+        wake_if_sleeping(&d.sub_event.v, &d.client_waiting.v);
         Ok(())
     }
 
@@ -1010,6 +1014,14 @@ impl ServerDevice {
         let h = set.ctl.header();
         let d = self.block()?;
         let sto = self.set.cfg.get().map(|c| c.server_time_out).unwrap_or(0);
+        // One attempt before any deadline is computed: a completion already waiting
+        // costs no clock read.
+        if let Some(r) = match self.lock() {
+            Ok(mut local) => self.try_reap(set, d, &mut local, sto),
+            Err(e) => Some(Err(e)),
+        } {
+            return r;
+        }
         let user_deadline = timeout.deadline();
         // With serverTimeOut, wake at least once per interval to apply its rule.
         let capped = |user: Option<Instant>| {
@@ -1020,7 +1032,7 @@ impl ServerDevice {
             Some(user.map_or(cap, |d| d.min(cap)))
         };
         let on = WaitOn {
-            event: &d.cmp_head.v,
+            event: &d.cmp_event.v,
             abort: &h.abort.v,
             peer_live: &h.client_live.v,
             state: None,
@@ -1054,19 +1066,20 @@ impl ServerDevice {
         // below sees them too (SYNC POINT: Acquire pairing with the client's Release
         // store of client_closed), and a normal end is not mistaken for an abort.
         let client_closed = set.ctl.header().client_closed.v.load(Ordering::Acquire) != 0;
-        // SYNC POINT: Acquire pairs with the client's Release store of cmp_head in
+        let pos = local.cmp_tail;
+        let e = &d.cmp_ring[(pos as usize) % SLOTS];
+        // SYNC POINT: Acquire pairs with the client's Release store of `turn` in
         // `publish_completion`: the completion fields are visible.
-        let head = d.cmp_head.v.load(Ordering::Acquire);
-        let avail = head.wrapping_sub(local.cmp_tail);
-        if set.aborted().is_none() && avail != 0 {
-            if avail as usize > SLOTS {
-                set.abort(AbortReason::Corrupt);
-                return Some(Err(Error::Corrupt(
-                    "the completion ring claims more completions than slots".into(),
-                )));
-            }
-            let idx =
-                d.cmp_ring[(local.cmp_tail as usize) % SLOTS].load(Ordering::Relaxed) as usize;
+        let turn = e.turn.load(Ordering::Acquire);
+        let ready = turn == pos.wrapping_add(1);
+        if !ready && turn != 0 && turn != pos.wrapping_sub(SLOTS as u32 - 1) {
+            set.abort(AbortReason::Corrupt);
+            return Some(Err(Error::Corrupt(
+                "the completion ring holds an entry out of turn".into(),
+            )));
+        }
+        if set.aborted().is_none() && ready {
+            let idx = e.slot.load(Ordering::Relaxed) as usize;
             let sent = match local.slots.get(idx).copied().flatten() {
                 Some(s) => s,
                 None => {
@@ -1076,21 +1089,18 @@ impl ServerDevice {
                     )));
                 }
             };
-            let s = &d.slots[idx];
-            if s.seq.load(Ordering::Relaxed) != sent.seq
-                || s.state.load(Ordering::Relaxed) != slot_state::COMPLETED
-            {
+            if e.seq.load(Ordering::Relaxed) != sent.seq {
                 set.abort(AbortReason::Corrupt);
                 return Some(Err(Error::Corrupt(
-                    "a completed slot does not match the command sent".into(),
+                    "a completion does not match the command sent".into(),
                 )));
             }
             let c = Completion {
                 tag: sent.tag,
                 code: sent.code,
-                completion_code: s.completion_code.load(Ordering::Relaxed),
-                bytes_transferred: s.bytes.load(Ordering::Relaxed),
-                position: s.out_position.load(Ordering::Relaxed),
+                completion_code: e.completion_code.load(Ordering::Relaxed),
+                bytes_transferred: e.bytes.load(Ordering::Relaxed),
+                position: e.out_position.load(Ordering::Relaxed),
             };
             // A client that reports more bytes than the command asked for is lying (or
             // broken): the engine would take bytes past what it sent, or count data it
@@ -1104,8 +1114,7 @@ impl ServerDevice {
                     sent.size, c.bytes_transferred
                 ))));
             }
-            s.state.store(slot_state::FREE, Ordering::Relaxed);
-            local.cmp_tail = local.cmp_tail.wrapping_add(1);
+            local.cmp_tail = pos.wrapping_add(1);
             self.finish_slot(local, idx);
             // Only the serverTimeOut rule reads the progress stamp: without it, no
             // clock read per completion.
@@ -1181,7 +1190,9 @@ impl ServerDevice {
     fn finish_slot(&self, local: &mut ServerDeviceLocal, idx: usize) {
         if local.slots[idx].take().is_some() {
             local.free.push(idx as u32);
-            self.set.outstanding.fetch_sub(1, Ordering::AcqRel);
+            if sto_set(&self.set) {
+                self.set.outstanding.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -1210,7 +1221,8 @@ impl ServerDevice {
         // The client also sleeps on the device state word, so this change cannot be
         // missed between its last check and its sleep (the futex value check).
         sys::futex_wake_all(&d.state.v);
-        sys::futex_wake_all(&d.sub_head.v);
+        d.sub_event.v.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&d.sub_event.v);
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! What both halves share: object names, the mapped set, abort, peer liveness,
 //! segment mappings and the spin-then-futex wait.
 
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,42 @@ fn spin_budget() -> Duration {
     })
 }
 
+thread_local! {
+    /// This thread's current spin budget in ns (see [`block_on`]), 0 = not yet set.
+    static SPIN_NOW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The spin budget adapts per thread between [`spin_budget`] and 1/32 of it: halved
+/// each time a spin ends in a sleep, doubled each time the event arrives while
+/// spinning. On a machine with more runnable threads than cores the peer is often
+/// not running at all, and every microsecond spent spinning for it is taken from it
+/// or from the process it waits behind; when both run, spins succeed and the budget
+/// stays at its maximum.
+fn adapt_spin(succeeded: bool) {
+    let max = spin_budget().as_nanos() as u64;
+    SPIN_NOW.with(|c| {
+        let now = match c.get() {
+            0 => max,
+            v => v,
+        };
+        let next = if succeeded {
+            (now * 2).min(max)
+        } else {
+            (now / 2).max(max / 32)
+        };
+        c.set(next);
+    });
+}
+
+fn current_spin() -> Duration {
+    let v = SPIN_NOW.with(|c| c.get());
+    if v == 0 {
+        spin_budget()
+    } else {
+        Duration::from_nanos(v)
+    }
+}
+
 /// The mapped set, shared by every handle of one process.
 #[derive(Debug)]
 pub struct SetShared {
@@ -96,9 +132,13 @@ pub struct SetShared {
 /// the peer died without its liveness word saying so. Idle waits only; the hand-off
 /// path never reaches it.
 const HEALTH_SLICE: Duration = Duration::from_millis(200);
+/// Longest sleep when membarrier(2) is unavailable (see `block_on`).
+const NO_BARRIER_SLICE: Duration = Duration::from_millis(1);
 
 impl SetShared {
     pub fn new(name: String, ctl: Control) -> SetShared {
+        // Before this process publishes anything on the set (see `wake_if_sleeping`).
+        let _ = sys::light_publication();
         SetShared {
             name,
             ctl,
@@ -216,8 +256,8 @@ impl SetShared {
         sys::futex_wake_all(&h.state.v);
         for i in 0..self.devices() {
             if let Some(d) = self.ctl.device(i) {
-                sys::futex_wake_all(&d.sub_head.v);
-                sys::futex_wake_all(&d.cmp_head.v);
+                sys::futex_wake_all(&d.sub_event.v);
+                sys::futex_wake_all(&d.cmp_event.v);
             }
         }
     }
@@ -412,13 +452,15 @@ pub fn block_on<T>(
         // less often, it costs more than the check.
         std::hint::spin_loop();
         if let Some(r) = check() {
+            adapt_spin(true);
             return r;
         }
         n = n.wrapping_add(1);
         if n.is_multiple_of(64) {
             let now = Instant::now();
-            let until = *spin_until.get_or_insert_with(|| now + spin_budget());
+            let until = *spin_until.get_or_insert_with(|| now + current_spin());
             if now >= until || deadline.is_some_and(|d| now >= d) {
+                adapt_spin(false);
                 break;
             }
         }
@@ -438,6 +480,10 @@ pub fn block_on<T>(
         }
         arm_waiters(on.peer_live);
         fence(Ordering::SeqCst);
+        // The other half of `wake_if_sleeping`'s SYNC POINT. Without a barrier that
+        // reaches the publishers (no membarrier(2)), sleep in short slices instead:
+        // a wake-up missed then costs at most a slice, never a hang.
+        let barrier = sys::heavy_barrier();
         let ev = on.event.load(Ordering::SeqCst);
         let ab = on.abort.load(Ordering::SeqCst);
         let lv = on.peer_live.load(Ordering::SeqCst);
@@ -446,9 +492,13 @@ pub fn block_on<T>(
         let woke = if ready.is_none() && ab == 0 {
             let mut words = vec![(on.event, ev), (on.abort, ab), (on.peer_live, lv)];
             words.extend(st);
-            match on.health {
-                Some(_) => {
-                    let slice = Instant::now() + HEALTH_SLICE;
+            let slice = match (on.health, barrier) {
+                (_, false) => Some(NO_BARRIER_SLICE),
+                (Some(_), true) => Some(HEALTH_SLICE),
+                (None, true) => None,
+            };
+            match slice.map(|s| Instant::now() + s) {
+                Some(slice) => {
                     sys::futex_waitv(&words, Some(deadline.map_or(slice, |d| d.min(slice))))
                 }
                 None => sys::futex_waitv(&words, deadline),
@@ -480,14 +530,26 @@ pub fn block_on<T>(
 /// The waker's half of the handshake in `block_on`: after publishing with Release,
 /// wake the event word only if a peer announced it sleeps on it — and take the
 /// announcement down in the same step (swap to 0), so the next publications make no
-/// wake call for a sleeper that is already woken but not yet running. That wake
-/// storm (one FUTEX_WAKE per command while the woken thread waited for a CPU) is
-/// what layout version 2 removes: at most one wake call per sleep.
+/// wake call for a sleeper that is already woken but not yet running (layout version
+/// 2: at most one wake call per sleep). The event word changes only here, so a
+/// sleeper's futex value check sees the change whenever it is woken.
+///
+/// SYNC POINT (asymmetric Dekker): the publisher's store and its load of the
+/// announcement need StoreLoad order against the sleeper's announcement and its
+/// re-check. Since layout version 3 the sleeper pays for it (membarrier(2) in
+/// `block_on`, a barrier on every running thread of the registered processes) and
+/// a registered publisher only stops the compiler from reordering; a process that
+/// could not register fences as before.
 pub fn wake_if_sleeping(event: &AtomicU32, sleepers: &AtomicU32) {
-    fence(Ordering::SeqCst);
+    if sys::light_publication() {
+        compiler_fence(Ordering::SeqCst);
+    } else {
+        fence(Ordering::SeqCst);
+    }
     // The plain load first keeps the common case (nobody asleep) a read-only access
     // to the line, so the publishing side does not take it exclusive on every command.
     if sleepers.load(Ordering::Relaxed) != 0 && sleepers.swap(0, Ordering::SeqCst) != 0 {
+        event.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake_all(event);
     }
 }

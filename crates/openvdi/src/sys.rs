@@ -472,6 +472,44 @@ pub fn process_exists(pid: u32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Whether this process publishes without a StoreLoad fence (see
+/// [`heavy_barrier`]): true once membarrier(2) registered the process for
+/// `MEMBARRIER_CMD_GLOBAL_EXPEDITED`, so a sleeper's heavy barrier reaches its threads.
+pub fn light_publication() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        // SAFETY: membarrier takes no pointers; registration only marks this process.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
+                0,
+                0,
+            )
+        };
+        r == 0
+    })
+}
+
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 2;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 4;
+
+/// The sleeper's half of the asymmetric Dekker handshake: a full memory barrier on
+/// every running thread of every process registered by [`light_publication`] (and
+/// the caller), so that a publisher's plain store before its read of the sleep
+/// announcement is ordered as if it had fenced. False if no such barrier could be
+/// made; the caller must then not sleep without a bound.
+pub fn heavy_barrier() -> bool {
+    for cmd in [MEMBARRIER_CMD_GLOBAL_EXPEDITED, MEMBARRIER_CMD_GLOBAL] {
+        // SAFETY: membarrier takes no pointers.
+        if unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) } == 0 {
+            return true;
+        }
+    }
+    false
+}
+
 /// FUTEX_WAKE of every waiter on a shared (not process-private) futex word
 /// (futex(2)). The word lives in shared memory, so the wake must not be private.
 pub fn futex_wake_all(word: &AtomicU32) {

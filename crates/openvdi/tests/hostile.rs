@@ -105,21 +105,30 @@ fn run_attack(mode: &str, kind: &str, attack: Attack) {
             f.set_len(len).expect("size");
         }
         Attack::BadCompletion => {
-            // Device 0's block: cmp_head at +448, cmp_ring at +832 (docs/PROTOCOL.md §3).
+            // Device 0's block: cmp_ring at +5120, 64-byte entries, `turn` at +0 and
+            // `slot` at +4 (docs/PROTOCOL.md §3). Publish completions in turn naming
+            // slot 200.
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .expect("open");
-            let base = 4096u64;
+            let ring = 4096u64 + 5120;
+            let mut last = 0u32;
             for k in 0..64u64 {
-                f.write_at(&200u32.to_le_bytes(), base + 832 + 4 * k)
-                    .expect("ring");
+                let mut t = [0u8; 4];
+                f.read_at(&mut t, ring + 64 * k).expect("turn");
+                last = last.max(u32::from_le_bytes(t));
             }
-            let mut head = [0u8; 4];
-            f.read_at(&mut head, base + 448).expect("head");
-            let h = u32::from_le_bytes(head).wrapping_add(1);
-            f.write_at(&h.to_le_bytes(), base + 448).expect("head");
+            // Every position from the next one on, so the honest client, which keeps
+            // publishing its own completions, cannot overwrite them all in time.
+            for j in 0..64u32 {
+                let p = last.wrapping_add(j);
+                let entry = ring + 64 * (u64::from(p) % 64);
+                f.write_at(&200u32.to_le_bytes(), entry + 4).expect("slot");
+                f.write_at(&p.wrapping_add(1).to_le_bytes(), entry)
+                    .expect("turn");
+            }
         }
     }
     let s_lines = server.rest(120);
@@ -455,28 +464,34 @@ fn killed_clients_leave_no_object_after_the_next_call() {
     assert!(left.is_empty(), "objects left by killed clients: {left:?}");
 }
 
-/// A peer speaking another layout version (1: the counter hand-off that version 2
-/// replaced) is refused at Open with VD_E_NOTSUPPORTED, never half-understood.
+/// A peer speaking another layout version (1: the counter hand-off; 2: the head word,
+/// index ring and shared slot that version 3's one-line ring entries replaced) is
+/// refused at Open with VD_E_NOTSUPPORTED, never half-understood.
 #[test]
 fn a_peer_of_another_layout_version_is_refused() {
-    let name = uniq("ver");
-    let set = openvdi::ClientSet::create(
-        &name,
-        &openvdi::VdConfig {
-            device_count: 1,
-            ..Default::default()
-        },
-    )
-    .expect("create");
-    let f = OpenOptions::new()
-        .write(true)
-        .open(obj_path("ctl", &name))
-        .expect("open");
-    f.write_at(&1u32.to_le_bytes(), 8).expect("version");
-    let mut server = Peer::spawn("server", &a(&[("set", name.clone())]));
-    let l = server.expect("open=", 30);
-    assert!(l.contains("open=VD_E_NOTSUPPORTED"), "{l}");
-    assert_clean_exit(&mut server, "server");
-    let _ = set.close();
-    assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
+    for version in [1u32, 2] {
+        let name = uniq("ver");
+        let set = openvdi::ClientSet::create(
+            &name,
+            &openvdi::VdConfig {
+                device_count: 1,
+                ..Default::default()
+            },
+        )
+        .expect("create");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(obj_path("ctl", &name))
+            .expect("open");
+        f.write_at(&version.to_le_bytes(), 8).expect("version");
+        let mut server = Peer::spawn("server", &a(&[("set", name.clone())]));
+        let l = server.expect("open=", 30);
+        assert!(
+            l.contains("open=VD_E_NOTSUPPORTED"),
+            "version {version}: {l}"
+        );
+        assert_clean_exit(&mut server, "server");
+        let _ = set.close();
+        assert!(shm_objects(&name).is_empty(), "{:?}", shm_objects(&name));
+    }
 }

@@ -692,10 +692,9 @@ fn stale_name_of_a_killed_owner_is_reclaimed_and_a_live_one_is_busy() {
     );
     owner.kill9();
     owner.wait_exit(30);
-    assert!(
-        !shm_objects(&name).is_empty(),
-        "the dead owner left its objects"
-    );
+    // The dead owner's objects are still there, unless another test's Create, in this
+    // binary's parallel threads, already swept them (every Create sweeps stale sets of
+    // its user): either way the name must be free for the Create below.
     let set = ClientSet::create(
         &name,
         &VdConfig {
