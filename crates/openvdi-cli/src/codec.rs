@@ -83,9 +83,22 @@ impl Codec {
         match self {
             Codec::None => out.extend_from_slice(stored),
             Codec::Zstd { .. } => {
-                out.resize(raw_len, 0);
-                let n = zstd::bulk::decompress_to_buffer(stored, &mut out[..])?;
-                out.truncate(n);
+                // Into the spare capacity (no zero-fill of the megabyte first), with one
+                // decompression context per thread instead of one per chunk.
+                thread_local! {
+                    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                        const { std::cell::RefCell::new(None) };
+                }
+                out.reserve(raw_len);
+                DCTX.with(|d| -> std::io::Result<()> {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    let d = d.as_mut().expect("created above");
+                    d.decompress_to_buffer(stored, out)?;
+                    Ok(())
+                })?;
             }
             Codec::Lz4 => {
                 out.resize(raw_len, 0);

@@ -57,6 +57,7 @@ fn reader_loop(
     src: &Source,
     counters: &Counters,
     tx: Sender<Msg>,
+    spare: Receiver<Vec<u8>>,
 ) {
     let r = match src {
         Source::Stored {
@@ -71,7 +72,7 @@ fn reader_loop(
                 backup_id,
                 index: *index,
             });
-            read_stored(store, ctx, key, *raw_size, blake3, counters, &tx)
+            read_stored(store, ctx, key, *raw_size, blake3, counters, &tx, &spare)
         }
         Source::File(path) => read_file(path, counters, &tx),
     };
@@ -99,7 +100,10 @@ fn read_file(path: &Path, counters: &Counters, tx: &Sender<Msg>) -> Result<(), S
     }
 }
 
-/// Opens a stored stripe and checks it frame by frame.
+/// Opens a stored stripe and checks it frame by frame. Chunks go out in buffers the
+/// device thread hands back (`spare`) once it has copied them: a fresh megabyte per
+/// chunk would cost a page fault per 4 KiB of the whole restore.
+#[allow(clippy::too_many_arguments)]
 fn read_stored(
     store: &dyn Store,
     ctx: Option<StripeCtx<'_>>,
@@ -108,6 +112,7 @@ fn read_stored(
     blake3: &str,
     counters: &Counters,
     tx: &Sender<Msg>,
+    spare: &Receiver<Vec<u8>>,
 ) -> Result<(), StopReason> {
     let input = store.open_read(key).map_err(|e| match e {
         crate::storage::StoreError::NotFound(_) => {
@@ -123,7 +128,7 @@ fn read_stored(
     let mut rd = StripeReader::open(input, ctx, true).map_err(cv)?;
     let mut raw = 0u64;
     loop {
-        let mut buf = Vec::new();
+        let mut buf = spare.try_recv().unwrap_or_default();
         if !rd.next_chunk(&mut buf).map_err(cv)? {
             break;
         }
@@ -152,6 +157,7 @@ fn device_loop(
     stop: &Stop,
     counters: &Counters,
     rx: Receiver<Msg>,
+    spare: Sender<Vec<u8>>,
 ) {
     let mut cur: Vec<u8> = Vec::new();
     let mut off = 0usize;
@@ -183,7 +189,10 @@ fn device_loop(
                     if off == cur.len() {
                         match rx.recv_timeout(Duration::from_millis(u64::from(POLL_MS))) {
                             Ok(Msg::Data(d)) => {
-                                cur = d;
+                                let done = std::mem::replace(&mut cur, d);
+                                if done.capacity() != 0 {
+                                    let _ = spare.try_send(done);
+                                }
                                 off = 0;
                                 continue;
                             }
@@ -245,15 +254,16 @@ pub fn run(plan: Plan<'_>) -> Result<(), StopReason> {
         for (i, dev) in devices.iter().enumerate() {
             // A few chunks of read-ahead per stripe: decompression overlaps the engine.
             let (tx, rx) = bounded::<Msg>(4);
+            let (spare_tx, spare_rx) = bounded::<Vec<u8>>(4);
             let store = plan.store.clone();
             let src = plan.sources[i].clone();
             let c = plan.counters[i].clone();
             let keys = plan.keys.clone();
-            s.spawn(move || reader_loop(store.as_ref(), keys.as_deref(), &src, &c, tx));
+            s.spawn(move || reader_loop(store.as_ref(), keys.as_deref(), &src, &c, tx, spare_rx));
             let dev: &dyn Device = dev.as_ref();
             let (set, stop, c) = (plan.set, &plan.stop, plan.counters[i].clone());
             s.spawn(move || {
-                device_loop(dev, set, stop, &c, rx);
+                device_loop(dev, set, stop, &c, rx, spare_tx);
                 // `done`: this stripe was sent whole (nothing stopped the restore).
                 c.done.store(stop.reason().is_none(), Ordering::Release);
             });
