@@ -1072,7 +1072,11 @@ impl ServerDevice {
         // `publish_completion`: the completion fields are visible.
         let turn = e.turn.load(Ordering::Acquire);
         let ready = turn == pos.wrapping_add(1);
-        if !ready && turn != 0 && turn != pos.wrapping_sub(SLOTS as u32 - 1) {
+        if set.aborted().is_none()
+            && !ready
+            && turn != 0
+            && turn != pos.wrapping_sub(SLOTS as u32 - 1)
+        {
             set.abort(AbortReason::Corrupt);
             return Some(Err(Error::Corrupt(
                 "the completion ring holds an entry out of turn".into(),
