@@ -202,6 +202,7 @@ fn completion_cells_and_io_error_then_clear_error() {
     let set = ClientSet::create(&name, &cfg(1)).expect("create");
     let n2 = name.clone();
     let (tx, rx) = mpsc::channel::<()>();
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
     let srv = std::thread::spawn(move || {
         let s = configured_server(&n2, vdf::VDF_WriteMedia);
         let d = s.open_device(&n2).expect("d");
@@ -218,6 +219,7 @@ fn completion_cells_and_io_error_then_clear_error() {
             })
             .expect("send");
         }
+        sent_tx.send(()).expect("sent");
         let mut got = Vec::new();
         for _ in 0..4 {
             let c = d
@@ -283,7 +285,10 @@ fn completion_cells_and_io_error_then_clear_error() {
     );
     let c1 = d.get_command(Timeout::from_millis(T)).expect("c1");
     let c2 = d.get_command(Timeout::from_millis(T)).expect("c2");
-    // Wait until #3 is queued too: it is sent right after #2.
+    // Wait until #3 is queued too: a send after the failure would be refused.
+    sent_rx
+        .recv_timeout(std::time::Duration::from_millis(T as u64))
+        .expect("all four sent");
     d.complete_command(&c1, win32::ERROR_WRITE_FAULT, 0, 0)
         .expect("fail c1");
     // ClearError must not be delivered while c2 is outstanding.
