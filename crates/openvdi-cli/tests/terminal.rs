@@ -159,6 +159,25 @@ fn the_password_is_asked_on_the_terminal_twice_for_init_once_for_each_command_an
     assert!(d.output.contains(&id), "{id} not listed: {:?}", d.output);
     no_echo(&d, &[TYPED]);
 
+    // `key add`: the repository's password, then the new one twice.
+    let d = on_terminal(
+        &e,
+        &["key", "add"],
+        &[
+            ("repository password: ", TYPED),
+            ("new password: ", "second-slot-on-the-tty"),
+            ("new password again: ", "second-slot-on-the-tty"),
+        ],
+    );
+    assert_eq!(d.exit, 0, "{:?}", d.output);
+    no_echo(&d, &[TYPED, "second-slot-on-the-tty"]);
+    let d = on_terminal(
+        &e,
+        &["list"],
+        &[("repository password: ", "second-slot-on-the-tty")],
+    );
+    assert_eq!(d.exit, 0, "the added slot does not open it: {:?}", d.output);
+
     // A wrong answer: exit 12, named, not echoed, not printed.
     let d = on_terminal(
         &e,
