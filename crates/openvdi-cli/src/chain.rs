@@ -136,51 +136,27 @@ pub fn flag(all: &[Manifest], m: &Manifest) -> Option<&'static str> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::codec::Codec;
-    use crate::manifest::{BackupId, Chain, EngineInfo, Timings};
+    use crate::manifest::Chain;
 
     pub fn backup(id: &str, server: &str, kind: Kind, at: i64, lsns: [u128; 4]) -> Manifest {
         let s = |v: u128| (v != 0).then(|| v.to_string());
-        let t = DateTime::from_timestamp(at, 0).unwrap();
-        Manifest {
-            format: crate::manifest::FORMAT,
-            id: BackupId::new(id).unwrap(),
-            server: server.into(),
-            database: "db".into(),
+        let chain = Chain {
+            first_lsn: s(lsns[0]),
+            last_lsn: s(lsns[1]),
+            checkpoint_lsn: s(lsns[2]),
+            database_backup_lsn: s(lsns[3]),
+            ..Chain::default()
+        };
+        // Imported in an order of its own: the tool's time is not the backup's.
+        crate::manifest::test_manifest(
+            id,
+            server,
+            "db",
             kind,
-            codec: Codec::None,
-            block_size: None,
-            max_transfer_size: None,
-            buffer_count: None,
-            stripes: vec![],
-            raw_size: 0,
-            stored_size: 0,
-            chain: Chain {
-                first_lsn: s(lsns[0]),
-                last_lsn: s(lsns[1]),
-                checkpoint_lsn: s(lsns[2]),
-                database_backup_lsn: s(lsns[3]),
-                ..Chain::default()
-            },
-            engine: EngineInfo {
-                kind: "import".into(),
-                message: String::new(),
-                messages: vec![],
-            },
-            // Imported in an order of its own: the tool's time is not the backup's.
-            timings: Timings {
-                started: DateTime::from_timestamp(2_000_000_000 - at, 0).unwrap(),
-                finished: DateTime::from_timestamp(2_000_000_000 - at, 0).unwrap(),
-                seconds: 0.0,
-                raw_bytes_per_second: 0.0,
-            },
-            backup_started: Some(t),
-            backup_finished: Some(t),
-            options: Default::default(),
-            vdi_set: String::new(),
-            transport: String::new(),
-            tool_version: String::new(),
-        }
+            DateTime::from_timestamp(at, 0).unwrap(),
+            DateTime::from_timestamp(2_000_000_000 - at, 0).unwrap(),
+            chain,
+        )
     }
 
     #[test]

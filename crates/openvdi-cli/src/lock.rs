@@ -263,4 +263,69 @@ mod tests {
         );
         assert_eq!(force_unlock(&s).unwrap(), 1);
     }
+
+    fn keys(pw: &str) -> crate::crypto::Keys {
+        let params = crate::crypto::Argon2Params {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let secret = crate::crypto::Secret::Password(zeroize::Zeroizing::new(pw.into()));
+        crate::crypto::Keys::create(&secret, params).unwrap()
+    }
+
+    /// In an encrypted repository a lock object is believed only when its MAC
+    /// verifies: a dead holder sealed with the repository's key is stale and removed;
+    /// the same holder unsealed, sealed under another repository's key, or with its
+    /// body changed after sealing is honoured as held (exit 11) and left in place.
+    #[test]
+    fn encrypted_lock_objects_are_believed_only_when_their_mac_verifies() {
+        let k = keys("lock test");
+        let other = keys("another repository");
+        let dead = Holder {
+            host: hostname(),
+            pid: std::process::id(),
+            start_time: u64::MAX, // cannot match: its process is gone
+            exclusive: false,
+            command: "backup".into(),
+            created: chrono::Utc::now(),
+        };
+        let s = crate::storage::open("memory://bucket").unwrap();
+        s.put_atomic("locks/dead.json", &seal(&dead, Some(&k)).unwrap())
+            .unwrap();
+        let l = acquire(&s, Mode::Exclusive, "prune", Some(&k)).unwrap();
+        assert!(
+            !s.exists("locks/dead.json").unwrap(),
+            "stale, sealed: removed"
+        );
+        drop(l);
+
+        let body = serde_json::to_string(&dead).unwrap();
+        // The body changed after sealing, the MAC kept.
+        let mut sealed: Sealed = serde_json::from_slice(&seal(&dead, Some(&k)).unwrap()).unwrap();
+        sealed.body = sealed
+            .body
+            .replace("\"exclusive\":false", "\"exclusive\":true");
+        assert!(sealed.body.contains("\"exclusive\":true"));
+        let altered = serde_json::to_string(&sealed).unwrap();
+        for (what, bytes) in [
+            ("unsealed", body.into_bytes()),
+            ("another key", seal(&dead, Some(&other)).unwrap()),
+            ("body altered", altered.into_bytes()),
+            ("not JSON", b"garbage".to_vec()),
+        ] {
+            let s = crate::storage::open("memory://bucket").unwrap();
+            s.put_atomic("locks/forged.json", &bytes).unwrap();
+            for mode in [Mode::Shared, Mode::Exclusive] {
+                let e = acquire(&s, mode, "backup", Some(&k)).unwrap_err();
+                assert_eq!(crate::exit::code_of(&e), Code::LockHeld, "{what}");
+                assert!(
+                    format!("{e:#}").contains("unauthenticated"),
+                    "{what}: {e:#}"
+                );
+                assert!(s.exists("locks/forged.json").unwrap(), "{what}: removed");
+                assert_eq!(s.list(PREFIX).unwrap().len(), 1, "{what}: ours left");
+            }
+        }
+    }
 }

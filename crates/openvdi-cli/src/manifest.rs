@@ -450,6 +450,54 @@ impl Manifest {
     }
 }
 
+/// Test helper: the manifest of a backup with no stripes, taken at `taken` and
+/// recorded by the tool at `recorded` (tests give the two different orders: the
+/// tool's clock must say nothing about the backups). Shared by the chain, prune,
+/// retention and point-in-time tests.
+#[cfg(test)]
+pub(crate) fn test_manifest(
+    id: &str,
+    server: &str,
+    database: &str,
+    kind: Kind,
+    taken: DateTime<Utc>,
+    recorded: DateTime<Utc>,
+    chain: Chain,
+) -> Manifest {
+    Manifest {
+        format: FORMAT,
+        id: BackupId::new(id).unwrap(),
+        server: server.into(),
+        database: database.into(),
+        kind,
+        codec: Codec::None,
+        block_size: None,
+        max_transfer_size: None,
+        buffer_count: None,
+        stripes: vec![],
+        raw_size: 0,
+        stored_size: 0,
+        chain,
+        engine: EngineInfo {
+            kind: "import".into(),
+            message: String::new(),
+            messages: vec![],
+        },
+        timings: Timings {
+            started: recorded,
+            finished: recorded,
+            seconds: 0.0,
+            raw_bytes_per_second: 0.0,
+        },
+        backup_started: Some(taken),
+        backup_finished: Some(taken),
+        options: Default::default(),
+        vdi_set: String::new(),
+        transport: String::new(),
+        tool_version: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,7 +99,8 @@ impl Repo {
             return Err(err(
                 Code::Failure,
                 format!(
-                    "{} is an openvdi repository of format {}, which this openvdi ({}) does                      not know: upgrade openvdi",
+                    "{} is an openvdi repository of format {}, which this openvdi ({}) does \
+                     not know: upgrade openvdi",
                     self.location(),
                     m.format,
                     env!("CARGO_PKG_VERSION")
@@ -141,6 +142,21 @@ impl Repo {
             Err(UnlockError::Damaged(why)) => Err(err(
                 Code::Verify,
                 format!("the repository's {} is damaged: {why}", crypto::CONFIG),
+            )),
+        }
+    }
+
+    /// The keys new stripes are sealed with: None for an unencrypted repository. An
+    /// encrypted one that was not unlocked is an error here, so a writer can never
+    /// fall back to storing a stripe in the clear (`publish` refuses the manifest
+    /// the same way).
+    pub fn sealing_keys(&self) -> Result<Option<&Arc<Keys>>> {
+        match (self.encrypted, &self.keys) {
+            (false, _) => Ok(None),
+            (true, Some(k)) => Ok(Some(k)),
+            (true, None) => Err(anyhow::anyhow!(
+                "refusing to write into the encrypted repository {} without its key",
+                self.location()
             )),
         }
     }
@@ -443,6 +459,34 @@ impl Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An encrypted repository not (yet) unlocked never hands a writer "no keys",
+    /// which would store its stripes in the clear; an unencrypted one does.
+    #[test]
+    fn an_encrypted_repository_without_its_key_is_never_written_in_the_clear() {
+        let secret = crypto::Secret::Password(zeroize::Zeroizing::new("pw".into()));
+        let params = crypto::Argon2Params {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let repo = Repo {
+            keys: Some(Arc::new(Keys::create(&secret, params).unwrap())),
+            encrypted: true,
+            ..Repo::open("memory://b/enc").unwrap()
+        };
+        assert!(repo.sealing_keys().unwrap().is_some());
+        // The same repository, as a command sees it before unlocking.
+        let locked = Repo {
+            keys: None,
+            ..repo.clone()
+        };
+        assert!(locked.encrypted);
+        let e = locked.sealing_keys().unwrap_err();
+        assert!(format!("{e}").contains("without its key"), "{e}");
+        let plain = Repo::open("memory://b/plain").unwrap();
+        assert!(plain.sealing_keys().unwrap().is_none());
+    }
 
     #[test]
     fn a_reserved_id_is_never_handed_out_again() {

@@ -1,7 +1,8 @@
 //! Where the password or key file of an encrypted repository comes from: a key file
 //! (`--key-file`), a password file (`--password-file`), `OPENVDI_PASSWORD`, or a
 //! prompt when stdin is a terminal — never a plain flag (it would show in `ps` and
-//! shell history), never printed (`redact` scrubs `OPENVDI_PASSWORD` from all text).
+//! shell history), never printed (`redact` scrubs `OPENVDI_PASSWORD`, and every
+//! password or key file read here, from all text).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,8 @@ fn prompt(text: &str) -> Result<Secret> {
     if p.is_empty() {
         return Err(err(Code::WrongKey, "an empty password"));
     }
+    // Like OPENVDI_PASSWORD: masked in anything printed, should it ever get there.
+    crate::redact::register_secret(&p);
     Ok(Secret::Password(Zeroizing::new(p)))
 }
 
@@ -134,6 +137,7 @@ fn read_password_file(p: &Path) -> Result<Secret> {
             format!("password file {}: its first line is empty", p.display()),
         ));
     }
+    crate::redact::register_secret(line);
     Ok(Secret::Password(Zeroizing::new(line.to_string())))
 }
 
@@ -156,6 +160,9 @@ fn read_key_file(p: &Path) -> Result<Secret> {
                 b.len()
             ),
         ));
+    }
+    if let Ok(text) = std::str::from_utf8(&b) {
+        crate::redact::register_secret(text);
     }
     Ok(Secret::KeyFile(b))
 }

@@ -150,6 +150,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
         ctx.settings.repo_is_default,
         &crate::secret::Credentials::from_settings(&ctx.settings),
     )?;
+    let sealing = repo.sealing_keys()?;
     let _lock = lock::acquire(
         &repo.store,
         lock::Mode::Shared,
@@ -329,11 +330,7 @@ pub fn run(ctx: &Ctx, a: BackupArgs) -> Result<()> {
             open_timeout: ctx.settings.engine.open_timeout,
             on_sealed: Some(&on_sealed),
             encryption: (1..=plan.stripes)
-                .map(|i| {
-                    repo.keys
-                        .as_ref()
-                        .map(|k| crate::chunk::Encryption::new(k, &id, i))
-                })
+                .map(|i| sealing.map(|k| crate::chunk::Encryption::new(k, &id, i)))
                 .collect(),
         });
         if r.is_err() {

@@ -104,6 +104,7 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         "import",
         repo.keys.as_deref(),
     )?;
+    let sealing = repo.sealing_keys()?;
     let started = Utc::now();
     let taken = info.backup_start.unwrap_or(started);
     let dir_of = |id: &str| naming::backup_dir(&server, &database, kind, id);
@@ -120,10 +121,7 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
                     naming::stripe_name(i as u32 + 1, codec.suffix())
                 );
                 let store = repo.store.as_ref();
-                let enc = repo
-                    .keys
-                    .as_ref()
-                    .map(|k| chunk::Encryption::new(k, &id, i as u32 + 1));
+                let enc = sealing.map(|k| chunk::Encryption::new(k, &id, i as u32 + 1));
                 sc.spawn(move || {
                     let chunk::Sealed {
                         raw_size,

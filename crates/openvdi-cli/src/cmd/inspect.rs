@@ -1,6 +1,7 @@
 //! `openvdi inspect BACKUP|FILE.bak…`: the engine's `RESTORE HEADERONLY` and
 //! `RESTORE FILELISTONLY`, fed through virtual devices from the repository (checked
-//! on the way, like a restore) or from plain `.bak` files (all stripes of one backup,
+//! on the way, like a restore; an encrypted backup authenticated whole before the
+//! engine gets a byte, like a restore) or from plain `.bak` files (all stripes of one backup,
 //! any order: they are put in media-family order first).
 
 use std::path::{Path, PathBuf};
@@ -255,6 +256,11 @@ pub fn run(ctx: &Ctx, a: InspectArgs) -> Result<()> {
     } else if a.target.len() == 1 {
         let repo = super::open_repo(ctx)?;
         let m = repo.find(&a.target[0])?;
+        // The engine would read only the head of each stripe, each frame of which the
+        // reader authenticates as it goes; but a backup tampered further on must not
+        // have its header shown as a good backup's, so an encrypted one is checked
+        // whole first, as restore does (one read of the stored bytes).
+        super::restore::Checked::default().authenticate(&repo, &m)?;
         stored_target(&repo, &m)
     } else {
         return Err(err(

@@ -238,12 +238,13 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         replace: a.replace,
         ..Default::default()
     };
+    let mut checked = restore::Checked::default();
     if a.replace && !a.no_verify && !a.dry_run {
         for m in &seq {
-            restore::verify_first(ctx, &repo, m)?;
+            restore::verify_first(ctx, &repo, m, &mut checked)?;
         }
     }
-    restore::relocate(ctx, &repo, seq[0], &mut first)?;
+    restore::relocate(ctx, &repo, seq[0], &mut first, &mut checked)?;
     let steps: Vec<(&Manifest, RestoreOptions)> = seq
         .iter()
         .enumerate()
@@ -306,18 +307,25 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // Every step of an encrypted chain is authenticated before the first reaches the
+    // engine: a tampered log found only at its own step would leave the database
+    // RESTORING half-way through the chain.
+    for (m, _) in &steps {
+        checked.authenticate(&repo, m)?;
+    }
     let t0 = std::time::Instant::now();
     let mut messages = Vec::new();
     let total = steps.len();
     for (i, (m, o)) in steps.iter().enumerate() {
-        let out = restore::restore_through_engine(ctx, &repo, m, o, "restore").map_err(|e| {
-            e.context(format!(
-                "step {} of {total} ({}) of the point-in-time restore failed: {target} is \
+        let out = restore::restore_through_engine(ctx, &repo, m, o, "restore", &mut checked)
+            .map_err(|e| {
+                e.context(format!(
+                    "step {} of {total} ({}) of the point-in-time restore failed: {target} is \
                  left RESTORING; run the restore again (with --replace) to start over",
-                i + 1,
-                m.id
-            ))
-        })?;
+                    i + 1,
+                    m.id
+                ))
+            })?;
         messages.extend(out.messages);
     }
     if let Some(q) = &recover {

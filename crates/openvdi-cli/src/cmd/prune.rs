@@ -256,8 +256,7 @@ pub fn run(ctx: &Ctx, a: PruneArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Codec;
-    use crate::manifest::{Chain, EngineInfo, Kind, Timings, FORMAT};
+    use crate::manifest::{Chain, Kind};
     use chrono::{TimeZone, Utc};
 
     fn m(id: &str, db: &str, kind: Kind, t: i64) -> Manifest {
@@ -265,41 +264,16 @@ mod tests {
     }
 
     fn on(server: &str, id: &str, db: &str, kind: Kind, t: i64) -> Manifest {
-        let at = Utc.timestamp_opt(1_700_000_000 + t, 0).unwrap();
         // Imported in reverse: the tool's clock says nothing about the backups.
-        let imported = Utc.timestamp_opt(1_800_000_000 - t, 0).unwrap();
-        Manifest {
-            format: FORMAT,
-            id: crate::manifest::BackupId::new(id).unwrap(),
-            server: server.into(),
-            database: db.into(),
+        crate::manifest::test_manifest(
+            id,
+            server,
+            db,
             kind,
-            codec: Codec::None,
-            block_size: None,
-            max_transfer_size: None,
-            buffer_count: None,
-            stripes: vec![],
-            raw_size: 0,
-            stored_size: 0,
-            chain: Chain::default(),
-            engine: EngineInfo {
-                kind: "embedded".into(),
-                message: String::new(),
-                messages: vec![],
-            },
-            timings: Timings {
-                started: imported,
-                finished: imported,
-                seconds: 0.0,
-                raw_bytes_per_second: 0.0,
-            },
-            backup_started: Some(at),
-            backup_finished: Some(at),
-            options: Default::default(),
-            vdi_set: String::new(),
-            transport: String::new(),
-            tool_version: String::new(),
-        }
+            Utc.timestamp_opt(1_700_000_000 + t, 0).unwrap(),
+            Utc.timestamp_opt(1_800_000_000 - t, 0).unwrap(),
+            Chain::default(),
+        )
     }
 
     fn ids(all: &[Manifest], plan: Vec<Decision>) -> Vec<String> {

@@ -93,17 +93,17 @@ fn statement(m: &Manifest, o: &RestoreOptions, devices: &[String], passwords: &[
     sql
 }
 
-/// Runs one RESTORE (or VERIFYONLY) of stored backup `m` through the engine.
+/// Runs one RESTORE (or VERIFYONLY) of stored backup `m` through the engine; in an
+/// encrypted repository `m` is authenticated first unless `checked` says it was.
 pub fn restore_through_engine(
     ctx: &Ctx,
     repo: &Repo,
     m: &Manifest,
     opts: &RestoreOptions,
     op: &str,
+    checked: &mut Checked,
 ) -> Result<engine::Outcome> {
-    if repo.encrypted {
-        authenticate_first(repo, m)?;
-    }
+    checked.authenticate(repo, m)?;
     let sources = m
         .stripes
         .iter()
@@ -217,6 +217,46 @@ pub fn engine_session(
     Ok(outcome)
 }
 
+/// The backups one command has checked whole against their authenticated manifests,
+/// so that each is read once for that, however many statements the command then
+/// sends the engine (`restore --as`: FILELISTONLY, then the RESTORE; `--replace`
+/// and `verify --engine`: the full verification, then the statement; a
+/// point-in-time restore: every step before the first).
+///
+/// Checking a backup again just before the next statement would add no safety: the
+/// stored objects could change after any pass, one or two, and the streaming reader
+/// authenticates every frame and the trailer again as it sends them, so a change
+/// after the pass still stops the restore (exit 3) — with the frames before the
+/// change already sent, a window a second pass would only move, not close.
+/// What each restore reads (docs/PERFORMANCE.md, "Encryption"): a restore once for
+/// the pass and once to stream; `--as NEW` adds the head of the backup for
+/// FILELISTONLY; `--replace` reads it twice (the full verification, the stream).
+#[derive(Debug, Default)]
+pub struct Checked(std::collections::HashSet<String>);
+
+impl Checked {
+    /// In an encrypted repository, [`authenticate_first`] unless `m` was checked
+    /// already; nothing in an unencrypted one (whose frames are checked as they
+    /// stream: its backups promise no more).
+    pub fn authenticate(&mut self, repo: &Repo, m: &Manifest) -> Result<()> {
+        if !repo.encrypted || self.0.contains(m.id.as_str()) {
+            return Ok(());
+        }
+        authenticate_first(repo, m)?;
+        self.0.insert(m.id.to_string());
+        Ok(())
+    }
+
+    /// [`super::verify::verify_stored`]: every stripe decoded (every frame and the
+    /// trailer authenticated, the blake3 against the manifest, the MTF walk), which
+    /// covers everything [`authenticate_first`] checks, so `m` counts as checked.
+    pub fn verify(&mut self, repo: &Repo, m: &Manifest) -> Result<Vec<serde_json::Value>> {
+        let r = super::verify::verify_stored(repo, m)?;
+        self.0.insert(m.id.to_string());
+        Ok(r)
+    }
+}
+
 /// An encrypted repository promises that a tampered backup is refused before a byte
 /// reaches the engine. Frames are authenticated one by one as they stream, but a
 /// frame swapped near the end (or a cut-off stripe) would only show after the engine
@@ -255,8 +295,8 @@ pub fn authenticate_first(repo: &Repo, m: &Manifest) -> Result<()> {
 
 /// A damaged backup must not get to replace a live database: the restore would
 /// stop half-way and leave it RESTORING.
-pub fn verify_first(ctx: &Ctx, repo: &Repo, m: &Manifest) -> Result<()> {
-    super::verify::verify_stored(repo, m).map_err(|e| {
+pub fn verify_first(ctx: &Ctx, repo: &Repo, m: &Manifest, checked: &mut Checked) -> Result<()> {
+    checked.verify(repo, m).map_err(|e| {
         e.context(format!(
             "backup {} failed verification, so nothing was restored and the database \
              was not touched",
@@ -268,7 +308,13 @@ pub fn verify_first(ctx: &Ctx, repo: &Repo, m: &Manifest) -> Result<()> {
 
 /// `--as NAME`: the MOVE clauses that relocate every file `--move` did not (see
 /// [`relocation`]), from the engine's FILELISTONLY of the backup.
-pub fn relocate(ctx: &Ctx, repo: &Repo, m: &Manifest, opts: &mut RestoreOptions) -> Result<()> {
+pub fn relocate(
+    ctx: &Ctx,
+    repo: &Repo,
+    m: &Manifest,
+    opts: &mut RestoreOptions,
+    checked: &mut Checked,
+) -> Result<()> {
     let Some(name) = opts.as_name.clone() else {
         return Ok(());
     };
@@ -276,10 +322,9 @@ pub fn relocate(ctx: &Ctx, repo: &Repo, m: &Manifest, opts: &mut RestoreOptions)
         return Ok(());
     }
     crate::manifest::check_name("--as", &name).map_err(|e| err(Code::Usage, e))?;
-    // FILELISTONLY hands the head of the backup to the engine: authenticate first.
-    if repo.encrypted {
-        authenticate_first(repo, m)?;
-    }
+    // FILELISTONLY hands the head of the backup to the engine: authenticate first
+    // (once: the RESTORE that follows relies on the same pass, see `Checked`).
+    checked.authenticate(repo, m)?;
     let (tables, msgs) =
         super::inspect::query(ctx, &super::inspect::stored_target(repo, m), "FILELISTONLY")?;
     let Some(files) = tables.first() else {
@@ -413,28 +458,30 @@ pub fn run(ctx: &Ctx, a: RestoreArgs) -> Result<()> {
     };
     let repo = super::open_repo(ctx)?;
     let m = repo.find(&a.backup)?;
+    let mut checked = Checked::default();
     if opts.replace && !a.no_verify {
-        verify_first(ctx, &repo, &m)?;
+        verify_first(ctx, &repo, &m, &mut checked)?;
     }
-    relocate(ctx, &repo, &m, &mut opts)?;
+    relocate(ctx, &repo, &m, &mut opts, &mut checked)?;
     let t0 = std::time::Instant::now();
     let target = opts.as_name.clone().unwrap_or_else(|| m.database.clone());
-    let outcome = restore_through_engine(ctx, &repo, &m, &opts, "restore").map_err(|e| {
-        // The engine refuses most requests before it writes anything (and says so);
-        // a failure of the data path may have stopped it half-way.
-        if matches!(code_of(&e), Code::Verify | Code::Interrupted)
-            || !format!("{e:#}").contains("Msg ")
-        {
-            e.context(format!(
-                "restoring {} into {target} did not finish: if the engine had begun writing, \
+    let outcome =
+        restore_through_engine(ctx, &repo, &m, &opts, "restore", &mut checked).map_err(|e| {
+            // The engine refuses most requests before it writes anything (and says so);
+            // a failure of the data path may have stopped it half-way.
+            if matches!(code_of(&e), Code::Verify | Code::Interrupted)
+                || !format!("{e:#}").contains("Msg ")
+            {
+                e.context(format!(
+                    "restoring {} into {target} did not finish: if the engine had begun writing, \
                  the database is left RESTORING; restore a full backup of it again \
                  (with --replace) to bring it back",
-                m.id
-            ))
-        } else {
-            e
-        }
-    })?;
+                    m.id
+                ))
+            } else {
+                e
+            }
+        })?;
     let secs = t0.elapsed().as_secs_f64();
     if ctx.settings.json {
         output::json(&serde_json::json!({

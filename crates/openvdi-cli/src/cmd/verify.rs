@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 
-use super::restore::{restore_through_engine, RestoreOptions};
+use super::restore::{restore_through_engine, Checked, RestoreOptions};
 use super::Ctx;
 use crate::cli::VerifyArgs;
 use crate::exit::{code_of, err, Code};
@@ -170,15 +170,16 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
         }));
         worst = Some(e);
     }
+    let mut checked = Checked::default();
     for m in &targets {
-        let mut r = verify_stored(&repo, m);
+        let mut r = checked.verify(&repo, m);
         if a.engine {
             if let Ok(stripes) = r {
                 let opts = RestoreOptions {
                     verify_only: true,
                     ..Default::default()
                 };
-                r = restore_through_engine(ctx, &repo, m, &opts, "verify").map(|o| {
+                r = restore_through_engine(ctx, &repo, m, &opts, "verify", &mut checked).map(|o| {
                     let mut v = stripes;
                     v.push(serde_json::json!({"engine": o.completion_message()}));
                     v
