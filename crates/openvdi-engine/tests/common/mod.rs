@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod endpoint;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
