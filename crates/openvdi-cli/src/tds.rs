@@ -2,10 +2,15 @@
 //! runs on its own connection, as VDI requires (the BACKUP blocks until the transfer
 //! is over), while this process serves the devices.
 //!
-//! Only the outcome is available here: tiberius reports errors (with SQL Server's
-//! message) but not informational messages, so the manifest's completion message is
-//! a fixed text; the chain facts (LSNs, GUIDs) come from the stream's own head
-//! (`mtf::facts_of_head`), as for any engine.
+//! SQL Server's messages: tiberius returns the first error of a failed statement
+//! and no informational messages, but it emits every INFO token (its text, at DEBUG)
+//! and every ERROR token (text and number, at ERROR) as a `tracing` event from its
+//! token reader. [`Messages`], a subscriber scoped to the statement's future (not
+//! the login: its 5701/5703 are not the statement's), collects them, so the user
+//! sees 4035/3014, or 911 and the 3013 after it, as from sqlcmd. Nothing depends on
+//! them: the chain facts (LSNs, GUIDs) come from the stream's own head
+//! (`mtf::facts_of_head`), as for any engine; without any (another tiberius
+//! version), the outcome falls back to a fixed text or tiberius' error.
 //!
 //! The login's password, in the order looked at: `--tds-password-file` (first line),
 //! `OPENVDI_TDS_PASSWORD`, `password=`/`pwd=` in the connection string. The first
@@ -109,20 +114,101 @@ fn text(c: ColumnData<'_>) -> Option<String> {
     }
 }
 
+/// SQL Server's messages as tiberius' token reader logs them (tiberius 0.13,
+/// `tds/stream/token.rs`: `get_info` → DEBUG "{text}", `get_error` → ERROR with
+/// `message` and `code`), in order. Only tiberius' token reader is listened to.
+#[derive(Clone, Default)]
+struct Messages(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+/// The fields of one event.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    code: Option<u64>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+        if f.name() == "message" {
+            // Both `%text` and format arguments print as their Display.
+            self.message = format!("{v:?}");
+        }
+    }
+    fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+        if f.name() == "code" {
+            self.code = Some(v);
+        }
+    }
+}
+
+/// The module tiberius' INFO/ERROR events come from.
+const TOKEN_READER: &str = "tiberius::tds::stream::token";
+
+impl tracing::Subscriber for Messages {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        m.is_event()
+            && m.module_path() == Some(TOKEN_READER)
+            && (*m.level() == tracing::Level::DEBUG || *m.level() == tracing::Level::ERROR)
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        let mut f = Fields::default();
+        e.record(&mut f);
+        let line = match (*e.metadata().level() == tracing::Level::ERROR, f.code) {
+            (true, Some(code)) => format!("Msg {code}: {}", f.message),
+            _ => f.message,
+        };
+        // The token reader's DEBUG events are INFO tokens, ENVCHANGEs ("…
+        // change from … to …") and the LOGINACK; the statements run here change
+        // nothing, and the login is not listened to.
+        if !line.is_empty() {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(crate::redact::scrub(&line));
+            }
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+impl Messages {
+    fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
 impl Engine for Tds {
     fn execute(&self, sql: &str, _stop: &Stop) -> Outcome {
+        use tracing::instrument::WithSubscriber;
         let config = self.config.clone();
+        let messages = Messages::default();
+        let listen = messages.clone();
         let r = crate::storage::object::runtime().block_on(async move {
             let tcp = tokio::net::TcpStream::connect(config.get_addr()).await?;
             tcp.set_nodelay(true)?;
             let mut client = tiberius::Client::connect(config, tcp.compat_write()).await?;
-            let results = client.simple_query(sql).await?.into_results().await?;
+            // The subscriber is the default only while this future is polled.
+            let results = async { client.simple_query(sql).await?.into_results().await }
+                .with_subscriber(listen)
+                .await?;
             Ok::<_, anyhow::Error>(results)
         });
+        let said = messages.take();
         match r {
             Ok(sets) => Outcome {
                 ok: true,
-                messages: vec![format!("{} completed on the SQL Server", first_word(sql))],
+                messages: if said.is_empty() {
+                    vec![format!("{} completed on the SQL Server", first_word(sql))]
+                } else {
+                    said
+                },
                 tables: sets
                     .into_iter()
                     .map(|rows| Table {
@@ -140,7 +226,13 @@ impl Engine for Tds {
             },
             Err(e) => Outcome {
                 ok: false,
-                messages: vec![format!("{e:#}")],
+                // SQL Server's own messages when the statement ran (every error,
+                // numbered); tiberius' error when it did not get that far.
+                messages: if said.iter().any(|m| m.starts_with("Msg ")) {
+                    said
+                } else {
+                    vec![format!("{e:#}")]
+                },
                 ..Default::default()
             },
         }

@@ -4,14 +4,15 @@
 //! `openvdi-engine serve` process — the engine behind the endpoint opens the set
 //! this process creates, as SQL Server on Linux would.
 
+#[path = "../../openvdi-engine/tests/common/endpoint.rs"]
+mod endpoint;
 mod util;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use util::{Env, Guard};
+use endpoint::Endpoint;
+use util::Env;
 
 const USER: &str = "backup_operator";
 const PASSWORD: &str = "Wire-S3cret-pässword";
@@ -108,53 +109,20 @@ fn a_library_exporting_neither_abi_is_refused_naming_what_is_missing() {
     assert!(e.backups().is_empty());
 }
 
-/// `openvdi-engine serve` on a free loopback port, killed when dropped.
-struct Endpoint {
-    child: Guard,
-    port: u16,
+/// `openvdi-engine serve` with this file's two logins.
+fn start_endpoint(dir: &Path) -> Endpoint {
+    Endpoint::start(
+        &util::engine_bin(),
+        dir,
+        &[(USER, PASSWORD), (ASCII_USER, ASCII_PASSWORD)],
+        &["--open-timeout", "30"],
+    )
 }
 
-impl Endpoint {
-    fn start(dir: &Path) -> Endpoint {
-        let mut child: Child = Command::new(util::engine_bin())
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--open-timeout", "30"])
-            .arg("--login")
-            .arg(format!("{USER}:{PASSWORD}"))
-            .arg("--login")
-            .arg(format!("{ASCII_USER}:{ASCII_PASSWORD}"))
-            .env_remove("OPENVDI_FAULT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn openvdi-engine serve");
-        let out = child.stdout.take().expect("stdout");
-        let child = Guard(Some(child));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("serve prints where it listens");
-        let port = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Endpoint { child, port }
-    }
-
-    /// The connection string, without the password (it travels in
-    /// OPENVDI_TDS_PASSWORD).
-    fn ado(&self, extra: &str) -> String {
-        format!("server=tcp:127.0.0.1,{};user={USER};{extra}", self.port)
-    }
+/// The connection string, without the password (it travels in
+/// OPENVDI_TDS_PASSWORD).
+fn ado(ep: &Endpoint, extra: &str) -> String {
+    format!("server=tcp:127.0.0.1,{};user={USER};{extra}", ep.port)
 }
 
 /// `openvdi --tds … --vdi-library … --vdi-abi cpp ARGS`, password from the
@@ -166,7 +134,7 @@ fn tds_json(
     lib: &Path,
     args: &[&str],
 ) -> serde_json::Value {
-    let ado = ep.ado(ado_extra);
+    let ado = ado(ep, ado_extra);
     let mut all = vec![
         "--json",
         "--quiet",
@@ -188,7 +156,6 @@ fn tds_json(
         !out.contains(PASSWORD) && !err.contains(PASSWORD),
         "the password was printed"
     );
-    let _ = &ep.child;
     serde_json::from_str(&out).unwrap()
 }
 
@@ -196,7 +163,7 @@ fn tds_round_trip(stripes: &str, ado_extra: &str) {
     let e = Env::new();
     let db = "wire";
     engine(&e.data).create_database(db, 16 << 20).unwrap();
-    let ep = Endpoint::start(&e.data);
+    let ep = start_endpoint(&e.data);
     let lib = util::libsqlvdi();
     let mdf = data_file(&e.data, db);
     let mut ids = Vec::new();
@@ -212,6 +179,22 @@ fn tds_round_trip(stripes: &str, ado_extra: &str) {
             &["backup", db, "--type", kind, "--stripes", stripes],
         );
         assert_eq!(b["engine"]["kind"], "tds", "{b}");
+        // SQL Server's own messages (tiberius' INFO events): 3014 and 4035.
+        assert!(
+            b["engine"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("successfully processed"),
+            "{b}"
+        );
+        assert!(
+            b["engine"]["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m.as_str().unwrap().starts_with("Processed ")),
+            "{b}"
+        );
         assert!(b["transport"].as_str().unwrap().contains("C++ ABI"), "{b}");
         let id = b["id"].as_str().unwrap().to_string();
         // The chain facts come from the stream and agree with HEADERONLY.
@@ -279,14 +262,20 @@ fn tds_round_trip_with_login_only_tls() {
     tds_round_trip("1", "encrypt=false;TrustServerCertificate=true");
 }
 
+/// TDS 8.0: tiberius (feature `tds80`) opens TLS before PRELOGIN.
+#[test]
+fn tds_round_trip_with_tds8_strict_tls() {
+    tds_round_trip("1", "encrypt=strict;TrustServerCertificate=true");
+}
+
 #[test]
 fn tds_password_from_a_file_or_the_string_and_a_wrong_one_is_18456() {
     let e = Env::new();
     engine(&e.data).create_database("pw", 4 << 20).unwrap();
-    let ep = Endpoint::start(&e.data);
+    let ep = start_endpoint(&e.data);
     let pwfile = e.dir.path().join("tds-password");
     std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
-    let base = ep.ado("encrypt=DANGER_PLAINTEXT");
+    let base = ado(&ep, "encrypt=DANGER_PLAINTEXT");
     let with_pw = format!(
         "server=tcp:127.0.0.1,{};user={ASCII_USER};password={ASCII_PASSWORD};encrypt=DANGER_PLAINTEXT",
         ep.port
@@ -323,17 +312,18 @@ fn tds_password_from_a_file_or_the_string_and_a_wrong_one_is_18456() {
         "{err}"
     );
     assert!(!err.contains(ASCII_PASSWORD), "{err}");
-    // A failed BACKUP over TLS: SQL Server's first error (tiberius reports that one;
-    // the 3013 after it is checked with python-tds in tds_drivers.rs), exit 1, no
-    // backup recorded.
-    let tls = ep.ado("encrypt=true;TrustServerCertificate=true");
+    // A failed BACKUP over TLS: SQL Server's errors, the first and the 3013 after
+    // it (tiberius returns only the first; the CLI reads the rest from its tracing
+    // events), exit 1, no backup recorded.
+    let tls = ado(&ep, "encrypt=true;TrustServerCertificate=true");
     let mut c = e.cmd(&["--tds", &tls, "backup", "nosuch", "--open-timeout", "10"]);
     c.env("OPENVDI_TDS_PASSWORD", PASSWORD);
     let o = util::run(c);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("Database 'nosuch' does not exist") && err.contains("911"),
+        err.contains("Msg 911: Database 'nosuch' does not exist")
+            && err.contains("Msg 3013: BACKUP DATABASE is terminating abnormally"),
         "{err}"
     );
     assert_eq!(e.backups().len(), 2);

@@ -9,11 +9,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::endpoint::{no_set_left, Endpoint};
 use common::*;
 use openvdi::HResult;
 use openvdi_engine::Engine;
@@ -22,60 +23,14 @@ use serde_json::{json, Value};
 const USER: &str = "backup_operator";
 const PASSWORD: &str = "S3cret-pässword";
 
-/// The endpoint, killed (by its process id) when dropped.
-struct Endpoint {
-    child: Child,
-    port: u16,
-    stderr: std::path::PathBuf,
-}
-
-impl Endpoint {
-    fn start(dir: &Path) -> Endpoint {
-        let stderr = dir.join("serve.stderr");
-        let mut child = Command::new(engine_bin())
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--open-timeout", "10"])
-            .arg("--login")
-            .arg(format!("{USER}:{PASSWORD}"))
-            .env_remove("OPENVDI_FAULT")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn openvdi-engine serve");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("serve prints where it listens");
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Endpoint {
-            child,
-            port,
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The endpoint with this file's login.
+fn endpoint(dir: &Path) -> Endpoint {
+    Endpoint::start(
+        &engine_bin(),
+        dir,
+        &[(USER, PASSWORD)],
+        &["--open-timeout", "10"],
+    )
 }
 
 /// Whether `module` imports; else why not (printed as the skip reason).
@@ -166,18 +121,6 @@ fn cell<'a>(step: &'a Value, col: &str) -> (&'a str, Option<&'a str>) {
     (v[0].as_str().expect("type"), v[1].as_str())
 }
 
-fn no_set_left(name: &str) {
-    let left: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains(name))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
-}
-
 #[test]
 fn pytds_login_version_backup_headeronly() {
     if !driver("pytds", "python-tds") {
@@ -188,7 +131,7 @@ fn pytds_login_version_backup_headeronly() {
         .unwrap()
         .create_database("sales", 2 << 20)
         .unwrap();
-    let ep = Endpoint::start(dir.path());
+    let ep = endpoint(dir.path());
 
     // A wrong password: 18456, and the connection is closed.
     let r = client(
@@ -298,7 +241,7 @@ fn pytds_cancel_and_drop_abort_a_backup() {
         .unwrap()
         .create_database("big", 8 << 20)
         .unwrap();
-    let ep = Endpoint::start(dir.path());
+    let ep = endpoint(dir.path());
     let stall = ClientOpts {
         stall_after: Some(3),
         ..ClientOpts::default()
@@ -376,7 +319,7 @@ fn pymssql_login_version_backup() {
         .unwrap()
         .create_database("sales", 2 << 20)
         .unwrap();
-    let ep = Endpoint::start(dir.path());
+    let ep = endpoint(dir.path());
     let r = client(
         &json!({"driver": "pymssql", "port": ep.port, "user": USER, "password": "wrong", "steps": []}),
         Duration::from_secs(30),
@@ -475,7 +418,7 @@ fn cancel_token_aborts_a_running_backup() {
 /// Microsoft's mssql-python (ODBC Driver 18) over TLS: the whole session
 /// (Encrypt=yes) and the login only (Encrypt=no), TrustServerCertificate for the
 /// endpoint's self-signed certificate. Its parameterised statements arrive as
-/// sp_prepexec.
+/// sp_prepexec. TDS 8.0 (Encrypt=strict) is `mssql_python_tds8_strict`.
 #[test]
 fn mssql_python_tls_login_backup_headeronly_cancel() {
     if !driver("mssql_python", "mssql-python") {
@@ -486,7 +429,7 @@ fn mssql_python_tls_login_backup_headeronly_cancel() {
         .unwrap()
         .create_database("sales", 4 << 20)
         .unwrap();
-    let ep = Endpoint::start(dir.path());
+    let ep = endpoint(dir.path());
     let ms = |encrypt: &str, steps: Value| {
         let mut s = spec("mssql_python", ep.port, steps);
         s["encrypt"] = json!(encrypt);
@@ -508,8 +451,10 @@ fn mssql_python_tls_login_backup_headeronly_cancel() {
 
     let mut stream = Vec::new();
     for encrypt in ["yes", "no"] {
-        // A parameterised BACKUP goes out as sp_prepexec; through it mssql-python
-        // reports no INFO messages, so 4035/3014 are checked on a plain batch.
+        // A parameterised BACKUP goes out as sp_prepexec, a plain one as a batch.
+        // Through sp_prepexec mssql-python shows no INFO messages (see
+        // `odbc18_prepexec_info_and_all_errors` below: its ODBC Driver 18 has them,
+        // mssql-python loses them), so 4035/3014 are checked on the batch here.
         let a = Client::start("tdsmsp", 1, ClientOpts::default(), vec![]);
         let b = Client::start("tdsmspb", 1, ClientOpts::default(), vec![]);
         let r = client(
@@ -543,16 +488,23 @@ fn mssql_python_tls_login_backup_headeronly_cancel() {
         assert!(nums.contains(&4035) && nums.contains(&3014), "{bk}");
         assert_eq!(logs_b[0].end, Some(Ok(())));
         stream = logs[0].data.clone();
-        // mssql-python raises with the first error of a failed statement only
-        // (the 3013 that follows is not exposed).
+        // mssql-python raises with the first error of a failed statement; the
+        // 3013 after it is the statement handle's second diagnostic record
+        // (driver_client.py reads them all before mssql-python raises).
+        let err = &steps[3]["error"];
         assert!(
-            steps[3]["error"]["text"]
+            err["text"]
                 .as_str()
                 .unwrap()
                 .contains("Database 'nosuch' does not exist"),
             "{}",
             steps[3]
         );
+        let diag: Vec<u64> = err["diagnostics"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d[0].as_u64()).collect())
+            .unwrap_or_default();
+        assert_eq!(diag, vec![911, 3013], "{}", steps[3]);
     }
 
     let c = Client::start("tdsmspho", 1, ClientOpts::default(), vec![stream]);
@@ -598,4 +550,139 @@ fn mssql_python_tls_login_backup_headeronly_cancel() {
     );
     assert_eq!(logs[0].end, Some(Err(HResult::VD_E_ABORT)));
     no_set_left(&name);
+}
+
+/// TDS 8.0 with ODBC Driver 18 (mssql-python, `Encrypt=strict`): TLS before
+/// PRELOGIN on the endpoint's usual port. The driver ignores
+/// TrustServerCertificate in strict mode (it fails with "self-signed
+/// certificate"); `ServerCertificate=PATH` pins the endpoint's certificate
+/// instead, so the endpoint runs with a certificate this test made (--cert/--key).
+#[test]
+fn mssql_python_tds8_strict() {
+    if !driver("mssql_python", "mssql-python") {
+        return;
+    }
+    let dir = data_dir();
+    Engine::open(dir.path())
+        .unwrap()
+        .create_database("sales", 2 << 20)
+        .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("tds-cert.pem");
+    let key = dir.path().join("tds-key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let ep = Endpoint::start(
+        &engine_bin(),
+        dir.path(),
+        &[(USER, PASSWORD)],
+        &[
+            OsStr::new("--open-timeout"),
+            OsStr::new("10"),
+            OsStr::new("--cert"),
+            cert.as_os_str(),
+            OsStr::new("--key"),
+            key.as_os_str(),
+        ],
+    );
+    let strict = |steps: Value| {
+        let mut s = spec("mssql_python", ep.port, steps);
+        s["encrypt"] = json!("strict");
+        s["trust"] = json!(format!("ServerCertificate={}", cert.display()));
+        s
+    };
+    let mut wrong = strict(json!([]));
+    wrong["password"] = json!("Not-The-Pässword");
+    let r = client(&wrong, Duration::from_secs(60));
+    assert_eq!(r["login_error"]["number"], 18456, "{r}");
+
+    let a = Client::start("tdsmsstrict", 1, ClientOpts::default(), vec![]);
+    let b = Client::start("tdsmsstrictb", 1, ClientOpts::default(), vec![]);
+    let r = client(
+        &strict(json!([
+            {"sql": "SELECT @@VERSION AS v"},
+            {"sql": "BACKUP DATABASE [sales] TO VIRTUAL_DEVICE = ?", "params": [a.devices[0]]},
+            {"sql": format!("BACKUP DATABASE [sales] TO VIRTUAL_DEVICE = '{}'", b.devices[0])},
+        ])),
+        Duration::from_secs(60),
+    );
+    let (_, logs) = a.finish();
+    let (_, logs_b) = b.finish();
+    let steps = r["steps"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert!(cell(&steps[0], "v").1.unwrap().contains("openvdi-engine"));
+    assert!(steps[1]["error"].is_null(), "{}", steps[1]);
+    assert_eq!(logs[0].end, Some(Ok(())));
+    let nums = numbers(&steps[2]);
+    assert!(nums.contains(&4035) && nums.contains(&3014), "{}", steps[2]);
+    assert_eq!(logs_b[0].end, Some(Ok(())));
+
+    // Strict is the client's choice; the same port still serves TDS 7.x.
+    let r = client(
+        &spec("mssql_python", ep.port, json!([{"sql": "SELECT 1 AS n"}])),
+        Duration::from_secs(60),
+    );
+    assert_eq!(cell(&r["steps"][0], "n"), ("int", Some("1")), "{r}");
+}
+
+/// mssql-python shows no INFO message of a parameterised statement, and only the
+/// first error of a failed one. Is that the endpoint's token stream or the driver?
+/// ODBC Driver 18 itself (the libmsodbcsql-18 mssql-python ships and loads), called
+/// through ctypes exactly as mssql-python's DDBCSQLExecute calls it (SQLPrepare,
+/// SQLBindParameter, SQLExecute: sp_prepexec on the wire), returns
+/// SQL_SUCCESS_WITH_INFO with 3211/4035/3014 as the statement's diagnostic records,
+/// and 911 then 3013 for a failed BACKUP. mssql-python's DDBCSQLExecute returns
+/// SQL_SUCCESS_WITH_INFO too, but hands Python a statement handle whose records are
+/// already gone (`DDBCSQLGetAllDiagRecords` returns []): the loss is in
+/// mssql-python's C++ layer, after the driver (see `run_odbc18` in
+/// tests/tds/driver_client.py). The errors it keeps: `run_mssql_python` reads them
+/// all before mssql-python raises, and the test above asserts 911 and 3013.
+#[test]
+fn odbc18_prepexec_info_and_all_errors() {
+    if !driver("mssql_python_odbc", "mssql-python") {
+        return;
+    }
+    let dir = data_dir();
+    Engine::open(dir.path())
+        .unwrap()
+        .create_database("sales", 2 << 20)
+        .unwrap();
+    let ep = endpoint(dir.path());
+    let mut wrong = spec("odbc18", ep.port, json!([]));
+    wrong["password"] = json!("Not-The-Pässword");
+    let r = client(&wrong, Duration::from_secs(60));
+    assert_eq!(r["login_error"]["number"], 18456, "{r}");
+    for encrypt in ["yes", "no"] {
+        let c = Client::start("tdsodbc", 1, ClientOpts::default(), vec![]);
+        let mut s = spec(
+            "odbc18",
+            ep.port,
+            json!([
+                {"sql": "BACKUP DATABASE [sales] TO VIRTUAL_DEVICE = ? WITH STATS = 50",
+                 "params": [c.devices[0]]},
+                {"sql": "BACKUP DATABASE [nosuch] TO VIRTUAL_DEVICE = ?",
+                 "params": ["nobody-serves-this"]},
+            ]),
+        );
+        s["encrypt"] = json!(encrypt);
+        let r = client(&s, Duration::from_secs(60));
+        let (_, logs) = c.finish();
+        let steps = r["steps"].as_array().unwrap_or_else(|| panic!("{r}"));
+        assert!(steps[0]["error"].is_null(), "{}", steps[0]);
+        assert_eq!(logs[0].end, Some(Ok(())));
+        let nums = numbers(&steps[0]);
+        assert!(
+            nums.contains(&3211) && nums.contains(&4035) && nums.contains(&3014),
+            "Encrypt={encrypt}: {}",
+            steps[0]
+        );
+        assert!(texts(&steps[0]).contains("BACKUP DATABASE successfully processed"));
+        let err = &steps[1]["error"];
+        assert_eq!(err["number"], 911, "{}", steps[1]);
+        let diag: Vec<u64> = err["diagnostics"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d[0].as_u64()).collect())
+            .unwrap_or_default();
+        assert_eq!(diag, vec![911, 3013], "{}", steps[1]);
+    }
 }

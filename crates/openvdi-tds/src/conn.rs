@@ -192,10 +192,53 @@ impl<B: Backend> Conn<'_, B> {
         );
     }
 
-    /// PRELOGIN (optional for old clients) and LOGIN7.
+    /// TDS 8.0 strict (MS-TDS §1.7): a first byte of 0x16 is a TLS ClientHello, not
+    /// a TDS header. The TLS session is set up on the bare socket and becomes the
+    /// connection's stream; true if that happened.
+    fn strict_tls(&mut self) -> Result<bool, ConnError> {
+        let Stream::Tcp(tcp) = &self.stream else {
+            return Ok(false);
+        };
+        let mut first = [0u8; 1];
+        // Bounded by the login timeout set on the socket.
+        match tcp.peek(&mut first) {
+            Ok(1) if first[0] == tls::TLS_HANDSHAKE_RECORD => {}
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(ReadError::Io(e).into()),
+        }
+        let Some(t) = self.shared.cfg.tls.as_ref() else {
+            // Nothing to answer a ClientHello with that the client would read as
+            // anything but garbage: close, and say why in the log.
+            return Err(ConnError::Login(
+                "a TDS 8.0 (Encrypt=strict) client; the endpoint has no TLS".into(),
+            ));
+        };
+        let Stream::Tcp(mut tcp) = std::mem::replace(&mut self.stream, Stream::Taken) else {
+            return Err(ConnError::Protocol("TLS twice".into()));
+        };
+        let conn = tls::strict_handshake(t, &mut tcp)?;
+        self.stream = Stream::Plain(Pump::start(tcp, conn)?);
+        self.stream
+            .set_timeouts(Some(self.shared.cfg.login_timeout))?;
+        Ok(true)
+    }
+
+    /// PRELOGIN (optional for old clients) and LOGIN7, after the TLS handshake of a
+    /// TDS 8.0 client.
     fn login(&mut self, _spid: u16) -> Result<(), ConnError> {
+        let strict = self.strict_tls()?;
         let mut m = wire::read_message(&mut self.stream)?;
-        if m.ptype == ptype::PRELOGIN {
+        if m.ptype == ptype::PRELOGIN && strict {
+            // Already encrypted: no negotiation (§3.3.5.1 applies to TDS 7.x only).
+            // The answer echoes the client's ENCRYPTION byte (tiberius sends REQ,
+            // go-mssqldb ENCRYPT_STRICT); tiberius and ODBC Driver 18 both take
+            // the echo as agreement and go on to LOGIN7.
+            let p = login::parse_prelogin(&m.data)?;
+            let answer = p.encryption.map_or(enc::ON, |c| c & 0x0F);
+            let reply = login::prelogin_reply(self.shared.backend.version(), answer);
+            self.send(&reply)?;
+            m = wire::read_message(&mut self.stream)?;
+        } else if m.ptype == ptype::PRELOGIN {
             let p = login::parse_prelogin(&m.data)?;
             let tls = self.shared.cfg.tls.as_ref();
             let (answer, mode) = tls::Tls::answer(tls, p.encryption);

@@ -38,10 +38,12 @@
 //! TLS ([`tls`], rustls): with [`Config::with_tls`], PRELOGIN negotiates
 //! encryption as SQL Server does (login-only for a client that says OFF, the whole
 //! session for ON/REQ, or forced); without it PRELOGIN answers ENCRYPT_NOT_SUP.
+//! TDS 8.0 (`Encrypt=strict`) on the same port: a connection whose first byte is a
+//! TLS handshake record (0x16) gets TLS 1.3 or 1.2 at once, ALPN `tds/8.0`, and
+//! PRELOGIN, LOGIN7 and the session inside it; without TLS configured such a
+//! connection is closed.
 //!
-//! What is not here (yet): TDS 8.0 (TLS before PRELOGIN, `Encrypt=strict`), MARS,
-//! integrated authentication, prepared statements (`sp_prepare`/`sp_execute`),
-//! bulk load.
+//! What is not here (yet): MARS, integrated authentication, bulk load.
 //!
 //! [MS-TDS]: https://learn.microsoft.com/en-us/openspecs/windows_protocols/ms-tds/
 

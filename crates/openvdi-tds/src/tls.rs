@@ -15,9 +15,16 @@
 //!   (TLS) and one end of a socket pair (plaintext); the connection's state machine
 //!   reads and writes the other end exactly as it would a plain socket.
 //!
-//! TLS 1.2 only (see `server_config`), and no session tickets: a ticket sent after
-//! the handshake would land, unwrapped, in a stream a login-only client reads as
-//! plaintext.
+//! * **TDS 8.0 strict** ([`strict_handshake`], `Encrypt=strict`): the client opens
+//!   TLS on the bare TCP connection (its first byte is 0x16, a TLS handshake record,
+//!   which no TDS packet type is), offering the ALPN protocol `tds/8.0`; PRELOGIN
+//!   and everything after it travel inside that TLS session (MS-TDS §1.7 "TDS 8.0",
+//!   §3.3.5.1: no TLS negotiation happens in PRELOGIN then). Same port, same
+//!   certificate; the session goes through the [`Pump`] as a whole-session one.
+//!
+//! TDS 7.x: TLS 1.2 only (see `server_config`), and no session tickets: a ticket
+//! sent after the handshake would land, unwrapped, in a stream a login-only client
+//! reads as plaintext. Strict: TLS 1.2 or 1.3 (see `strict_config`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -74,10 +81,19 @@ pub enum Mode {
     Refuse,
 }
 
+/// The ALPN protocol a TDS 8.0 client offers (MS-TDS §2.1, "tds/8.0").
+pub const TDS8_ALPN: &[u8] = b"tds/8.0";
+
+/// The first byte of a TLS handshake record (RFC 8446 §5.1, ContentType
+/// handshake): what a TDS 8.0 client sends first. No TDS packet type is 0x16.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// The endpoint's TLS setting: a certificate and whether encryption is forced.
 #[derive(Clone)]
 pub struct Tls {
     config: Arc<rustls::ServerConfig>,
+    /// The same certificate for TDS 8.0 strict clients.
+    strict: Arc<rustls::ServerConfig>,
     /// Force encryption (SQL Server's "Force Encryption"): clients that say OFF
     /// get the whole session encrypted, clients that cannot encrypt are refused.
     pub force: bool,
@@ -92,6 +108,37 @@ impl std::fmt::Debug for Tls {
             .field("source", &self.source)
             .finish()
     }
+}
+
+/// The TDS 7.x and the TDS 8.0 (strict) configurations of one certificate.
+type Configs = (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>);
+
+fn configs(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Configs, TlsError> {
+    Ok((
+        server_config(chain.clone(), key.clone_key())?,
+        strict_config(chain, key)?,
+    ))
+}
+
+/// TDS 8.0: TLS is the transport (as HTTPS), so TLS 1.3 is fine (and preferred);
+/// ALPN `tds/8.0` is answered when offered (a client offering only other protocols
+/// is refused by rustls with no_application_protocol, RFC 7301 §3.2).
+fn strict_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut c = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    c.alpn_protocols = vec![TDS8_ALPN.to_vec()];
+    // No resumption state kept for clients that come back.
+    c.send_tls13_tickets = 0;
+    Ok(Arc::new(c))
 }
 
 fn server_config(
@@ -126,8 +173,10 @@ impl Tls {
             return Err(file_err(cert, "no CERTIFICATE in the file".into()));
         }
         let k = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+        let (config, strict) = configs(chain, k)?;
         Ok(Tls {
-            config: server_config(chain, k)?,
+            config,
+            strict,
             force: false,
             source: format!("{} / {}", cert.display(), key.display()),
         })
@@ -141,8 +190,10 @@ impl Tls {
         let chain = vec![ck.cert.der().clone()];
         let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
             .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let (config, strict) = configs(chain, key)?;
         Ok(Tls {
-            config: server_config(chain, key)?,
+            config,
+            strict,
             force: false,
             source: format!("self-signed for {}", names.join(", ")),
         })
@@ -207,6 +258,42 @@ pub fn handshake(tls: &Tls, stream: &mut TcpStream) -> Result<ServerConnection, 
             conn.read_tls(&mut rd)?;
             if let Err(e) = conn.process_new_packets() {
                 let _ = send(&mut conn, stream); // the alert, best effort
+                return Err(e.into());
+            }
+        }
+    }
+    Err(TlsError::Protocol(
+        "the TLS handshake did not finish in 16 flights".into(),
+    ))
+}
+
+/// TDS 8.0 strict: the server side of a TLS handshake the client started on the
+/// bare TCP connection (its ClientHello is the first thing on it). Bounded by the
+/// stream's read and write timeouts (the connection's login timeout). What the
+/// client sent after its Finished stays buffered in the returned connection, for
+/// the [`Pump`].
+pub fn strict_handshake(tls: &Tls, stream: &mut TcpStream) -> Result<ServerConnection, TlsError> {
+    let mut conn = ServerConnection::new(Arc::clone(&tls.strict))?;
+    // Bounded: a handshake is a handful of flights; each complete_io reads or
+    // writes at least one.
+    for _ in 0..16 {
+        if !conn.is_handshaking() {
+            while conn.wants_write() {
+                conn.write_tls(stream)?;
+            }
+            return Ok(conn);
+        }
+        match conn.complete_io(stream) {
+            Ok((0, 0)) if conn.is_handshaking() => {
+                return Err(TlsError::Protocol(
+                    "the client closed the connection during the TLS handshake".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // rustls reports a refused handshake as InvalidData wrapping its
+                // error; the alert has been queued, send it best effort.
+                let _ = conn.write_tls(stream);
                 return Err(e.into());
             }
         }

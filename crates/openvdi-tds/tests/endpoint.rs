@@ -49,7 +49,14 @@ impl Backend for Fake {
 }
 
 fn start() -> SocketAddr {
+    start_with(None)
+}
+
+fn start_with(tls: Option<openvdi_tds::tls::Tls>) -> SocketAddr {
     let mut cfg = Config::new("127.0.0.1:0".parse().unwrap()).with_login("sa", "pw");
+    if let Some(t) = tls {
+        cfg = cfg.with_tls(t);
+    }
     cfg.login_timeout = Duration::from_secs(1);
     cfg.max_connections = 64;
     let s = Server::bind(cfg, Fake).unwrap();
@@ -225,6 +232,37 @@ fn hostile_clients_never_harm_the_endpoint() {
     drop(flood);
     std::thread::sleep(Duration::from_millis(1500));
     served(addr);
+}
+
+/// TDS 8.0's first byte (0x16, a TLS handshake record) from clients that are not
+/// TLS clients: without TLS configured the connection is closed; with it, a broken
+/// or truncated ClientHello or one left half-sent ends the connection (the login
+/// timeout bounds the handshake), and TDS 7.x clients are still served on the port.
+#[test]
+fn broken_tds8_client_hellos_are_closed() {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let with = openvdi_tds::tls::Tls::self_signed(&["localhost".into()]).unwrap();
+    for addr in [start(), start_with(Some(with))] {
+        for i in 0..24 {
+            let mut s = connect(addr);
+            // A TLS record header (handshake, TLS 1.0 record version, a length),
+            // then random bytes where the ClientHello would be.
+            let mut bytes = vec![0x16, 0x03, 0x01, (rnd() >> 8) as u8, rnd() as u8];
+            bytes.extend((0..(rnd() % 200)).map(|_| rnd() as u8));
+            let _ = s.write_all(&bytes);
+            if i % 3 != 0 {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            closed(s);
+        }
+        served(addr);
+    }
 }
 
 // ---------------------------------------------------------------------------

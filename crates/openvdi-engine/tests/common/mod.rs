@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod endpoint;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +82,9 @@ pub struct ClientOpts {
     pub unsupported_code: u32,
     /// Stop completing after this many commands (on device 0): wait for the abort.
     pub stall_after: Option<usize>,
+    /// Told once, when device 0 starts to stall (so a test can act mid-transfer on
+    /// that condition rather than after a guessed delay).
+    pub stalled: Option<std::sync::mpsc::SyncSender<()>>,
     /// Restore streams end like this.
     pub eof: EofStyle,
     /// Complete VDC_Complete with this code.
@@ -95,6 +100,7 @@ impl Default for ClientOpts {
             abort_on_timeout: None,
             unsupported_code: win32::ERROR_NOT_SUPPORTED,
             stall_after: None,
+            stalled: None,
             eof: EofStyle::HandleEof,
             complete_code: 0,
         }
@@ -243,6 +249,9 @@ fn device_loop(
         timeouts_in_row = 0;
         if index == 0 && opts.stall_after.is_some_and(|n| handled >= n) {
             // Never complete: wait (bounded) for the server to give up.
+            if let Some(tx) = &opts.stalled {
+                let _ = tx.try_send(());
+            }
             loop {
                 match dev.get_command(Timeout::from_millis(200)) {
                     Err(Error::Timeout) if start.elapsed() < DEADLINE => continue,

@@ -2,15 +2,19 @@
 
 Used by crates/openvdi-engine/tests/tds_drivers.rs against `openvdi-engine serve`.
 argv[1] is a JSON spec:
-  {"driver": "pytds" | "pymssql" | "mssql_python", "port": N, "user": U, "password": P,
-   "encrypt": "yes" | "no" (mssql_python; default yes),
+  {"driver": "pytds" | "pymssql" | "mssql_python" | "odbc18", "port": N, "user": U, "password": P,
+   "encrypt": "yes" | "no" | "strict" (mssql_python; default yes),
+   "trust": how the certificate is trusted (mssql_python; default
+            "TrustServerCertificate=yes", which ODBC Driver 18 ignores with
+            Encrypt=strict: there "ServerCertificate=PATH" pins the endpoint's),
    "database": D (optional), "timeout": seconds (optional),
    "steps": [{"sql": S, "params": {name: value} | null, "drop": bool}]}
 A step with "drop" closes the socket abruptly once the query has been sent and
 the timeout passed (a client that goes away mid-statement).
 Prints one JSON object: {"login_error": {...}} or {"steps": [...]}, where each
 step is {"sets": [{"columns": [...], "rows": [[[type, str], ...]]}],
-"messages": [[number, text]], "error": {"number": n, "text": t} | null,
+"messages": [[number, text]], "error": {"number": n, "text": t} | null
+(mssql_python adds "diagnostics": [[number, text]], every error of the statement),
 "timeout": bool}.
 """
 
@@ -118,14 +122,36 @@ def run_mssql_python(spec):
     """Microsoft's mssql-python (ODBC Driver 18 underneath). Parameters are `?`
     placeholders with "params" a list; a parameterised statement goes out as
     sp_prepexec. Messages are ODBC diagnostics "[01000] (5701)": the number is the
-    one in parentheses. A failed statement raises with its first error only."""
+    one in parentheses.
+
+    A failed statement raises with its first error only: mssql-python's
+    check_error (helpers.py) builds the exception from DDBCSQLCheckError, the
+    first diagnostic record, and the cursor is reset before the caller could ask
+    for more. ODBC Driver 18 does hold every ERROR token the server sent, as
+    further diagnostic records of the statement handle; they are read here, with
+    mssql-python's own DDBCSQLGetAllDiagRecords, by wrapping the check_error the
+    cursor calls, just before it raises, and reported as "diagnostics"."""
     import re
     import mssql_python
+    from mssql_python import cursor as mscursor, ddbc_bindings
+
+    diagnostics = []
+    raise_first = mscursor.check_error
+
+    def check_error(handle_type, handle, ret):
+        if ret < 0 and handle is not None:
+            try:
+                diagnostics.extend(ddbc_bindings.DDBCSQLGetAllDiagRecords(handle))
+            except Exception as e:  # the records are a bonus; never hide the error
+                diagnostics.append(["", f"DDBCSQLGetAllDiagRecords failed: {e!r}"])
+        return raise_first(handle_type, handle, ret)
+
+    mscursor.check_error = check_error
 
     cs = (
         f"Server=tcp:127.0.0.1,{spec['port']};UID={spec['user']};PWD={{{spec['password']}}};"
         f"Database={spec.get('database', 'master')};Encrypt={spec.get('encrypt', 'yes')};"
-        "TrustServerCertificate=yes"
+        + spec.get("trust", "TrustServerCertificate=yes")
     )
     try:
         conn = mssql_python.connect(cs, autocommit=True, timeout=10)
@@ -144,6 +170,7 @@ def run_mssql_python(spec):
     cur = conn.cursor()
     for step in spec["steps"]:
         r = {"sets": [], "messages": [], "error": None, "timeout": False}
+        del diagnostics[:]
         try:
             if step.get("params") is not None:
                 cur.execute(step["sql"], *step["params"])
@@ -165,9 +192,106 @@ def run_mssql_python(spec):
                 r["timeout"] = True
             else:
                 r["error"] = {"number": None, "text": text}
+                r["error"]["diagnostics"] = [[number(st), tx] for st, tx in diagnostics]
         out.append(r)
     conn.close()
     return {"steps": out}
+
+
+def run_odbc18(spec):
+    """ODBC Driver 18 itself, the libmsodbcsql-18 that mssql-python ships and
+    loads without a driver manager, called here the same way through ctypes:
+    SQLPrepare, SQLBindParameter (nvarchar) and SQLExecute, which the driver
+    sends as sp_prepexec, as mssql-python's DDBCSQLExecute does; then every
+    diagnostic record right after SQLExecute and after each SQLMoreResults. This
+    is what mssql-python cannot show for a parameterised statement: its
+    DDBCSQLExecute returns SQL_SUCCESS_WITH_INFO (1), yet the statement handle
+    it returns to Python has no diagnostic records left (DDBCSQLGetAllDiagRecords
+    returns [], seen by wrapping check_error as run_mssql_python does), while
+    the records read here, straight after SQLExecute, hold 3211, 4035 and 3014.
+    Steps: {"sql": S, "params": [str, ...]}; rows are not fetched."""
+    import ctypes
+    import glob
+    import os
+    import mssql_python_odbc
+
+    base = os.path.dirname(mssql_python_odbc.__file__)
+    libs = sorted(glob.glob(os.path.join(base, "libs/linux/*/x86_64/lib/libmsodbcsql-18*.so*")))
+    libs.sort(key=lambda p: "debian_ubuntu" not in p)
+    if not libs:
+        return {"login_error": {"number": None, "text": "no libmsodbcsql-18 in " + base}}
+    d = ctypes.CDLL(libs[0])
+    SQL_HANDLE_ENV, SQL_HANDLE_DBC, SQL_HANDLE_STMT = 1, 2, 3
+    SQL_NTS = -3
+    ok = (0, 1)  # SQL_SUCCESS, SQL_SUCCESS_WITH_INFO
+
+    def wide(text):
+        # SQLWCHAR is UTF-16 in ODBC Driver 18 for Linux.
+        return ctypes.create_string_buffer((text + "\0").encode("utf-16-le"))
+
+    def diagnostics(kind, h):
+        out = []
+        for i in range(1, 64):
+            state = ctypes.create_string_buffer(16)
+            native = ctypes.c_int()
+            msg = ctypes.create_string_buffer(8192)
+            n = ctypes.c_short()
+            r = d.SQLGetDiagRecW(kind, h, i, state, ctypes.byref(native), msg, 4000, ctypes.byref(n))
+            if r not in ok:
+                break
+            text = msg.raw[: n.value * 2].decode("utf-16-le")
+            out.append([native.value, text.rsplit("]", 1)[-1]])
+        return out
+
+    env, dbc = ctypes.c_void_p(), ctypes.c_void_p()
+    d.SQLAllocHandle(SQL_HANDLE_ENV, None, ctypes.byref(env))
+    d.SQLSetEnvAttr(env, 200, ctypes.c_void_p(3), 0)  # SQL_ATTR_ODBC_VERSION = 3
+    d.SQLAllocHandle(SQL_HANDLE_DBC, env, ctypes.byref(dbc))
+    cs = (
+        "Driver={ODBC Driver 18 for SQL Server};"
+        f"Server=tcp:127.0.0.1,{spec['port']};UID={spec['user']};PWD={{{spec['password']}}};"
+        f"Encrypt={spec.get('encrypt', 'yes')};TrustServerCertificate=yes"
+    )
+    out = ctypes.create_string_buffer(8192)
+    n = ctypes.c_short()
+    r = d.SQLDriverConnectW(dbc, None, wide(cs), SQL_NTS, out, 2048, ctypes.byref(n), 0)
+    if r not in ok:
+        msgs = diagnostics(SQL_HANDLE_DBC, dbc)
+        first = msgs[0] if msgs else [None, "SQLDriverConnect failed"]
+        return {"login_error": {"number": first[0], "text": first[1]}}
+    d.SQLSetConnectAttrW(dbc, 102, ctypes.c_void_p(1), 0)  # SQL_ATTR_AUTOCOMMIT on
+    steps = []
+    for step in spec["steps"]:
+        r = {"sets": [], "messages": [], "error": None, "timeout": False}
+        st = ctypes.c_void_p()
+        d.SQLAllocHandle(SQL_HANDLE_STMT, dbc, ctypes.byref(st))
+        keep = []
+        ret = d.SQLPrepareW(st, wide(step["sql"]), SQL_NTS)
+        for i, v in enumerate(step.get("params") or []):
+            buf = wide(v)
+            ind = ctypes.c_long(SQL_NTS)
+            keep += [buf, ind]
+            # SQL_PARAM_INPUT, SQL_C_WCHAR, SQL_WVARCHAR
+            d.SQLBindParameter(st, i + 1, 1, -8, -9, 4000, 0, buf, len(buf.raw), ctypes.byref(ind))
+        if ret in ok:
+            ret = d.SQLExecute(st)
+        while True:
+            msgs = diagnostics(SQL_HANDLE_STMT, st)
+            if ret in ok or ret == 100:  # 100: SQL_NO_DATA
+                r["messages"] += msgs
+            else:
+                first = msgs[0] if msgs else [None, f"SQLExecute returned {ret}"]
+                r["error"] = {"number": first[0], "text": first[1], "diagnostics": msgs}
+                break
+            if ret == 100:
+                break
+            ret = d.SQLMoreResults(st)
+        d.SQLFreeHandle(SQL_HANDLE_STMT, st)
+        steps.append(r)
+    d.SQLDisconnect(dbc)
+    d.SQLFreeHandle(SQL_HANDLE_DBC, dbc)
+    d.SQLFreeHandle(SQL_HANDLE_ENV, env)
+    return {"steps": steps}
 
 
 def main():
@@ -176,6 +300,8 @@ def main():
         res = run_pytds(spec)
     elif spec["driver"] == "mssql_python":
         res = run_mssql_python(spec)
+    elif spec["driver"] == "odbc18":
+        res = run_odbc18(spec)
     else:
         res = run_pymssql(spec)
     print(json.dumps(res))
