@@ -808,9 +808,24 @@ impl Run<'_> {
         let engine_first = self.sc.shape == Shape::EngineFirst;
         let mut statement = None;
         if engine_first {
-            statement = Some(start_statement(&env));
             // The order is the experiment: the engine waits before the set exists.
-            std::thread::sleep(Duration::from_millis(300));
+            // The client starts once the engine says it is waiting (its probe file).
+            let marker = self.dir.join("engine-waiting");
+            let _ = std::fs::remove_file(&marker);
+            let mut with = env.clone();
+            with.push(("OPENVDI_PROBE_WAITING", marker.display().to_string()));
+            statement = Some(start_statement(&with));
+            while !marker.exists() && Instant::now() < deadline {
+                // An engine that ended (or never started) will not wait: go on.
+                let ended = match statement.as_mut() {
+                    Some(Ok(c)) => !matches!(c.try_wait(), Ok(None)),
+                    _ => true,
+                };
+                if ended {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         let client = spawn_shell(&cmd, &[]);
         let client = match client {

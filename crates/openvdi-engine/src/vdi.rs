@@ -106,6 +106,12 @@ const CANCEL_POLL: Duration = Duration::from_millis(200);
 /// `ServerSet::open`, waiting up to `opts.open_timeout`; with a cancel token, in
 /// short slices so a cancel stops the wait (VD_E_ABORT) instead of the timeout.
 fn open_set(name: &str, opts: &TransferOptions) -> Result<ServerSet, VdiError> {
+    // The conformance kit's "the engine is waiting" probe (`OPENVDI_PROBE_WAITING`, a
+    // path): created as the statement starts waiting for its set, so the kit starts
+    // an engine-first client on that condition instead of after a guessed pause.
+    if let Some(p) = std::env::var_os("OPENVDI_PROBE_WAITING").filter(|p| !p.is_empty()) {
+        let _ = std::fs::File::create(p);
+    }
     let Some(cancel) = &opts.cancel else {
         return ServerSet::open(name, Timeout::from_duration(opts.open_timeout));
     };
