@@ -4,7 +4,7 @@
 //! Both carry the same MTF family streams; only the transport differs.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
@@ -286,6 +286,25 @@ impl Read for Source<'_> {
                 let n = r.read(out)?;
                 *bytes += n as u64;
                 Ok(n)
+            }
+        }
+    }
+}
+
+impl BufRead for Source<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            Source::Vdi(r) => r.fill_buf(),
+            Source::File { r, .. } => r.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, k: usize) {
+        match self {
+            Source::Vdi(r) => r.consume(k),
+            Source::File { r, bytes } => {
+                r.consume(k);
+                *bytes += k as u64;
             }
         }
     }

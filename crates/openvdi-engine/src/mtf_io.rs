@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::BufRead;
 use std::os::unix::fs::FileExt;
 
 use serde::{Deserialize, Serialize};
@@ -575,9 +575,11 @@ pub fn write_family(
 // Reader
 // ---------------------------------------------------------------------------
 
-/// A byte source with a position, for walking.
+/// A byte source with a position, for walking. Buffered so that page data can be
+/// taken where it already lies (a VDI buffer, a file reader's buffer) instead of
+/// being copied out first.
 struct In<'a> {
-    r: &'a mut dyn Read,
+    r: &'a mut dyn BufRead,
     pos: u64,
 }
 
@@ -721,7 +723,7 @@ pub struct Trailer {
 impl FamilyReader {
     /// Read the media header and the backup set's metadata, of a stream that has no
     /// passwords (a protected one is refused with 3279).
-    pub fn open(r: &mut dyn Read) -> Result<(FamilyReader, SetMeta), SqlError> {
+    pub fn open(r: &mut dyn BufRead) -> Result<(FamilyReader, SetMeta), SqlError> {
         FamilyReader::open_with(r, &Credentials::default())
     }
 
@@ -729,7 +731,7 @@ impl FamilyReader {
     /// password is checked at the TAPE block, the backup set's at the SSET block
     /// (when `creds.check_set`), before any metadata is read.
     pub fn open_with(
-        r: &mut dyn Read,
+        r: &mut dyn BufRead,
         creds: &Credentials,
     ) -> Result<(FamilyReader, SetMeta), SqlError> {
         let mut i = In { r, pos: 0 };
@@ -927,7 +929,11 @@ impl FamilyReader {
     /// Read the rest of the family, calling `f` for every run of pages, and check
     /// everything: block order, header checksums, CSUM, page placement and (openvdi
     /// streams) page checksums.
-    pub fn for_each_page(&mut self, r: &mut dyn Read, f: &mut PageFn<'_>) -> Result<(), SqlError> {
+    pub fn for_each_page(
+        &mut self,
+        r: &mut dyn BufRead,
+        f: &mut PageFn<'_>,
+    ) -> Result<(), SqlError> {
         let mut i = In { r, pos: self.pos };
         let mut esets = 0;
         let mut saw_data = false;
@@ -1090,6 +1096,11 @@ impl FamilyReader {
 
     /// A page data stream of `len` bytes: 2-byte prefix then pages. Returns the
     /// CRC-32C of the whole stream.
+    ///
+    /// Whole pages are checked and handed on where the reader holds them (for a
+    /// virtual device, the shared buffer the client filled): only a page split
+    /// between two reads is copied, into `page`. The CRC and every check are
+    /// computed on the same bytes that are handed on, once each.
     fn pages(
         &mut self,
         i: &mut In<'_>,
@@ -1104,16 +1115,36 @@ impl FamilyReader {
         i.exact(&mut prefix, "a page stream")?;
         let mut crc = crc32c::crc32c(&prefix);
         let mut left = len - 2;
-        let mut buf = vec![0u8; READ_PAGES * PAGE_SIZE];
+        let mut page = [0u8; PAGE_SIZE];
         while left > 0 {
-            let k = (left as usize).min(buf.len());
-            i.exact(&mut buf[..k], "page data")?;
-            crc = crc32c::crc32c_append(crc, &buf[..k]);
-            left -= k as u64;
-            if self.meta.openvdi {
-                self.place_ours(&buf[..k], portion, f)?;
+            let avail = match i.r.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(msg::read_failed("", &e.to_string())),
+            };
+            let whole = (avail.len() as u64).min(left) as usize / PAGE_SIZE * PAGE_SIZE;
+            if whole > 0 {
+                let run = &avail[..whole];
+                crc = crc32c::crc32c_append(crc, run);
+                if self.meta.openvdi {
+                    self.place_ours(run, portion, f)?;
+                } else {
+                    self.place_foreign(run, portion, f)?;
+                }
+                i.r.consume(whole);
+                i.pos += whole as u64;
+                left -= whole as u64;
             } else {
-                self.place_foreign(&buf[..k], portion, f)?;
+                // Less than a page buffered (or left): gather one across reads.
+                let k = left.min(PAGE_SIZE as u64) as usize;
+                i.exact(&mut page[..k], "page data")?;
+                crc = crc32c::crc32c_append(crc, &page[..k]);
+                left -= k as u64;
+                if self.meta.openvdi {
+                    self.place_ours(&page[..k], portion, f)?;
+                } else {
+                    self.place_foreign(&page[..k], portion, f)?;
+                }
             }
         }
         Ok(crc)

@@ -1057,25 +1057,34 @@ impl<'s> DeviceReader<'s> {
     }
 }
 
-impl io::Read for DeviceReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
+impl io::BufRead for DeviceReader<'_> {
+    /// The unread part of the oldest completed read, in the shared buffer itself:
+    /// the engine checks and writes pages from there, so a restore copies each
+    /// byte out of shared memory once (into the page cache). The buffer is ours
+    /// until `consume` returns it to the free list; a client that scribbles on it
+    /// meanwhile can only change what it had already sent us, and everything the
+    /// engine derives from those bytes (placement, checks) is read once.
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         match self.fill() {
             Ok(true) => {}
-            Ok(false) => return Ok(0),
+            Ok(false) => return Ok(&[]),
             Err(e) => {
                 let text = e.to_string();
                 self.err = Some(e);
                 return Err(io::Error::other(text));
             }
         }
-        let Some((buf, pos, len)) = self.ready.front_mut() else {
-            return Ok(0);
+        Ok(match self.ready.front() {
+            Some((buf, pos, len)) => &buf.as_slice()[*pos..*len],
+            None => &[],
+        })
+    }
+
+    fn consume(&mut self, k: usize) {
+        let Some((_, pos, len)) = self.ready.front_mut() else {
+            return;
         };
-        let k = (*len - *pos).min(out.len());
-        out[..k].copy_from_slice(&buf.as_slice()[*pos..*pos + k]);
+        let k = k.min(*len - *pos);
         *pos += k;
         self.bytes += k as u64;
         if *pos == *len {
@@ -1083,6 +1092,19 @@ impl io::Read for DeviceReader<'_> {
                 self.io.free.push(b);
             }
         }
+    }
+}
+
+impl io::Read for DeviceReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use io::BufRead;
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let avail = self.fill_buf()?;
+        let k = avail.len().min(out.len());
+        out[..k].copy_from_slice(&avail[..k]);
+        self.consume(k);
         Ok(k)
     }
 }
