@@ -1419,6 +1419,7 @@ pub fn foreign_meta(mq: &[u8]) -> Result<SetMeta, SqlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn headers_carry_xor_checksums() {
@@ -1491,6 +1492,80 @@ mod tests {
                     });
                 }
             }
+        }
+    }
+
+    /// A reader that hands out its bytes in awkward pieces, as a virtual device
+    /// whose client fills buffers of varying, non-page sizes does.
+    struct Choppy<'a> {
+        rest: &'a [u8],
+        sizes: std::iter::Cycle<std::slice::Iter<'static, usize>>,
+        cur: usize,
+    }
+
+    impl Read for Choppy<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let avail = self.fill_buf()?;
+            let k = avail.len().min(out.len());
+            out[..k].copy_from_slice(&avail[..k]);
+            self.consume(k);
+            Ok(k)
+        }
+    }
+
+    impl BufRead for Choppy<'_> {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            if self.cur == 0 {
+                self.cur = (*self.sizes.next().unwrap_or(&1)).min(self.rest.len());
+            }
+            Ok(&self.rest[..self.cur])
+        }
+        fn consume(&mut self, k: usize) {
+            let k = k.min(self.cur);
+            self.rest = &self.rest[k..];
+            self.cur -= k;
+        }
+    }
+
+    /// Every file image a restore of `r` writes, by (portion, file id).
+    fn images(r: &mut dyn BufRead) -> std::collections::BTreeMap<(u8, u16), Vec<u8>> {
+        let (mut fr, _) = FamilyReader::open(r).expect("open");
+        let mut out = std::collections::BTreeMap::new();
+        fr.for_each_page(r, &mut |portion, file, off, data| {
+            let img: &mut Vec<u8> = out.entry((portion as u8, file)).or_default();
+            let end = off as usize + data.len();
+            if img.len() < end {
+                img.resize(end, 0);
+            }
+            img[off as usize..end].copy_from_slice(data);
+            Ok(())
+        })
+        .expect("walk");
+        out
+    }
+
+    #[test]
+    fn pages_split_across_reads_land_as_from_one_slice() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mssql");
+        static SIZES: [usize; 8] = [1, 8191, 8193, 512, 65_537, 3, 16_384, 4096 + 7];
+        for name in [
+            "sql2019-northwind-full.bak",
+            "sql2008r2-db2-diff.bak",
+            "sql2008r2-stripe-1of2.bak",
+        ] {
+            let bytes = std::fs::read(dir.join(name)).expect("fixture");
+            let whole = images(&mut &bytes[..]);
+            assert!(!whole.is_empty(), "{name}: the walk wrote nothing");
+            let mut choppy = Choppy {
+                rest: &bytes,
+                sizes: SIZES.iter().cycle(),
+                cur: 0,
+            };
+            assert!(
+                images(&mut choppy) == whole,
+                "{name}: pieces of odd sizes restore other bytes"
+            );
         }
     }
 
