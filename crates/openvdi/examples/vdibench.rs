@@ -197,7 +197,18 @@ fn client(case: &str, devices: usize, total: u64) -> (Duration, u64, String) {
     )
     .expect("create");
     let me = std::env::current_exe().expect("exe");
-    let mut child = Proc::new(me)
+    // VDIBENCH_SERVER_CPU=N runs the server on CPU N (bench/core.sh pins this process
+    // to another with taskset): the placement of the C pingpong's `split` case, for a
+    // round trip measured like for like.
+    let mut cmd = match std::env::var("VDIBENCH_SERVER_CPU") {
+        Ok(cpu) => {
+            let mut c = Proc::new("taskset");
+            c.args(["-c", &cpu]).arg(me);
+            c
+        }
+        Err(_) => Proc::new(me),
+    };
+    let mut child = cmd
         .args([
             "server",
             case,

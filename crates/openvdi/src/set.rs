@@ -1,7 +1,7 @@
 //! What both halves share: object names, the mapped set, abort, peer liveness,
 //! segment mappings and the spin-then-futex wait.
 
-use std::sync::atomic::{compiler_fence, fence, AtomicU32, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -431,6 +431,30 @@ pub struct WaitOn<'a> {
     pub health: Option<(&'a SetShared, AbortReason)>,
 }
 
+/// Threads of this process in the spin phase of [`block_on`] past its first 64
+/// pauses (a hand-off that lands sooner is not counted, and costs no shared write).
+static SPINNERS: AtomicUsize = AtomicUsize::new(0);
+
+/// One thread's place in [`SPINNERS`], given back however the spin ends.
+struct Spinning;
+
+impl Spinning {
+    fn start() -> Spinning {
+        SPINNERS.fetch_add(1, Ordering::Relaxed);
+        Spinning
+    }
+    /// Other threads spinning now.
+    fn others(&self) -> usize {
+        SPINNERS.load(Ordering::Relaxed).saturating_sub(1)
+    }
+}
+
+impl Drop for Spinning {
+    fn drop(&mut self) {
+        SPINNERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Block until `check` returns `Some`, spinning first, then sleeping on the futex
 /// words; every sleep is bounded by `deadline`. `check` must itself detect abort and
 /// peer death. Returns `Err(Timeout)` at the deadline.
@@ -446,6 +470,7 @@ pub fn block_on<T>(
     // lands within those (the busy-pipeline case) never reads the clock.
     let mut spin_until: Option<Instant> = None;
     let mut n = 0u32;
+    let mut spinning: Option<Spinning> = None;
     loop {
         // Re-check after every pause: a PAUSE costs ~40-140 cycles, so checking only
         // every few pauses would add microseconds to each hand-off. The clock is read
@@ -457,6 +482,15 @@ pub fn block_on<T>(
         }
         n = n.wrapping_add(1);
         if n.is_multiple_of(64) {
+            // Another thread of this process spinning too means more waiters than
+            // the work can use (four devices' clients on two cores): the thread that
+            // would end this wait may be queued behind a spinner, so give up the core
+            // between checks. A lone spinner keeps it: yielding would hand it to any
+            // other busy process for a whole time slice.
+            let others = spinning.get_or_insert_with(Spinning::start).others();
+            if others > 0 {
+                std::thread::yield_now();
+            }
             let now = Instant::now();
             let until = *spin_until.get_or_insert_with(|| now + current_spin());
             if now >= until || deadline.is_some_and(|d| now >= d) {
@@ -465,6 +499,7 @@ pub fn block_on<T>(
             }
         }
     }
+    drop(spinning);
     loop {
         if let Some(r) = check() {
             return r;
