@@ -1072,7 +1072,11 @@ impl ServerDevice {
         // `publish_completion`: the completion fields are visible.
         let turn = e.turn.load(Ordering::Acquire);
         let ready = turn == pos.wrapping_add(1);
-        if set.aborted().is_none()
+        // One look at the abort word per attempt: an abort that lands after it is
+        // seen by the next attempt, and a completion published before it is still
+        // the client's answer.
+        let aborted = set.aborted().is_some();
+        if !aborted
             && !ready
             && turn != 0
             && turn != pos.wrapping_sub(SLOTS as u32 - 1)
@@ -1082,7 +1086,7 @@ impl ServerDevice {
                 "the completion ring holds an entry out of turn".into(),
             )));
         }
-        if set.aborted().is_none() && ready {
+        if !aborted && ready {
             let idx = e.slot.load(Ordering::Relaxed) as usize;
             let sent = match local.slots.get(idx).copied().flatten() {
                 Some(s) => s,
@@ -1129,7 +1133,7 @@ impl ServerDevice {
             }
             return Some(Ok(c));
         }
-        if set.aborted().is_some() {
+        if aborted {
             // Spec §1.9: outstanding commands complete with ERROR_OPERATION_ABORTED.
             if let Some(idx) = local.slots.iter().position(|s| s.is_some()) {
                 let sent = local.slots[idx].unwrap_or(Sent {

@@ -150,10 +150,17 @@ impl SetShared {
 
     /// If a SIGBUS on one of this set's mappings was absorbed by the guard, why.
     /// One relaxed load when nothing ever faulted in this process.
+    /// Inlined: on every hot path, and one load when nothing ever faulted.
+    #[inline]
     fn faulted(&self) -> Option<String> {
         if sys::GUARD_FAULTS.load(Ordering::Acquire) == 0 {
             return None;
         }
+        self.faulted_slow()
+    }
+
+    #[cold]
+    fn faulted_slow(&self) -> Option<String> {
         if self.ctl.mapping().faulted() {
             return Some(format!(
                 "the control object of set {:?} was shrunk by another process while in use",
@@ -221,6 +228,7 @@ impl SetShared {
     /// AcqRel compare-exchange in `abort`.
     /// A set whose memory was pulled away (see `faulted`) counts as aborted for
     /// corrupt memory, whatever its (now private, zeroed) abort word says.
+    #[inline]
     pub fn aborted(&self) -> Option<AbortReason> {
         if self.faulted().is_some() {
             return Some(AbortReason::Corrupt);
@@ -231,6 +239,7 @@ impl SetShared {
         }
     }
 
+    #[inline]
     pub fn abort_error(&self) -> Option<Error> {
         if let Some(why) = self.faulted() {
             self.abort(AbortReason::Corrupt);
