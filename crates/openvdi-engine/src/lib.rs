@@ -139,6 +139,8 @@ pub struct Cancel {
 struct CancelInner {
     cancelled: std::sync::atomic::AtomicBool,
     sets: std::sync::Mutex<Vec<openvdi::ServerSet>>,
+    /// A statement under this token is waiting for its client to create the set.
+    waiting: std::sync::atomic::AtomicBool,
 }
 
 impl Cancel {
@@ -165,6 +167,19 @@ impl Cancel {
         self.inner
             .cancelled
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether a statement under this token is waiting for its client to create its
+    /// virtual device set (what a front end shows as "waiting for the backup
+    /// application", and the condition a test cancels on).
+    pub fn is_waiting_for_set(&self) -> bool {
+        self.inner.waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_waiting(&self, on: bool) {
+        self.inner
+            .waiting
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Make the token usable for the next request.

@@ -116,16 +116,19 @@ fn open_set(name: &str, opts: &TransferOptions) -> Result<ServerSet, VdiError> {
         return ServerSet::open(name, Timeout::from_duration(opts.open_timeout));
     };
     let deadline = Instant::now() + opts.open_timeout;
-    loop {
+    cancel.set_waiting(true);
+    let r = loop {
         if cancel.is_cancelled() {
-            return Err(VdiError::Abort(openvdi::AbortReason::Server));
+            break Err(VdiError::Abort(openvdi::AbortReason::Server));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match ServerSet::open(name, Timeout::from_duration(left.min(CANCEL_POLL))) {
             Err(VdiError::Timeout) if !left.is_zero() && left > CANCEL_POLL => continue,
-            other => return other,
+            other => break other,
         }
-    }
+    };
+    cancel.set_waiting(false);
+    r
 }
 
 /// An opened set with its devices.

@@ -211,6 +211,22 @@ pub fn futex_calls() -> (u64, u64) {
     )
 }
 
+/// How many waits of the calling thread ended because the periodic health check
+/// (every 200 ms of an idle sleep) found the peer dead or an object shrunk, rather
+/// than a wake-up. A peer's death is meant to wake its survivors at once through the
+/// robust-futex liveness word; the tests check that it does without timing it.
+#[doc(hidden)]
+pub fn waits_ended_by_health_check() -> u64 {
+    set::health_ends()
+}
+
+/// Whether this kernel gives a sleeper the barrier that lets it sleep without a
+/// bound (membarrier(2)); without it every sleep is a 1 ms slice followed by checks.
+#[doc(hidden)]
+pub fn has_sleep_barrier() -> bool {
+    sys::heavy_barrier()
+}
+
 /// Remove objects in /dev/shm left by sets whose processes all died. Returns the
 /// names of the sets reclaimed. Creating a set reclaims its own name's leftovers on
 /// its own; this sweeps every name.

@@ -1076,11 +1076,7 @@ impl ServerDevice {
         // seen by the next attempt, and a completion published before it is still
         // the client's answer.
         let aborted = set.aborted().is_some();
-        if !aborted
-            && !ready
-            && turn != 0
-            && turn != pos.wrapping_sub(SLOTS as u32 - 1)
-        {
+        if !aborted && !ready && turn != 0 && turn != pos.wrapping_sub(SLOTS as u32 - 1) {
             set.abort(AbortReason::Corrupt);
             return Some(Err(Error::Corrupt(
                 "the completion ring holds an entry out of turn".into(),

@@ -79,6 +79,15 @@ fn spin_budget() -> Duration {
 thread_local! {
     /// This thread's current spin budget in ns (see [`block_on`]), 0 = not yet set.
     static SPIN_NOW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Waits of this thread that a periodic health check ended (see
+    /// [`crate::waits_ended_by_health_check`]).
+    static HEALTH_ENDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Waits of the calling thread that ended because a periodic health check, not a
+/// wake-up, found the set broken.
+pub fn health_ends() -> u64 {
+    HEALTH_ENDS.with(|c| c.get())
 }
 
 /// The spin budget adapts per thread between [`spin_budget`] and 1/32 of it: halved
@@ -560,6 +569,7 @@ pub fn block_on<T>(
             Ok(Woke::TimedOut) => {
                 if let Some((set, reason)) = on.health {
                     if let Some(e) = set.health(on.peer_live, reason) {
+                        HEALTH_ENDS.with(|c| c.set(c.get() + 1));
                         return Err(e);
                     }
                 }
