@@ -158,8 +158,8 @@ impl SetShared {
     }
 
     /// If a SIGBUS on one of this set's mappings was absorbed by the guard, why.
-    /// One relaxed load when nothing ever faulted in this process.
-    /// Inlined: on every hot path, and one load when nothing ever faulted.
+    /// One load when nothing ever faulted in this process (inlined: every hot path
+    /// asks; the rest is out of line and cold).
     #[inline]
     fn faulted(&self) -> Option<String> {
         if sys::GUARD_FAULTS.load(Ordering::Acquire) == 0 {
