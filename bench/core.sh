@@ -66,12 +66,14 @@ awk '
   /^vdi round trip/                { split($0, a, "p50_ns="); split(a[2], b, " "); rt[++nrt] = b[1] }
   /^futexspin split/               { fs = $5 }
   /^vdi commands +zero-size/       { split($0, a, "commands_per_s="); split(a[2], b, " "); cq = b[1] }
-  /^vdi commands busy/             { split($0, a, "commands_per_s="); split(a[2], b, " "); cb = b[1] }
+  /^vdi commands busy/             { split($0, a, "commands_per_s="); split(a[2], b, " "); cb = b[1]
+                                     for (i = 1; i <= NF; i++) { split($i, kv, "="); w[kv[1]] = kv[2] } }
   END {
     print "## summary (best of the rounds)"
     printf "1 device  %6.2f GB/s = %.2fx C shmring free (%.2f), %.1fx pipe\n", v1, cfree ? v1 / cfree : 0, cfree, vpipe ? v1 / vpipe : 0
     printf "4 devices %6.2f GB/s = %.2fx C shmring free, %.1fx pipe\n", v4, cfree ? v4 / cfree : 0, vpipe ? v4 / vpipe : 0
     printf "pipe: vdibench %.2f GB/s, C %.2f GB/s\n", vpipe, cpipe
     printf "commands %.2f M/s quiet, %.2f M/s with a busy process\n", cq / 1e6, cb / 1e6
-    for (i = 1; i <= nrt; i++) printf "round trip p50 %d ns = %.2fx C futexspin split median (%d ns)\n", rt[i], fs ? rt[i] / fs : 0, fs
+    printf "busy: server wakes %s per command for %s client sleeps; client wakes %s for %s server sleeps\n", w["server_wakes_per_cmd"], w["client_sleeps_per_cmd"], w["client_wakes_per_cmd"], w["server_sleeps_per_cmd"]
+    for (i = 1; i <= nrt; i++) printf "round trip p50 %s %d ns = %.2fx C futexspin split median (%d ns)\n", i == 1 ? "unpinned" : "pinned  ", rt[i], fs ? rt[i] / fs : 0, fs
   }' "$out"
