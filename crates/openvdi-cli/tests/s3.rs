@@ -416,7 +416,7 @@ fn s3_server_killed_mid_backup_fails_it_and_prune_sweeps_its_uploads() {
         t.elapsed()
     );
     w.restart();
-    util::wait_for("SeaweedFS to serve again", Duration::from_secs(60), || {
+    util::wait_for("SeaweedFS to serve again", Duration::from_secs(180), || {
         w.run(&e, &["list"]).status.code() == Some(0)
     });
     assert!(

@@ -263,7 +263,16 @@ pub fn run(plan: Plan<'_>) -> Result<(), StopReason> {
             let dev: &dyn Device = dev.as_ref();
             let (set, stop, c) = (plan.set, &plan.stop, plan.counters[i].clone());
             s.spawn(move || {
-                device_loop(dev, set, stop, &c, rx, spare_tx);
+                // A panic here must still release the engine (it would wait for
+                // this device's completions for ever): abort the set, stop.
+                let run =
+                    std::panic::AssertUnwindSafe(|| device_loop(dev, set, stop, &c, rx, spare_tx));
+                if std::panic::catch_unwind(run).is_err() {
+                    stop.stop(StopReason::Failed(format!(
+                        "internal error: the thread serving device {i} panicked"
+                    )));
+                    set.signal_abort();
+                }
                 // `done`: this stripe was sent whole (nothing stopped the restore).
                 c.done.store(stop.reason().is_none(), Ordering::Release);
             });
