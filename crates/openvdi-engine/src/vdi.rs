@@ -1064,9 +1064,12 @@ impl io::BufRead for DeviceReader<'_> {
     /// The unread part of the oldest completed read, in the shared buffer itself:
     /// the engine checks and writes pages from there, so a restore copies each
     /// byte out of shared memory once (into the page cache). The buffer is ours
-    /// until `consume` returns it to the free list; a client that scribbles on it
-    /// meanwhile can only change what it had already sent us, and everything the
-    /// engine derives from those bytes (placement, checks) is read once.
+    /// until `consume` returns it to the free list. A client that scribbles on it
+    /// meanwhile can only change the bytes of pages it sent itself, never where
+    /// they go: each page's placement comes from one read of its header (or of the
+    /// chunk table). A page changed after its check is written unchecked, which
+    /// such a client could as well have sent: page checksums guard against damage,
+    /// not against the client.
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         match self.fill() {
             Ok(true) => {}
