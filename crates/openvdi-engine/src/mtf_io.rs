@@ -606,12 +606,24 @@ impl In<'_> {
         Ok(())
     }
 
+    /// Pass over `n` bytes where the reader holds them, without copying them out.
     fn skip(&mut self, mut n: u64, what: &str) -> Result<(), SqlError> {
-        let mut buf = [0u8; 4096];
         while n > 0 {
-            let k = n.min(buf.len() as u64) as usize;
-            self.exact(&mut buf[..k], what)?;
-            n -= k as u64;
+            let avail = match self.r.fill_buf() {
+                Ok(b) => b.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(msg::read_failed("", &e.to_string())),
+            };
+            if avail == 0 {
+                return Err(msg::bad_family(
+                    "",
+                    &format!("the stream ends at byte {} inside {what}", self.pos),
+                ));
+            }
+            let k = (avail as u64).min(n);
+            self.r.consume(k as usize);
+            self.pos += k;
+            n -= k;
         }
         Ok(())
     }
@@ -1126,11 +1138,7 @@ impl FamilyReader {
             if whole > 0 {
                 let run = &avail[..whole];
                 crc = crc32c::crc32c_append(crc, run);
-                if self.meta.openvdi {
-                    self.place_ours(run, portion, f)?;
-                } else {
-                    self.place_foreign(run, portion, f)?;
-                }
+                self.place(run, portion, f)?;
                 i.r.consume(whole);
                 i.pos += whole as u64;
                 left -= whole as u64;
@@ -1140,14 +1148,18 @@ impl FamilyReader {
                 i.exact(&mut page[..k], "page data")?;
                 crc = crc32c::crc32c_append(crc, &page[..k]);
                 left -= k as u64;
-                if self.meta.openvdi {
-                    self.place_ours(&page[..k], portion, f)?;
-                } else {
-                    self.place_foreign(&page[..k], portion, f)?;
-                }
+                self.place(&page[..k], portion, f)?;
             }
         }
         Ok(crc)
+    }
+
+    fn place(&mut self, run: &[u8], portion: Portion, f: &mut PageFn<'_>) -> Result<(), SqlError> {
+        if self.meta.openvdi {
+            self.place_ours(run, portion, f)
+        } else {
+            self.place_foreign(run, portion, f)
+        }
     }
 
     /// Pages of an openvdi stream go where the chunk table says; each must name

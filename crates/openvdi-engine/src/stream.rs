@@ -105,8 +105,8 @@ pub struct SetMeta {
 /// without waiting for the statement's messages, which an external server may
 /// never send in a form it can parse. The stream is untrusted: a damaged head is
 /// an error, never a panic.
-pub fn read_head(r: &mut dyn std::io::Read) -> Result<SetMeta, crate::SqlError> {
-    crate::mtf_io::FamilyReader::open(&mut std::io::BufReader::new(r)).map(|(_, m)| m)
+pub fn read_head(r: &mut dyn std::io::BufRead) -> Result<SetMeta, crate::SqlError> {
+    crate::mtf_io::FamilyReader::open(r).map(|(_, m)| m)
 }
 
 /// How much larger than the pages a backup set carries a restored file may be.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use openvdi::{vdc, vdf, win32};
 
-use super::{wait_configuration, Counters, Stop, StopReason, POLL_MS};
+use super::{abort_on_panic, wait_configuration, Counters, Stop, StopReason, POLL_MS};
 use crate::chunk::{self, Sink};
 use crate::codec::Codec;
 use crate::storage::Store;
@@ -146,14 +146,20 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
             let stop = &plan.stop;
             let set = plan.set;
             let counters = plan.counters[i].clone();
-            s.spawn(move || device_loop(dev, set, stop, codec, enc, job_tx, item_tx));
+            s.spawn(move || {
+                let what = format!("the thread serving device {i}");
+                let _ = abort_on_panic(stop, set, &what, || {
+                    device_loop(dev, set, stop, codec, enc, job_tx, item_tx)
+                });
+            });
             let store = plan.store.clone();
             let key = plan.keys[i].clone();
             handles.push(s.spawn(move || {
                 // A panic in the storage layer (an object store's client, say) must
                 // fail the backup with its cause, not leave the device loop waiting
                 // for a writer that is gone while the engine waits for completions.
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let what = format!("storing stripe {key} failed: the storage task");
+                let r = abort_on_panic(stop, set, &what, || {
                     writer_loop(
                         dev,
                         set,
@@ -166,19 +172,8 @@ pub fn run(plan: Plan<'_>) -> Result<Vec<StripeResult>, StopReason> {
                         item_rx,
                         (sealing, i),
                     )
-                }))
-                .unwrap_or_else(|p| {
-                    let why = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown cause".into());
-                    let e =
-                        format!("storing stripe {key} failed: the storage task panicked: {why}");
-                    stop.stop(StopReason::Failed(e.clone()));
-                    set.signal_abort();
-                    Err(e)
-                });
+                })
+                .and_then(|r| r);
                 // `done`: this stripe was stored whole (progress reports say so).
                 counters.done.store(r.is_ok(), Ordering::Release);
                 r

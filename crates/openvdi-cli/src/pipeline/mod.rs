@@ -118,6 +118,28 @@ impl Stop {
     }
 }
 
+/// Runs one thread's part of a transfer. If it panics, the run stops with
+/// `"{what} panicked: {cause}"` and the set is aborted: the engine waits for this
+/// thread's completions, and only an abort releases it. That message is the `Err`.
+pub fn abort_on_panic<T>(
+    stop: &Stop,
+    set: &dyn DeviceSet,
+    what: &str,
+    f: impl FnOnce() -> T,
+) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown cause".into());
+        let e = format!("{what} panicked: {why}");
+        stop.stop(StopReason::Failed(e.clone()));
+        set.signal_abort();
+        e
+    })
+}
+
 /// Waits for the engine to configure the set, checking the stop flag between polls.
 pub fn wait_configuration(
     set: &dyn DeviceSet,

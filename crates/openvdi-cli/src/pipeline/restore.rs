@@ -9,7 +9,7 @@ use std::path::Path;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use openvdi::{vdc, vdf, win32};
 
-use super::{wait_configuration, Counters, Stop, StopReason, POLL_MS};
+use super::{abort_on_panic, wait_configuration, Counters, Stop, StopReason, POLL_MS};
 use crate::chunk::{ChunkError, StripeCtx, StripeReader};
 use crate::storage::Store;
 use crate::vdi::{DevError, Device, DeviceSet};
@@ -263,16 +263,10 @@ pub fn run(plan: Plan<'_>) -> Result<(), StopReason> {
             let dev: &dyn Device = dev.as_ref();
             let (set, stop, c) = (plan.set, &plan.stop, plan.counters[i].clone());
             s.spawn(move || {
-                // A panic here must still release the engine (it would wait for
-                // this device's completions for ever): abort the set, stop.
-                let run =
-                    std::panic::AssertUnwindSafe(|| device_loop(dev, set, stop, &c, rx, spare_tx));
-                if std::panic::catch_unwind(run).is_err() {
-                    stop.stop(StopReason::Failed(format!(
-                        "internal error: the thread serving device {i} panicked"
-                    )));
-                    set.signal_abort();
-                }
+                let what = format!("the thread serving device {i}");
+                let _ = abort_on_panic(stop, set, &what, || {
+                    device_loop(dev, set, stop, &c, rx, spare_tx)
+                });
                 // `done`: this stripe was sent whole (nothing stopped the restore).
                 c.done.store(stop.reason().is_none(), Ordering::Release);
             });

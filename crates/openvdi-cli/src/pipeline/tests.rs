@@ -385,3 +385,36 @@ fn the_cause_outranks_the_symptoms_whatever_order_they_arrive_in() {
     s.stop(cause);
     assert_eq!(s.reason(), Some(StopReason::Interrupted));
 }
+
+/// A set that only counts aborts, for [`super::abort_on_panic`].
+#[derive(Default)]
+struct AbortCounter(std::sync::atomic::AtomicU32);
+
+impl crate::vdi::DeviceSet for AbortCounter {
+    fn get_configuration(&self, _: u32) -> Result<openvdi::VdConfig, crate::vdi::DevError> {
+        Err(crate::vdi::DevError::Timeout)
+    }
+    fn open_device(&self, _: &str) -> Result<Box<dyn crate::vdi::Device>, crate::vdi::DevError> {
+        Err(crate::vdi::DevError::Timeout)
+    }
+    fn signal_abort(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn close(&self) -> Result<(), crate::vdi::DevError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_pipeline_thread_stops_the_run_and_aborts_the_set() {
+    let (set, stop) = (AbortCounter::default(), super::Stop::new());
+    assert_eq!(super::abort_on_panic(&stop, &set, "quiet", || 7), Ok(7));
+    assert!(!stop.is_stopped());
+    let e = super::abort_on_panic(&stop, &set, "the thread serving device 1", || -> u32 {
+        panic!("boom {}", 2)
+    })
+    .unwrap_err();
+    assert_eq!(e, "the thread serving device 1 panicked: boom 2");
+    assert_eq!(set.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(matches!(stop.reason(), Some(super::StopReason::Failed(m)) if m == e));
+}
