@@ -12,7 +12,10 @@
 //!   the server fills every byte of each buffer, the client reads every byte;
 //! * `pipe`: the same work through a pipe with a 1 MiB pipe buffer;
 //! * `round-trip`: one 4 KiB command at a time, both sides busy;
-//! * `commands`: zero-size commands (VDC_Flush without a buffer), queue kept full.
+//! * `commands`: zero-size commands (VDC_Flush without a buffer), queue kept full;
+//! * `local`: the four calls of a round trip (SendCommand, GetCommand,
+//!   CompleteCommand, GetCompletion) in one thread of one process: what the library's
+//!   own code costs per round trip, with no cache line crossing cores.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -240,6 +243,7 @@ fn client(case: &str, devices: usize, total: u64) -> (Duration, u64, String) {
             .expect("spawn busy process")
     });
     let (wakes0, waits0) = openvdi::futex_calls();
+    let sum = case == "throughput";
     let t = Instant::now();
     let sums: Vec<u64> = std::thread::scope(|sc| {
         let hs: Vec<_> = devs
@@ -250,7 +254,7 @@ fn client(case: &str, devices: usize, total: u64) -> (Duration, u64, String) {
                     loop {
                         match d.get_command(Timeout::from_millis(30_000)) {
                             Ok(cmd) => {
-                                if cmd.code() == vdc::VDC_Write && case == "throughput" {
+                                if sum && cmd.code() == vdc::VDC_Write {
                                     s = s.wrapping_add(sum_words(cmd.buffer()));
                                 }
                                 d.complete_command(&cmd, 0, cmd.size(), 0)
@@ -293,6 +297,65 @@ fn client(case: &str, devices: usize, total: u64) -> (Duration, u64, String) {
         sums.iter().fold(0u64, |a, b| a.wrapping_add(*b)),
         line,
     )
+}
+
+/// The `local` case: both halves in this thread, one 4 KiB command at a time.
+fn local_case(n: usize) -> f64 {
+    let name = format!("vdibench-{}-local", std::process::id());
+    let set = ClientSet::create(
+        &name,
+        &VdConfig {
+            device_count: 1,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    let s = std::thread::scope(|sc| {
+        // The server's Open waits for the client's GetConfiguration: open it on a
+        // helper thread, then run every call of the measured loop on this one.
+        let h = sc.spawn(|| {
+            let s = ServerSet::open(&name, Timeout::from_millis(10_000)).expect("open");
+            s.begin_configuration(&server_config(1, &name))
+                .expect("begin");
+            s.request_buffers(4096, 0, 1).expect("request");
+            s.end_configuration().expect("end");
+            s
+        });
+        set.get_configuration(Timeout::from_millis(10_000))
+            .expect("configuration");
+        h.join().expect("server open")
+    });
+    let buf = s.allocate_buffer(4096, 0).expect("alloc");
+    let sd = s.open_device(&name).expect("server device");
+    let cd = set.open_device(&name).expect("client device");
+    let run = |n: usize| {
+        let t = Instant::now();
+        for _ in 0..n {
+            sd.send_command(&ServerCommand {
+                code: vdc::VDC_Write,
+                size: 4096,
+                position: 0,
+                buffer: Some(&buf),
+                tag: 0,
+            })
+            .expect("send");
+            let c = cd.get_command(Timeout::from_millis(1000)).expect("get");
+            cd.complete_command(&c, 0, c.size(), 0).expect("complete");
+            sd.wait_completion(Timeout::from_millis(1000))
+                .expect("completion");
+        }
+        t.elapsed().as_nanos() as f64 / n as f64
+    };
+    run(n / 10);
+    let ns = run(n);
+    sd.close().expect("close device");
+    assert!(matches!(
+        cd.get_command(Timeout::from_millis(1000)),
+        Err(Error::Close)
+    ));
+    s.close().expect("close");
+    set.close().expect("close");
+    ns
 }
 
 fn pipe_case(total: u64) -> Duration {
@@ -416,6 +479,12 @@ fn main() {
     if run("round-trip") {
         let (_, _, rt) = client("round-trip", 1, 200_000);
         println!("vdi round trip    4 KiB, one in flight: {rt}");
+    }
+    if run("local") {
+        println!(
+            "vdi local        the four calls of a round trip in one thread: ns_per_round_trip={:.1}",
+            local_case(2_000_000)
+        );
     }
     if run("commands") {
         let (_, _, cm) = client("commands", 1, 4_000_000);

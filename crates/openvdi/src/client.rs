@@ -249,21 +249,26 @@ impl ClientSet {
             sleepers: None,
             health: Some((set, AbortReason::ServerDied)),
         };
-        let cfg = block_on(deadline, &on, || {
-            if let Some(e) = set.abort_error() {
-                return Some(Err(e));
-            }
-            if let Some(e) = set.check_peer(&h.server_live.v, AbortReason::ServerDied) {
-                return Some(Err(e));
-            }
-            // SYNC POINT: Acquire pairs with the server's Release store of CONFIGURED,
-            // published after server_cfg and the device names.
-            match h.state.v.load(Ordering::Acquire) {
-                set_state::CONFIGURED => Some(read_server_config(set)),
-                set_state::SERVER_CLOSED => Some(Err(Error::Abort(AbortReason::Server))),
-                _ => None,
-            }
-        })?;
+        let cfg = block_on(
+            deadline,
+            &on,
+            || true,
+            || {
+                if let Some(e) = set.abort_error() {
+                    return Some(Err(e));
+                }
+                if let Some(e) = set.check_peer(&h.server_live.v, AbortReason::ServerDied) {
+                    return Some(Err(e));
+                }
+                // SYNC POINT: Acquire pairs with the server's Release store of CONFIGURED,
+                // published after server_cfg and the device names.
+                match h.state.v.load(Ordering::Acquire) {
+                    set_state::CONFIGURED => Some(read_server_config(set)),
+                    set_state::SERVER_CLOSED => Some(Err(Error::Abort(AbortReason::Server))),
+                    _ => None,
+                }
+            },
+        )?;
         self.local()?.configured_seen = true;
         Ok(cfg)
     }
@@ -327,7 +332,7 @@ impl ClientSet {
             index,
             token: NEXT_TOKEN.fetch_add(1, Ordering::Relaxed),
             name: name.to_string(),
-            local: Mutex::new(DeviceLocal {
+            local: sys::DeviceLock::new(DeviceLocal {
                 sub_tail: 0,
                 cmp_head: 0,
                 outstanding: [0; SLOTS],
@@ -587,7 +592,7 @@ pub struct ClientDevice {
     /// number alone cannot: every device numbers its commands from 1.
     token: u64,
     name: String,
-    local: Mutex<DeviceLocal>,
+    local: sys::DeviceLock<DeviceLocal>,
 }
 
 #[derive(Debug)]
@@ -679,10 +684,10 @@ impl ClientDevice {
             .ok_or_else(|| Error::Corrupt("device block missing".into()))
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, DeviceLocal>> {
+    fn lock(&self) -> Result<sys::DeviceGuard<'_, DeviceLocal>> {
         self.local
             .lock()
-            .map_err(|_| Error::Corrupt("a lock was poisoned by a panic".into()))
+            .ok_or_else(|| Error::Corrupt("a lock was poisoned by a panic".into()))
     }
 
     /// Wait up to `timeout` for the next command (`GetCommand`). `Err(Error::Close)`
@@ -696,11 +701,6 @@ impl ClientDevice {
         let set = &inner.set;
         let h = set.ctl.header();
         let d = self.block()?;
-        if self.lock()?.terminated {
-            return Err(Error::Protocol(
-                "the device was already closed by the server".into(),
-            ));
-        }
         let on = WaitOn {
             event: &d.sub_event.v,
             abort: &h.abort.v,
@@ -711,9 +711,15 @@ impl ClientDevice {
         };
         // The device lock is taken per attempt, never across a sleep, so another
         // thread may complete commands of this device while this one waits.
+        // `next` is the ring position the last attempt found empty, for `peek`.
+        let next = std::cell::Cell::new(0u32);
         let attempt = || match self.lock() {
+            Ok(local) if local.terminated => Some(Err(Error::Protocol(
+                "the device was already closed by the server".into(),
+            ))),
             Ok(mut local) => {
                 let r = self.try_take(set, d, &mut local);
+                next.set(local.sub_tail);
                 if matches!(r, Some(Err(Error::Close))) {
                     local.terminated = true;
                 }
@@ -725,7 +731,18 @@ impl ClientDevice {
         // costs no clock read.
         let r = match attempt() {
             Some(r) => r,
-            None => block_on(timeout.deadline(), &on, attempt),
+            None => {
+                // SYNC POINT: none needed; a hint only, `attempt` reads it again with
+                // Acquire under the device lock.
+                let peek = || {
+                    let pos = next.get();
+                    d.sub_ring[(pos as usize) % SLOTS]
+                        .turn
+                        .load(Ordering::Relaxed)
+                        == pos.wrapping_add(1)
+                };
+                block_on(timeout.deadline(), &on, peek, attempt)
+            }
         };
         if matches!(r, Err(Error::Close)) {
             if let Ok(mut l) = inner.local.lock() {
@@ -1006,7 +1023,7 @@ impl ClientDevice {
 
     /// Commands taken and not yet completed.
     pub fn outstanding(&self) -> usize {
-        self.local.lock().map(|l| l.n_outstanding).unwrap_or(0)
+        self.local.lock().map_or(0, |l| l.n_outstanding)
     }
 }
 

@@ -697,7 +697,7 @@ impl ServerSet {
             set: self.inner.clone(),
             index,
             name: name.to_string(),
-            local: Mutex::new(ServerDeviceLocal {
+            local: sys::DeviceLock::new(ServerDeviceLocal {
                 sub_head: 0,
                 cmp_tail: 0,
                 slots: [None; SLOTS],
@@ -866,7 +866,7 @@ pub struct ServerDevice {
     set: Arc<ServerInner>,
     index: usize,
     name: String,
-    local: Mutex<ServerDeviceLocal>,
+    local: sys::DeviceLock<ServerDeviceLocal>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -905,10 +905,10 @@ impl ServerDevice {
             .ok_or_else(|| Error::Corrupt("device block missing".into()))
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, ServerDeviceLocal>> {
+    fn lock(&self) -> Result<sys::DeviceGuard<'_, ServerDeviceLocal>> {
         self.local
             .lock()
-            .map_err(|_| Error::Corrupt("a lock was poisoned by a panic".into()))
+            .ok_or_else(|| Error::Corrupt("a lock was poisoned by a panic".into()))
     }
 
     /// Queue a command to the client (`SendCommand`). `VD_E_QUEUE_FULL` when
@@ -1039,11 +1039,26 @@ impl ServerDevice {
             sleepers: Some(&d.server_waiting.v),
             health: Some((set, AbortReason::ClientDied)),
         };
+        // The ring position the last attempt found empty, for `peek`.
+        let next = std::cell::Cell::new(0u32);
+        // A hint only (SYNC POINT: none; the attempt reads `turn` again with Acquire
+        // under the device lock).
+        let peek = || {
+            let pos = next.get();
+            d.cmp_ring[(pos as usize) % SLOTS]
+                .turn
+                .load(Ordering::Relaxed)
+                == pos.wrapping_add(1)
+        };
         loop {
             // The device lock is taken per attempt, never across a sleep, so another
             // thread may send on this device while this one waits.
-            let r = block_on(capped(user_deadline), &on, || match self.lock() {
-                Ok(mut local) => self.try_reap(set, d, &mut local, sto),
+            let r = block_on(capped(user_deadline), &on, peek, || match self.lock() {
+                Ok(mut local) => {
+                    let r = self.try_reap(set, d, &mut local, sto);
+                    next.set(local.cmp_tail);
+                    r
+                }
                 Err(e) => Some(Err(e)),
             });
             match r {

@@ -2,7 +2,7 @@
 //! segment mappings and the spin-then-futex wait.
 
 use std::sync::atomic::{compiler_fence, fence, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{AbortReason, Error, Result};
@@ -126,7 +126,11 @@ fn current_spin() -> Duration {
 pub struct SetShared {
     pub name: String,
     pub ctl: Control,
-    segs: RwLock<Vec<Option<Arc<Mapping>>>>,
+    /// Buffer segments mapped in this process. Each entry is set once (the server's
+    /// own segment when it makes it, a client's on first use) and never replaced or
+    /// unmapped before the set is dropped, so looking one up on the hot path is a
+    /// single Acquire load: no lock, no reference-count traffic but the caller's.
+    segs: [OnceLock<Arc<Mapping>>; MAX_SEGMENTS],
     /// The peer's process (thread) id, remembered the first time it was seen alive,
     /// so its death is noticed even when its liveness word can no longer be trusted
     /// (a peer that zeroed it, or an object pulled away before the kernel could mark it).
@@ -151,7 +155,7 @@ impl SetShared {
         SetShared {
             name,
             ctl,
-            segs: RwLock::new(vec![None; MAX_SEGMENTS]),
+            segs: std::array::from_fn(|_| OnceLock::new()),
             peer_tid: AtomicU32::new(0),
             peer_uid: AtomicU32::new(sys::geteuid()),
         }
@@ -176,9 +180,8 @@ impl SetShared {
                 self.name
             ));
         }
-        let segs = self.segs.read().ok()?;
-        segs.iter().enumerate().find_map(|(i, m)| {
-            m.as_ref().filter(|m| m.faulted()).map(|_| {
+        self.segs.iter().enumerate().find_map(|(i, m)| {
+            m.get().filter(|m| m.faulted()).map(|_| {
                 format!(
                     "buffer segment {i} of set {:?} was shrunk by another process while in use",
                     self.name
@@ -197,9 +200,9 @@ impl SetShared {
                 "the control object of set {:?} was shrunk by another process",
                 self.name
             ));
-        } else if let Ok(segs) = self.segs.read() {
-            for (i, m) in segs.iter().enumerate() {
-                if m.as_ref().is_some_and(|m| !m.intact()) {
+        } else {
+            for (i, m) in self.segs.iter().enumerate() {
+                if m.get().is_some_and(|m| !m.intact()) {
                     why = Some(format!(
                         "buffer segment {i} of set {:?} was shrunk by another process",
                         self.name
@@ -248,8 +251,21 @@ impl SetShared {
         }
     }
 
-    #[inline]
+    /// The abort as an error, if the set is aborted. Two loads when it is not (every
+    /// call of the hand-off path asks); the rest is out of line.
+    #[inline(always)]
     pub fn abort_error(&self) -> Option<Error> {
+        if sys::GUARD_FAULTS.load(Ordering::Acquire) == 0
+            && self.ctl.header().abort.v.load(Ordering::Acquire) == 0
+        {
+            return None;
+        }
+        self.abort_error_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn abort_error_slow(&self) -> Option<Error> {
         if let Some(why) = self.faulted() {
             self.abort(AbortReason::Corrupt);
             return Some(Error::Corrupt(why));
@@ -294,7 +310,7 @@ impl SetShared {
     /// from the peer and are validated against the published table.
     pub fn segment(&self, i: u32) -> Result<Arc<Mapping>> {
         let i = i as usize;
-        if let Some(Some(m)) = self.segs.read().map_err(|_| poisoned())?.get(i) {
+        if let Some(m) = self.segs.get(i).and_then(|m| m.get()) {
             return Ok(m.clone());
         }
         let h = self.ctl.header();
@@ -345,26 +361,24 @@ impl SetShared {
             Mapping::map(&fd, size as usize, true)
                 .map_err(|e| Error::os(format!("mapping {name}"), e))?,
         );
-        let mut w = self.segs.write().map_err(|_| poisoned())?;
-        if let Some(Some(existing)) = w.get(i) {
-            return Ok(existing.clone());
-        }
-        w[i] = Some(m.clone());
-        Ok(m)
+        // Two threads may have mapped it at once: the first to publish wins, the
+        // other's mapping is dropped (unmapped) here.
+        Ok(self.segs[i].get_or_init(|| m).clone())
     }
 
     /// Install a mapping made by this process (the server's own segments).
     pub fn install_segment(&self, i: usize, m: Arc<Mapping>) -> Result<()> {
-        let mut w = self.segs.write().map_err(|_| poisoned())?;
-        w[i] = Some(m);
-        Ok(())
+        self.segs
+            .get(i)
+            .ok_or_else(|| Error::Memory(format!("no buffer segment {i}")))?
+            .set(m)
+            .map_err(|_| Error::Protocol(format!("buffer segment {i} already exists")))
     }
 
     /// Find which mapped segment holds `p`: (segment, offset).
     pub fn locate(&self, p: *const u8) -> Option<(u32, u64)> {
-        let r = self.segs.read().ok()?;
-        for (i, m) in r.iter().enumerate() {
-            if let Some(m) = m {
+        for (i, m) in self.segs.iter().enumerate() {
+            if let Some(m) = m.get() {
                 if m.contains(p) {
                     return Some((i as u32, p as u64 - m.as_ptr() as u64));
                 }
@@ -393,11 +407,9 @@ impl SetShared {
         if ours(&cn, Some(self.ctl.mapping())) {
             let _ = sys::shm_unlink(&cn);
         }
-        let segs = self.segs.read().ok();
-        for i in 0..MAX_SEGMENTS {
+        for (i, m) in self.segs.iter().enumerate() {
             let sn = seg_name(&self.name, i);
-            let m = segs.as_ref().and_then(|v| v[i].clone());
-            if ours(&sn, m.as_deref()) {
+            if ours(&sn, m.get().map(|m| &**m)) {
                 let _ = sys::shm_unlink(&sn);
             }
         }
@@ -409,10 +421,6 @@ pub fn unlink_set_objects(name: &str) {
     for i in 0..MAX_SEGMENTS {
         let _ = sys::shm_unlink(&seg_name(name, i));
     }
-}
-
-fn poisoned() -> Error {
-    Error::Corrupt("a lock was poisoned by a panic".into())
 }
 
 /// Whether a robust word names a live owner.
@@ -476,9 +484,16 @@ impl Drop for Spinning {
 /// Block until `check` returns `Some`, spinning first, then sleeping on the futex
 /// words; every sleep is bounded by `deadline`. `check` must itself detect abort and
 /// peer death. Returns `Err(Timeout)` at the deadline.
+///
+/// While spinning, `check` runs only when `peek` says the awaited entry may have
+/// arrived (one load of its ring word, no lock) or the abort word is set, and at
+/// least every 64 pauses for everything `peek` does not look at (a closed device or
+/// set, a dead peer). A hand-off is then seen one pause after it lands, not after a
+/// whole `check` that started just before it.
 pub fn block_on<T>(
     deadline: Option<Instant>,
     on: &WaitOn<'_>,
+    peek: impl Fn() -> bool,
     mut check: impl FnMut() -> Option<Result<T>>,
 ) -> Result<T> {
     if let Some(r) = check() {
@@ -494,12 +509,20 @@ pub fn block_on<T>(
         // every few pauses would add microseconds to each hand-off. The clock is read
         // less often, it costs more than the check.
         std::hint::spin_loop();
-        if let Some(r) = check() {
-            adapt_spin(true);
-            return r;
-        }
         n = n.wrapping_add(1);
-        if n.is_multiple_of(64) {
+        let full = n.is_multiple_of(64);
+        if full || peek() || on.abort.load(Ordering::Relaxed) != 0 {
+            if let Some(r) = check() {
+                // Only a wait that reached the budget's clock says the budget helped;
+                // a hand-off within the first pauses says nothing about it (and costs
+                // no thread-local update on the round trip's critical path).
+                if spin_until.is_some() {
+                    adapt_spin(true);
+                }
+                return r;
+            }
+        }
+        if full {
             // Another thread of this process spinning too means more waiters than
             // the work can use (four devices' clients on two cores): the thread that
             // would end this wait may be queued behind a spinner, so give up the core
