@@ -95,10 +95,13 @@ fn server(case: &str, name: &str, devices: usize, total: u64) {
                         let mut sent = 0usize;
                         let mut done = 0usize;
                         let mut fill = 1u8;
-                        let mut free: Vec<usize> = (0..mine.len()).collect();
+                        // Buffers are reused oldest-completed first, as the C ring
+                        // reuses its slots: the client read that one longest ago.
+                        let mut free: std::collections::VecDeque<usize> =
+                            (0..mine.len()).collect();
                         while done < n {
                             while sent < n {
-                                let Some(i) = free.pop() else { break };
+                                let Some(i) = free.pop_front() else { break };
                                 mine[i].as_mut_slice().fill(fill);
                                 fill = fill.wrapping_add(1);
                                 d.send_command(&ServerCommand {
@@ -115,13 +118,15 @@ fn server(case: &str, name: &str, devices: usize, total: u64) {
                                 .wait_completion(Timeout::from_millis(30_000))
                                 .expect("completion");
                             assert_eq!(c.completion_code, 0);
-                            free.push(c.tag as usize);
+                            free.push_back(c.tag as usize);
                             done += 1;
                         }
                         d.close().expect("close device");
                     });
                 }
             });
+            let (wakes, waits) = openvdi::futex_calls();
+            out = format!("server_sleeps={waits} server_wakes={wakes}");
         }
         "round-trip" => {
             let d = &devs[0];
@@ -285,6 +290,13 @@ fn client(case: &str, devices: usize, total: u64) -> (Duration, u64, String) {
         .expect("server line");
     assert!(child.wait().expect("wait").success(), "server failed");
     let mut line = line.trim().to_string();
+    if case == "throughput" {
+        line.push_str(&format!(
+            " client_sleeps={} client_wakes={}",
+            waits1 - waits0,
+            wakes1 - wakes0
+        ));
+    }
     if case.starts_with("commands") {
         line.push_str(&format!(
             " client_wakes_per_cmd={:.4} client_sleeps_per_cmd={:.4}",
@@ -458,10 +470,10 @@ fn main() {
         );
     }
     for devices in [1usize, 4] {
-        if !run("throughput") {
-            break;
+        if !run(&format!("vdi throughput {devices}")) {
+            continue;
         }
-        let (d, sum, _) = client("throughput", devices, total);
+        let (d, sum, calls) = client("throughput", devices, total);
         // Every byte crossed: the client's sum of the buffers matches the fills the
         // server made (each device thread fills with 1, 2, 3, ... wrapping).
         let per_dev = total / devices as u64 / MIB as u64;
@@ -474,7 +486,7 @@ fn main() {
             expect.wrapping_mul(devices as u64),
             "the data read differs from the data written"
         );
-        println!("vdi throughput    devices={devices} 1 MiB x 8 buffers, memset -> sum: {:>7.2} GB/s  ({:.1}x pipe)", gbps(d), pipe.as_secs_f64() / d.as_secs_f64());
+        println!("vdi throughput    devices={devices} 1 MiB x 8 buffers, memset -> sum: {:>7.2} GB/s  ({:.1}x pipe) {calls}", gbps(d), pipe.as_secs_f64() / d.as_secs_f64());
     }
     if run("round-trip") {
         let (_, _, rt) = client("round-trip", 1, 200_000);
