@@ -140,12 +140,33 @@ pub fn create_file(path: &Path) -> Result<File, EngineError> {
         .map_err(|e| file_error(path, "creating", e))
 }
 
-/// Take the exclusive lock on an open database file without waiting
-/// (`flock(LOCK_EX|LOCK_NB)`): held until every descriptor of this open file is
-/// closed. Fails with [`EngineError::Locked`] when another process (or another
-/// open of the file) holds it.
+/// How long [`lock`] keeps trying a lock that is held. Long enough for a lock that
+/// is only held by accident: a descriptor of this process, closed already, that a
+/// child forked by another thread still holds between its fork and its exec (the
+/// descriptors are close-on-exec, and a `flock` belongs to the open file
+/// description, so the lock lives as long as that child's copy). Short enough that
+/// a file really in use by another engine fails the statement at once for a user.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Take the exclusive lock on an open database file (`flock(LOCK_EX|LOCK_NB)`, tried
+/// again every millisecond for up to [`LOCK_PATIENCE`]: `flock` has no timed form):
+/// held until every descriptor of this open file is closed. Fails with
+/// [`EngineError::Locked`] when another process (or another open of the file) holds
+/// it.
 pub fn lock(f: &File, path: &Path) -> Result<(), EngineError> {
-    match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    let held = loop {
+        match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                if std::time::Instant::now() >= deadline {
+                    break Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => break r,
+        }
+    };
+    match held {
         Ok(()) => {
             // A restore may have replaced the file under the name between our open
             // and the lock (`replace_with_empty`): the lock on the old file then
@@ -865,6 +886,36 @@ impl Database {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flake this guards against: another thread's child, between its fork and
+    /// its exec, holds a copy of a descriptor this process already closed, and with
+    /// it the file's lock. Here a child holds it openly (as its stdout) for 0.2 s:
+    /// a new open's lock is refused while the child lives (checked), and `lock`
+    /// gets it once the child is gone instead of failing the statement.
+    #[test]
+    fn a_lock_held_by_a_passing_copy_of_our_descriptor_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.mdf");
+        let first = create_file(&path).unwrap();
+        lock(&first, &path).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .stdout(first.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        drop(first);
+        let second = open_file(&path, true).unwrap();
+        assert_eq!(
+            rustix::fs::flock(
+                &second,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive
+            ),
+            Err(rustix::io::Errno::WOULDBLOCK),
+            "the child holds the lock of the closed descriptor"
+        );
+        lock(&second, &path).unwrap();
+        child.wait().unwrap();
+    }
 
     #[test]
     fn sizes() {

@@ -97,8 +97,7 @@ fn server(case: &str, name: &str, devices: usize, total: u64) {
                         let mut fill = 1u8;
                         // Buffers are reused oldest-completed first, as the C ring
                         // reuses its slots: the client read that one longest ago.
-                        let mut free: std::collections::VecDeque<usize> =
-                            (0..mine.len()).collect();
+                        let mut free: std::collections::VecDeque<usize> = (0..mine.len()).collect();
                         while done < n {
                             while sent < n {
                                 let Some(i) = free.pop_front() else { break };
