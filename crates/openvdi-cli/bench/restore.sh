@@ -67,6 +67,9 @@ for _ in $(seq "$RUNS"); do
 done
 
 b() { printf '%s\n' "$@" | best; }
+# Every run, in order (the disk's write-back speed varies from run to run; the
+# comparison is of the best of each, and each round runs both sides back to back).
+echo "runs (s): restore zstd:1 --as ${T_OVZ[*]} | zstd -d ${T_ZSTD[*]} | restore none --as ${T_OVN[*]} | cat+sync ${T_CATS[*]}"
 python3 - "$RAW" "$(b "${T_OVZ[@]}")" "$(b "${T_OVZN[@]}")" "$(b "${T_ZSTD[@]}")" \
     "$(b "${T_OVN[@]}")" "$(b "${T_OVNN[@]}")" "$(b "${T_CATS[@]}")" <<'PY'
 import sys
