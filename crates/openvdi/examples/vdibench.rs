@@ -78,7 +78,7 @@ fn server(case: &str, name: &str, devices: usize, total: u64) {
             .expect("open device")
         })
         .collect();
-    let mut out = String::new();
+    let out;
     match case {
         "throughput" => {
             // Buffers are dealt round-robin to devices; each device thread keeps its

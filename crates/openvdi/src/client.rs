@@ -722,34 +722,31 @@ impl ClientDevice {
                 next.set(local.sub_tail);
                 if matches!(r, Some(Err(Error::Close))) {
                     local.terminated = true;
+                    drop(local);
+                    if let Ok(mut l) = inner.local.lock() {
+                        l.open[self.index] = false;
+                    }
                 }
                 r
             }
             Err(e) => Some(Err(e)),
         };
         // One attempt before the deadline is computed: a command already waiting
-        // costs no clock read.
-        let r = match attempt() {
-            Some(r) => r,
-            None => {
-                // SYNC POINT: none needed; a hint only, `attempt` reads it again with
-                // Acquire under the device lock.
-                let peek = || {
-                    let pos = next.get();
-                    d.sub_ring[(pos as usize) % SLOTS]
-                        .turn
-                        .load(Ordering::Relaxed)
-                        == pos.wrapping_add(1)
-                };
-                block_on(timeout.deadline(), &on, peek, attempt)
-            }
-        };
-        if matches!(r, Err(Error::Close)) {
-            if let Ok(mut l) = inner.local.lock() {
-                l.open[self.index] = false;
-            }
+        // costs no clock read. (Returned as it is, not inspected here: a copy of the
+        // result to look at it cost more than the rest of the call.)
+        if let Some(r) = attempt() {
+            return r;
         }
-        r
+        // SYNC POINT: none needed; a hint only, `attempt` reads it again with Acquire
+        // under the device lock.
+        let peek = || {
+            let pos = next.get();
+            d.sub_ring[(pos as usize) % SLOTS]
+                .turn
+                .load(Ordering::Relaxed)
+                == pos.wrapping_add(1)
+        };
+        block_on(timeout.deadline(), &on, peek, attempt)
     }
 
     /// One non-blocking attempt to take a command.

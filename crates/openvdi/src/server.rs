@@ -1114,23 +1114,18 @@ impl ServerDevice {
                     "a completion does not match the command sent".into(),
                 )));
             }
-            let c = Completion {
-                tag: sent.tag,
-                code: sent.code,
-                completion_code: e.completion_code.load(Ordering::Relaxed),
-                bytes_transferred: e.bytes.load(Ordering::Relaxed),
-                position: e.out_position.load(Ordering::Relaxed),
-            };
+            let completion_code = e.completion_code.load(Ordering::Relaxed);
+            let bytes_transferred = e.bytes.load(Ordering::Relaxed);
+            let position = e.out_position.load(Ordering::Relaxed);
             // A client that reports more bytes than the command asked for is lying (or
             // broken): the engine would take bytes past what it sent, or count data it
             // never had. The set fails; nothing of it is believed.
-            if matches!(sent.code, vdc::VDC_Read | vdc::VDC_Write)
-                && c.bytes_transferred > sent.size
+            if matches!(sent.code, vdc::VDC_Read | vdc::VDC_Write) && bytes_transferred > sent.size
             {
                 set.abort(AbortReason::Corrupt);
                 return Some(Err(Error::Corrupt(format!(
                     "the client completed a command of {} bytes with {} bytes transferred",
-                    sent.size, c.bytes_transferred
+                    sent.size, bytes_transferred
                 ))));
             }
             local.cmp_tail = pos.wrapping_add(1);
@@ -1142,27 +1137,19 @@ impl ServerDevice {
                     .last_progress
                     .store(self.set.now_ns(), Ordering::Relaxed);
             }
-            return Some(Ok(c));
+            // Built where it is returned, from registers: a `Completion` assembled
+            // on the stack and then copied out was read back wider than it was
+            // written (a store-forwarding stall per completion).
+            return Some(Ok(Completion {
+                tag: sent.tag,
+                code: sent.code,
+                completion_code,
+                bytes_transferred,
+                position,
+            }));
         }
         if aborted {
-            // Spec §1.9: outstanding commands complete with ERROR_OPERATION_ABORTED.
-            if let Some(idx) = local.slots.iter().position(|s| s.is_some()) {
-                let sent = local.slots[idx].unwrap_or(Sent {
-                    tag: 0,
-                    code: 0,
-                    size: 0,
-                    seq: 0,
-                });
-                self.finish_slot(local, idx);
-                return Some(Ok(Completion {
-                    tag: sent.tag,
-                    code: sent.code,
-                    completion_code: win32::ERROR_OPERATION_ABORTED,
-                    bytes_transferred: 0,
-                    position: 0,
-                }));
-            }
-            return set.abort_error().map(Err);
+            return self.reap_aborted(set, local);
         }
         if local.slots.iter().all(|s| s.is_none()) {
             return Some(Err(Error::Protocol(
@@ -1170,17 +1157,17 @@ impl ServerDevice {
             )));
         }
         let h = set.ctl.header();
-        // A dead or departed client aborts the set; the recursive call then hands
-        // back the outstanding commands with ERROR_OPERATION_ABORTED (spec §1.9).
+        // A dead or departed client aborts the set; `reap_aborted` then hands back
+        // the outstanding commands with ERROR_OPERATION_ABORTED (spec §1.9).
         if set
             .check_peer(&h.client_live.v, AbortReason::ClientDied)
             .is_some()
         {
-            return self.try_reap(set, d, local, 0);
+            return self.reap_aborted(set, local);
         }
         if client_closed {
             set.abort(AbortReason::Client);
-            return self.try_reap(set, d, local, 0);
+            return self.reap_aborted(set, local);
         }
         // A client that never opens this device (never configured, or stalled before
         // OpenDevice) gets the open timeout and no more: SQL Server fails such a
@@ -1200,10 +1187,37 @@ impl ServerDevice {
                 .saturating_sub(self.set.last_progress.load(Ordering::Relaxed));
             if idle > 2 * u64::from(sto) * 1_000_000 {
                 set.abort(AbortReason::ServerTimeout);
-                return self.try_reap(set, d, local, 0);
+                return self.reap_aborted(set, local);
             }
         }
         None
+    }
+
+    /// After an abort (spec §1.9): the next outstanding command comes back with
+    /// ERROR_OPERATION_ABORTED; with none left, the abort error.
+    #[cold]
+    fn reap_aborted(
+        &self,
+        set: &SetShared,
+        local: &mut ServerDeviceLocal,
+    ) -> Option<Result<Completion>> {
+        if let Some(idx) = local.slots.iter().position(|s| s.is_some()) {
+            let sent = local.slots[idx].unwrap_or(Sent {
+                tag: 0,
+                code: 0,
+                size: 0,
+                seq: 0,
+            });
+            self.finish_slot(local, idx);
+            return Some(Ok(Completion {
+                tag: sent.tag,
+                code: sent.code,
+                completion_code: win32::ERROR_OPERATION_ABORTED,
+                bytes_transferred: 0,
+                position: 0,
+            }));
+        }
+        set.abort_error().map(Err)
     }
 
     fn finish_slot(&self, local: &mut ServerDeviceLocal, idx: usize) {

@@ -308,11 +308,16 @@ impl SetShared {
 
     /// A mapping of buffer segment `i`, mapped on first use. The index and size come
     /// from the peer and are validated against the published table.
+    #[inline]
     pub fn segment(&self, i: u32) -> Result<Arc<Mapping>> {
-        let i = i as usize;
-        if let Some(m) = self.segs.get(i).and_then(|m| m.get()) {
-            return Ok(m.clone());
+        match self.segs.get(i as usize).and_then(|m| m.get()) {
+            Some(m) => Ok(m.clone()),
+            None => self.map_segment(i as usize),
         }
+    }
+
+    #[cold]
+    fn map_segment(&self, i: usize) -> Result<Arc<Mapping>> {
         let h = self.ctl.header();
         // SYNC POINT: Acquire pairs with the server's Release store of segment_count
         // after it wrote the entry, so the size read below is the published one.

@@ -114,7 +114,10 @@ pub struct SharedBuf {
 }
 
 impl SharedBuf {
-    /// A range of `map`, if it lies inside it.
+    /// A range of `map`, if it lies inside it. (Inlined: returned through memory,
+    /// the result was read back wider than it was written, a store-forwarding stall
+    /// on every command.)
+    #[inline]
     pub fn new(map: Arc<Mapping>, offset: u64, len: u64) -> Option<SharedBuf> {
         let end = offset.checked_add(len)?;
         if end > map.len() as u64 {
