@@ -720,8 +720,8 @@ impl ClientDevice {
             Ok(mut local) => {
                 let r = self.try_take(set, d, &mut local);
                 next.set(local.sub_tail);
-                if matches!(r, Some(Err(Error::Close))) {
-                    local.terminated = true;
+                // `try_take` marks the device terminated when it returns the Close.
+                if local.terminated {
                     drop(local);
                     if let Ok(mut l) = inner.local.lock() {
                         l.open[self.index] = false;
@@ -870,6 +870,7 @@ impl ClientDevice {
             }));
         }
         if dev_closed {
+            local.terminated = true;
             return Some(Err(Error::Close));
         }
         if set_closed {
