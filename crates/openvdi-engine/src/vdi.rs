@@ -562,25 +562,22 @@ impl<'s> DeviceIo<'s> {
         Ok(())
     }
 
-    /// `stall`: stop sending and stop receiving for `d`, unless the client aborts
-    /// first; then abort.
+    /// `stall`: stop sending and stop receiving for `d`, unless the set is aborted
+    /// first (the statement then fails with the abort's reason); a stall that runs
+    /// its course aborts the set itself and fails as timed out, so the two endings
+    /// read differently.
     fn stall(&mut self, d: Duration) -> Result<(), SqlError> {
         let end = Instant::now() + d;
         while Instant::now() < end {
-            if self.sh.set.abort_reason().is_some() {
-                break;
+            if let Some(reason) = self.sh.set.abort_reason() {
+                return Err(vdi_error("Stall", self.name(), &VdiError::Abort(reason)));
             }
             std::thread::sleep(
                 Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())),
             );
         }
         let _ = self.sh.set.signal_abort();
-        let reason = self
-            .sh
-            .set
-            .abort_reason()
-            .unwrap_or(openvdi::AbortReason::Server);
-        Err(vdi_error("Stall", self.name(), &VdiError::Abort(reason)))
+        Err(vdi_error("Stall", self.name(), &VdiError::Timeout))
     }
 
     /// Send a command without data and wait for it (nothing else may be in flight).

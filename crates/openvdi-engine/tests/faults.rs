@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use openvdi::{vdc, win32, HResult, Timeout};
 use openvdi_engine::{Engine, Execution, FaultPlan};
@@ -121,15 +119,16 @@ fn stall_makes_the_client_time_out_and_give_up() {
         abort_on_timeout: Some(3),
         ..Default::default()
     };
-    let start = std::time::Instant::now();
     let (r, logs) = backup_with(&e, 1, opts);
     assert!(logs[0].timeouts >= 3, "{:?}", logs[0]);
     assert_eq!(logs[0].end, Some(Err(HResult::VD_E_TIMEOUT)));
     let err = r.error.expect("the backup fails once the client aborts");
     assert!(err.has(3013));
+    // The engine ended its stall because it saw the client's abort: a stall that ran
+    // its 30 s out fails as timed out instead (1460).
     assert!(
-        start.elapsed() < Duration::from_secs(25),
-        "the engine noticed the client's abort"
+        err.to_string().contains("the client signalled an abort"),
+        "the engine noticed the client's abort: {err}"
     );
 }
 
