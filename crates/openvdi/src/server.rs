@@ -1050,17 +1050,22 @@ impl ServerDevice {
                 .load(Ordering::Relaxed)
                 == pos.wrapping_add(1)
         };
+        // The device lock is taken per attempt, never across a sleep, so another
+        // thread may send on this device while this one waits.
+        let attempt = || match self.lock() {
+            Ok(mut local) => {
+                let r = self.try_reap(set, d, &mut local, sto);
+                next.set(local.cmp_tail);
+                r
+            }
+            Err(e) => Some(Err(e)),
+        };
+        if sto == 0 {
+            // Returned as it is: no look at the result, which would copy it.
+            return block_on(user_deadline, &on, peek, attempt);
+        }
         loop {
-            // The device lock is taken per attempt, never across a sleep, so another
-            // thread may send on this device while this one waits.
-            let r = block_on(capped(user_deadline), &on, peek, || match self.lock() {
-                Ok(mut local) => {
-                    let r = self.try_reap(set, d, &mut local, sto);
-                    next.set(local.cmp_tail);
-                    r
-                }
-                Err(e) => Some(Err(e)),
-            });
+            let r = block_on(capped(user_deadline), &on, peek, attempt);
             match r {
                 Err(Error::Timeout)
                     if sto != 0 && user_deadline.is_none_or(|t| Instant::now() < t) => {}
