@@ -883,6 +883,9 @@ impl<T: std::fmt::Debug> std::fmt::Debug for DeviceLock<T> {
 /// Exclusive access to a [`DeviceLock`]'s value until dropped.
 pub struct DeviceGuard<'a, T> {
     lock: &'a DeviceLock<T>,
+    /// Shares like a `&mut T`: a guard is `Sync` only if `T` is (a shared guard hands
+    /// out `&T` on every thread that holds it), `Send` only if `T` is.
+    _value: std::marker::PhantomData<&'a mut T>,
 }
 
 impl<T> DeviceLock<T> {
@@ -905,7 +908,10 @@ impl<T> DeviceLock<T> {
         {
             self.lock_contended();
         }
-        let g = DeviceGuard { lock: self };
+        let g = DeviceGuard {
+            lock: self,
+            _value: std::marker::PhantomData,
+        };
         if self.poisoned.load(Ordering::Relaxed) {
             return None;
         }
