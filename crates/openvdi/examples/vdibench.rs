@@ -265,8 +265,7 @@ fn client(case: &str, devices: usize, total: u64) -> (Duration, u64, String) {
                                 if sum && cmd.code() == vdc::VDC_Write {
                                     s = s.wrapping_add(sum_words(cmd.buffer()));
                                 }
-                                d.complete_command(cmd, 0, cmd.size(), 0)
-                                    .expect("complete");
+                                d.complete_command(cmd, 0, cmd.size(), 0).expect("complete");
                             }
                             Err(Error::Close) => break,
                             Err(e) => panic!("get_command: {e}"),
