@@ -428,7 +428,10 @@ impl Store for ObjectStoreBackend {
             cur: Bytes::new(),
         };
         r.request();
-        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, r)))
+        // No `BufReader` on top: `RangedRead` already holds each ranged response and
+        // serves reads of any size out of it, and a buffer over it copied every byte
+        // once more (a frame header's 16-byte read filled it with the frame body).
+        Ok(Box::new(r))
     }
 
     fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
