@@ -531,11 +531,9 @@ pub fn block_on<T>(
     }
     // The spin budget starts at the first clock read, 64 pauses in: a hand-off that
     // lands within those (the busy-pipeline case) never reads the clock.
-    let mut spin_until: Option<Instant> = None;
+    let mut started: Option<Instant> = None;
     let mut n = 0u32;
     let mut spinning: Option<Spinning> = None;
-    // When the budget's clock was first read (64 pauses in).
-    let mut started: Option<Instant> = None;
     loop {
         // Re-check after every pause: a PAUSE costs ~40-140 cycles, so checking only
         // every few pauses would add microseconds to each hand-off. The clock is read
@@ -548,7 +546,7 @@ pub fn block_on<T>(
                 // Only a wait that reached the budget's clock says the budget helped;
                 // a hand-off within the first pauses says nothing about it (and costs
                 // no thread-local update on the round trip's critical path).
-                if spin_until.is_some() {
+                if started.is_some() {
                     adapt_spin(true);
                 }
                 return r;
@@ -567,8 +565,8 @@ pub fn block_on<T>(
         }
         if full {
             let now = Instant::now();
-            started.get_or_insert(now);
-            let until = *spin_until.get_or_insert_with(|| now + current_spin());
+            // The budget does not change during a wait (only its end adapts it).
+            let until = *started.get_or_insert(now) + current_spin();
             if now >= until || deadline.is_some_and(|d| now >= d) {
                 adapt_spin(false);
                 break;
@@ -576,14 +574,14 @@ pub fn block_on<T>(
         }
     }
     drop(spinning);
-    let caught = |started: Option<Instant>| {
+    let caught = || {
         if let Some(t) = started {
             spin_would_have_caught(t.elapsed());
         }
     };
     loop {
         if let Some(r) = check() {
-            caught(started);
+            caught();
             return r;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -627,7 +625,7 @@ pub fn block_on<T>(
         // woke us. A sleeper that woke for another reason leaves it set, which costs
         // at most one spare wake call later, never a lost one.
         if let Some(r) = ready {
-            caught(started);
+            caught();
             return r;
         }
         match woke {

@@ -860,7 +860,7 @@ pub fn monotonic_ns() -> u64 {
 /// A panic while it is held marks it poisoned, like `std::sync::Mutex`: the state
 /// may be half-updated, and every later `lock` says so.
 pub struct DeviceLock<T> {
-    /// 0 free, 1 held.
+    /// Taken (true) or free.
     held: AtomicBool,
     poisoned: AtomicBool,
     value: std::cell::UnsafeCell<T>,
@@ -872,7 +872,7 @@ pub struct DeviceLock<T> {
 // sharing the lock between threads only ever sends `T` from one thread to another.
 unsafe impl<T: Send> Sync for DeviceLock<T> {}
 
-impl<T: std::fmt::Debug> std::fmt::Debug for DeviceLock<T> {
+impl<T> std::fmt::Debug for DeviceLock<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceLock")
             .field("held", &self.held.load(Ordering::Relaxed))
